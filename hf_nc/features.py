@@ -1,0 +1,112 @@
+"""Pooled per-layer features of a vision transformer, collected in one forward pass.
+
+Forward hooks placed through the backbone spec pool each chosen block's output tokens
+``(B, T, d)`` into one vector per image ``(B, d)`` (the family's convention: CLS token, or
+mean of the patch tokens; overridable), plus the ``"final"`` features: exactly what enters
+the classifier when the model has one, else the pooled output of the final norm.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Literal, Union
+
+import torch
+from torch import nn
+
+from .backbones import Backbone, pool_tokens, resolve_backbone
+
+FINAL = "final"
+LayerKey = Union[int, str]
+Layers = Union[Literal["all"], Iterable[int]]
+Pooling = Union[Literal["cls", "mean"], Callable[[torch.Tensor], torch.Tensor], None]
+
+
+def _first_tensor(output) -> torch.Tensor:
+    # Blocks return a tensor or a tuple whose first item is the hidden states.
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class LayerFeatures:
+    """Context manager that records pooled features of chosen blocks at every forward.
+
+    Example::
+
+        with LayerFeatures(model, layers="all") as feats:
+            model(pixel_values=x)
+        feats.features[3]        # (B, d) pooled output of block 3
+        feats.features["final"]  # (B, d_cls) what enters the classifier
+
+    Args:
+        model: A supported transformers vision model (bare, with a head, or PEFT-wrapped).
+        layers: ``"all"`` or block indices (negative count from the end).
+        pooling: ``None`` for the family's convention, ``"cls"``, ``"mean"`` (mean of the
+            tokens after the prefix tokens), or a callable ``(B, T, d) -> (B, d)``.
+        include_final: Also record the ``"final"`` features.
+    """
+
+    def __init__(self, model: nn.Module, layers: Layers = "all", pooling: Pooling = None, include_final: bool = True):
+        self.backbone: Backbone = resolve_backbone(model)
+        n = self.backbone.num_layers
+        indices = range(n) if layers == "all" else [self.backbone.layer_index(i) for i in layers]
+        self.layers: list[int] = sorted(set(indices))
+        self.include_final = include_final
+        self._pool = self._pooler(pooling)
+        self.features: dict[LayerKey, torch.Tensor] = {}
+        self._handles: list = []
+
+    def _pooler(self, pooling: Pooling) -> Callable[[torch.Tensor], torch.Tensor]:
+        if callable(pooling):
+            return pooling
+        spec = self.backbone.spec
+        return lambda h: pool_tokens(h, pooling or spec.pooling, spec.num_prefix_tokens)
+
+    @property
+    def keys(self) -> list[LayerKey]:
+        """The keys ``features`` will hold: block indices, then ``"final"``."""
+        return [*self.layers, *([FINAL] if self.include_final else [])]
+
+    def _block_hook(self, index: int):
+        def hook(_module, _inputs, output):
+            self.features[index] = self._pool(_first_tensor(output)).detach()
+
+        return hook
+
+    def __enter__(self) -> "LayerFeatures":
+        bb = self.backbone
+        for i in self.layers:
+            self._handles.append(bb.blocks[i].register_forward_hook(self._block_hook(i)))
+        if self.include_final:
+            if bb.classifier is not None:
+                def classifier_input(_module, inputs):
+                    self.features[FINAL] = inputs[0].detach()
+
+                self._handles.append(bb.classifier.register_forward_pre_hook(classifier_input))
+            else:
+                def final_norm_output(_module, _inputs, output):
+                    hidden = _first_tensor(output)
+                    # Some towers (CLIP) pool before the final norm: (B, d) is already pooled.
+                    self.features[FINAL] = (hidden if hidden.dim() == 2 else self._pool(hidden)).detach()
+
+                self._handles.append(bb.final_norm.register_forward_hook(final_norm_output))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def pop(self) -> dict[LayerKey, torch.Tensor]:
+        """Returns the features of the last forward and clears them."""
+        missing = [k for k in self.keys if k not in self.features]
+        if missing:
+            raise RuntimeError(f"no features were recorded for {missing}: did the forward pass run those modules?")
+        out, self.features = self.features, {}
+        return out
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, pixel_values: torch.Tensor, layers: Layers = "all", pooling: Pooling = None) -> dict[LayerKey, torch.Tensor]:
+    """Pooled features of one batch, per block and ``"final"``, from one forward pass."""
+    with LayerFeatures(model, layers=layers, pooling=pooling) as recorder:
+        model(pixel_values=pixel_values)
+        return recorder.pop()
