@@ -1,0 +1,313 @@
+"""NC metrics engine against an independent dense float64 NumPy reference of DESIGN.md."""
+
+import numpy as np
+import pytest
+import torch
+
+from hf_nc.metrics import NCStats, nc_metrics
+
+
+def reference_nc(h, y, K, W=None, rcond=1e-10):
+    """Direct per-class formulas; Sigma_B^+ by np.linalg.pinv with ``rcond``."""
+    h = np.asarray(h, dtype=np.float64)
+    y = np.asarray(y)
+    N, d = h.shape
+    mus = np.stack([h[y == k].mean(axis=0) for k in range(K)])  # (K, d)
+    mu_g = h.mean(axis=0)
+    M = mus - mu_g
+    sw = np.zeros((d, d))
+    for k in range(K):
+        c = h[y == k] - mus[k]
+        sw += c.T @ c
+    sw /= N
+    sb = M.T @ M / K
+    out = {"nc1": np.trace(sw @ np.linalg.pinv(sb, rcond=rcond, hermitian=True)) / K}
+    G = M @ M.T
+    etf = (np.eye(K) - np.ones((K, K)) / K) / np.sqrt(K - 1)
+    out["nc2_etf"] = np.linalg.norm(G / np.linalg.norm(G) - etf)
+    norms = np.linalg.norm(M, axis=1)
+    out["nc2_equinorm"] = norms.std() / norms.mean()
+    cos = [
+        abs(M[i] @ M[j] / (norms[i] * norms[j]) + 1 / (K - 1))
+        for i in range(K)
+        for j in range(K)
+        if i != j
+    ]
+    out["nc2_equiangle"] = float(np.mean(cos))
+    if W is not None:
+        W = np.asarray(W, dtype=np.float64)
+        out["nc3"] = np.linalg.norm(W / np.linalg.norm(W) - M / np.linalg.norm(M))
+    dist = ((h[:, None, :] - mus[None, :, :]) ** 2).sum(-1)  # (N, K)
+    out["ncc_acc"] = float((dist.argmin(axis=1) == y).mean())
+    s = np.array([((h[y == k] - mus[k]) ** 2).sum(axis=1).mean() for k in range(K)])
+    pairs = [
+        (s[i] + s[j]) / (2 * ((mus[i] - mus[j]) ** 2).sum()) for i in range(K) for j in range(i + 1, K)
+    ]
+    out["cdnv"] = float(np.mean(pairs))
+    out["num_samples"] = N
+    out["num_classes"] = K
+    return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in out.items()}
+
+
+def make_data(K, d, counts, seed=0, spread=3.0, offset=0.0):
+    """Gaussian classes with the given per-class counts, shuffled; returns (h, y) float64/int64."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(K, d)) * spread
+    y = np.concatenate([np.full(n, k) for k, n in enumerate(counts)])
+    rng.shuffle(y)
+    h = means[y] + rng.normal(size=(len(y), d)) * rng.uniform(0.5, 2.0, size=d) + offset
+    return h, y.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- helpers
+def assert_close(ours, ref, rtol=1e-9, atol=1e-12, keys=None):
+    keys = keys or ref.keys()
+    assert set(ours) == set(ref), (sorted(ours), sorted(ref))
+    for k in keys:
+        assert ours[k] == pytest.approx(ref[k], rel=rtol, abs=atol), (k, ours[k], ref[k])
+
+
+def split(n, sizes):
+    out, start = [], 0
+    for s in sizes:
+        out.append(slice(start, min(start + s, n)))
+        start += s
+    if start < n:
+        out.append(slice(start, n))
+    return out
+
+
+CASES = [
+    # K, d, counts
+    (2, 6, [30, 45]),
+    (5, 3, [40, 7, 1, 25, 60]),  # d < K, imbalanced, a class with one sample
+    (5, 12, [50, 50, 50, 50, 50]),
+    (10, 4, [12, 30, 1, 9, 40, 22, 5, 17, 33, 8]),  # d < K
+    (10, 32, [12, 30, 2, 9, 40, 22, 5, 17, 33, 1]),  # d > K
+]
+
+
+# ----------------------------------------------------------------------------- reference
+@pytest.mark.parametrize("K,d,counts", CASES)
+def test_matches_dense_reference(K, d, counts):
+    h, y = make_data(K, d, counts, seed=K * 100 + d)
+    W = np.random.default_rng(1).normal(size=(K, d))
+    ours = nc_metrics(torch.from_numpy(h), torch.from_numpy(y), classifier_weight=torch.from_numpy(W))
+    assert_close(ours, reference_nc(h, y, K, W))
+    assert ours["num_samples"] == sum(counts) and ours["num_classes"] == K
+
+
+def test_numpy_and_list_inputs_and_no_nc3_without_weight():
+    h, y = make_data(3, 4, [10, 11, 12])
+    ours = nc_metrics(h, y.tolist(), num_classes=3)
+    ref = reference_nc(h, y, 3)
+    assert "nc3" not in ours
+    assert_close(ours, ref)
+
+
+def test_num_classes_larger_than_labels_needs_all_classes():
+    h, y = make_data(3, 4, [10, 11, 12])
+    with pytest.raises(ValueError, match=r"1 class\(es\) have no samples: \[3\]"):
+        nc_metrics(h, y, num_classes=4)
+
+
+def test_large_offset_naive_second_moment_loses_precision():
+    K, d, counts = 4, 6, [40, 25, 60, 33]
+    rng = np.random.default_rng(7)
+    y = np.concatenate([np.full(n, k) for k, n in enumerate(counts)])
+    centred = rng.normal(size=(K, d))[y] * 0.1 + rng.normal(size=(len(y), d)) * 0.01
+    h = centred + 1e4  # large common offset
+    ref = reference_nc(centred, y, K)  # translation invariant: computed on centred data
+
+    # naive float64: uncentred second moment minus class-mean outer products
+    N = len(y)
+    mus = np.stack([h[y == k].mean(0) for k in range(K)])
+    sw_naive = (h.T @ h - sum(c * np.outer(m, m) for c, m in zip(counts, mus))) / N
+    M = mus - h.mean(0)
+    naive_nc1 = np.trace(sw_naive @ np.linalg.pinv(M.T @ M / K, rcond=1e-10, hermitian=True)) / K
+    assert abs(naive_nc1 - ref["nc1"]) / ref["nc1"] > 1e-4  # visibly off (about 6e-4 here)
+
+    ours = nc_metrics(torch.from_numpy(h), torch.from_numpy(y))
+    assert_close(ours, ref, rtol=1e-8)
+    # streaming with a first batch far from the rest still matches (shift is exact algebra)
+    stats = NCStats(K, d)
+    for sl in split(N, [17, 64, 3]):
+        stats.update(torch.from_numpy(h[sl]), torch.from_numpy(y[sl]))
+    stats.ncc_pass(torch.from_numpy(h), torch.from_numpy(y))
+    assert_close(stats.compute(), ref, rtol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision_input_accumulates_in_float64(dtype):
+    K, d, counts = 5, 8, [20, 35, 1, 14, 50]
+    h, y = make_data(K, d, counts, seed=3)
+    x = torch.from_numpy(h).to(dtype)
+    W = torch.randn(K, d, dtype=dtype)
+    ours = nc_metrics(x, torch.from_numpy(y), classifier_weight=W)
+    ref = reference_nc(x.double().numpy(), y, K, W.double().numpy())  # the values as stored
+    assert_close(ours, ref)
+
+
+# ----------------------------------------------------------------------------- known numbers
+def test_known_values_two_classes_in_one_dim():
+    a = 0.5
+    h = torch.tensor([[-1 - a], [-1 + a], [1 - a], [1 + a]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1])
+    out = nc_metrics(h, y, classifier_weight=torch.tensor([[-3.0], [3.0]]))
+    assert out["nc1"] == pytest.approx(a**2 / 2, rel=1e-12)  # Sigma_W = a^2, Sigma_B = 1
+    assert out["cdnv"] == pytest.approx((2 * a**2) / (2 * 4), rel=1e-12)
+    for k in ("nc2_etf", "nc2_equinorm", "nc2_equiangle", "nc3"):
+        assert abs(out[k]) < 1e-12, k
+    assert out["ncc_acc"] == 1.0
+
+
+@pytest.mark.parametrize("K,d", [(2, 3), (5, 8), (10, 64)])
+def test_perfect_collapse_on_simplex_etf(K, d):
+    etf = torch.eye(K, dtype=torch.float64) - 1.0 / K  # (K, K), simplex ETF
+    Q, _ = torch.linalg.qr(torch.randn(d, K, dtype=torch.float64))  # (d, K) orthonormal
+    means = 4.0 * etf @ Q.T + 7.0  # rotated, scaled, offset
+    y = torch.arange(K).repeat(6)
+    out = nc_metrics(means[y].float(), y, classifier_weight=etf @ Q.T)
+    for k in ("nc1", "nc2_etf", "nc2_equinorm", "nc2_equiangle", "nc3", "cdnv"):
+        assert abs(out[k]) < 1e-6, (k, out[k])
+    assert out["ncc_acc"] == 1.0
+
+
+# ----------------------------------------------------------------------------- streaming / merge
+def test_streaming_uneven_chunks_equals_one_shot():
+    K, d, counts = 10, 16, [12, 30, 1, 9, 40, 22, 5, 17, 33, 8]
+    h, y = make_data(K, d, counts, seed=11, offset=100.0)
+    H, Y = torch.from_numpy(h), torch.from_numpy(y)
+    W = torch.randn(K, d)
+    one = nc_metrics(H, Y, classifier_weight=W)
+    stats = NCStats(K, d)
+    for sl in split(len(y), [1, 0, 50, 7, 100]):
+        stats.update(H[sl], Y[sl])
+    assert "ncc_acc" not in stats.compute(W)  # no ncc pass yet
+    for sl in split(len(y), [33, 3]):
+        stats.ncc_pass(H[sl], Y[sl])
+    assert_close(stats.compute(W), one, rtol=1e-10)
+    assert_close(one, reference_nc(h, y, K, W.numpy()))
+
+
+def test_merge_equals_concatenation_with_far_apart_shifts():
+    K, d = 5, 9
+    h1, y1 = make_data(K, d, [10, 1, 20, 5, 0], seed=1)  # lacks class 4
+    h2, y2 = make_data(K, d, [7, 9, 0, 13, 30], seed=2, offset=1e3)  # lacks class 2, far away
+    h3, y3 = make_data(K, d, [3, 3, 3, 3, 3], seed=3, offset=-5e2)
+    parts = [(h1, y1), (h2, y2), (h3, y3)]
+    h, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    W = np.random.default_rng(0).normal(size=(K, d))
+
+    shards = []
+    for hp, yp in parts:
+        s = NCStats(K, d)
+        for sl in split(len(yp), [4, 9]):
+            s.update(torch.from_numpy(hp[sl]), torch.from_numpy(yp[sl]))
+        shards.append(s)
+    merged = NCStats(K, d).merge(shards[0]).merge(shards[1]).merge(shards[2])
+    merged.merge(NCStats(K, d))  # an empty one changes nothing
+    assert merged.num_samples == len(y)
+    assert torch.allclose(merged.shift, torch.from_numpy(h1[:4].mean(0)))  # kept shard 0's shift
+    merged.ncc_pass(torch.from_numpy(h), torch.from_numpy(y))
+    ref = reference_nc(h, y, K, W)
+    assert_close(merged.compute(W), ref, rtol=1e-9)
+    # merging in the other order (re-centring onto the far shift) agrees too
+    other = NCStats(K, d).merge(shards[1]).merge(shards[2]).merge(shards[0])
+    other.ncc_pass(torch.from_numpy(h), torch.from_numpy(y))
+    assert_close(other.compute(W), ref, rtol=1e-9)
+
+
+def test_merge_sums_ncc_counts():
+    K, d = 3, 4
+    h, y = make_data(K, d, [10, 12, 14], seed=5)
+    H, Y = torch.from_numpy(h), torch.from_numpy(y)
+    full = NCStats(K, d).update(H, Y)
+    a = NCStats(K, d).merge(full).ncc_pass(H[:20], Y[:20])
+    b = NCStats(K, d).merge(full).ncc_pass(H[20:], Y[20:])
+    both = NCStats(K, d).merge(a).merge(b)  # statistics doubled: same means; NCC counts summed
+    assert both.num_samples == 2 * len(y)
+    assert both.compute()["ncc_acc"] == pytest.approx(nc_metrics(H, Y)["ncc_acc"], abs=1e-15)
+
+
+# ----------------------------------------------------------------------------- state rules
+def test_update_after_ncc_pass_raises():
+    h, y = make_data(3, 4, [5, 6, 7])
+    s = NCStats(3, 4).update(h, y).ncc_pass(h, y)
+    with pytest.raises(RuntimeError, match="after ncc_pass"):
+        s.update(h, y)
+
+
+def test_all_reduce_is_a_noop_on_one_process():
+    h, y = make_data(3, 4, [5, 6, 7])
+    s = NCStats(3, 4).update(h, y).all_reduce().ncc_pass(h, y).all_reduce()
+    assert_close(s.compute(), nc_metrics(h, y), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- bad input
+def _ok():
+    h, y = make_data(3, 4, [5, 6, 7])
+    return torch.from_numpy(h), torch.from_numpy(y)
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda h, y: (h.clone().index_fill_(0, torch.tensor([3]), float("nan")), y), "NaN or inf"),
+        (lambda h, y: (h.clone().index_fill_(0, torch.tensor([0]), float("inf")), y), "NaN or inf"),
+        (lambda h, y: (h, torch.where(y == 1, 3, y)), r"labels outside \[0, 3\).*\[3\]"),
+        (lambda h, y: (h, torch.where(y == 1, -1, y)), r"labels outside \[0, 3\).*\[-1\]"),
+        (lambda h, y: (h[:-1], y), "differ in length: 17 feature rows, 18 labels"),
+        (lambda h, y: (h[:, 0], y), r"features must be 2-D"),
+        (lambda h, y: (h[None], y), r"features must be 2-D"),
+        (lambda h, y: (h[:, :3], y), "features have dim 3, expected dim 4"),
+        (lambda h, y: (h, y.double()), "labels must be integers"),
+        (lambda h, y: (h, y[:, None]), r"labels must be 1-D"),
+    ],
+)
+def test_bad_batches_raise(make, match):
+    h, y = make(*_ok())
+    with pytest.raises(ValueError, match=match):
+        NCStats(3, 4).update(h, y)
+    if "expected dim" not in match:  # nc_metrics takes d from the features
+        with pytest.raises(ValueError, match=match):
+            nc_metrics(h, y, num_classes=3)
+    good = NCStats(3, 4).update(*_ok())
+    with pytest.raises(ValueError, match=match):
+        good.ncc_pass(h, y)
+
+
+def test_empty_classes_are_named_at_compute():
+    h, y = _ok()
+    s = NCStats(6, 4).update(h, y)
+    with pytest.raises(ValueError, match=r"3 class\(es\) have no samples: \[3, 4, 5\]"):
+        s.compute()
+    with pytest.raises(ValueError, match=r"have no samples: \[3, 4, 5\]"):
+        s.ncc_pass(h, y)
+    with pytest.raises(ValueError, match="no samples were accumulated"):
+        NCStats(3, 4).compute()
+
+
+def test_bad_num_classes_dim_weight_and_merge():
+    h, y = _ok()
+    with pytest.raises(ValueError, match="at least 2"):
+        NCStats(1, 4)
+    with pytest.raises(ValueError, match="at least 2"):
+        nc_metrics(h, torch.zeros_like(y))
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        NCStats(3, 0)
+    s = NCStats(3, 4).update(h, y)
+    with pytest.raises(ValueError, match=r"classifier_weight must have shape .* = \(3, 4\), got \(4, 3\)"):
+        s.compute(classifier_weight=torch.randn(4, 3))
+    with pytest.raises(ValueError, match="classifier_weight contains NaN"):
+        s.compute(classifier_weight=torch.full((3, 4), float("nan")))
+    with pytest.raises(ValueError, match=r"cannot merge NCStats with \(num_classes, dim\) = \(4, 4\)"):
+        s.merge(NCStats(4, 4))
+    with pytest.raises(ValueError, match=r"cannot merge NCStats with \(num_classes, dim\) = \(3, 5\)"):
+        s.merge(NCStats(3, 5))
+
+
+def test_single_sample_class_is_valid():
+    h, y = make_data(3, 4, [1, 6, 7])
+    out = nc_metrics(h, y)
+    assert_close(out, reference_nc(h, y, 3))
