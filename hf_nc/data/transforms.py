@@ -1,0 +1,264 @@
+"""Image transforms matched to a model (torch + PIL only: no torchvision), and a collate function.
+
+``build_transforms(model_or_config_or_path, train)`` returns a callable for
+``Dataset.with_transform`` that turns a batch of ``image``/``label`` into
+``pixel_values`` (float tensors, C x H x W, normalised) and ``labels``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+AUGMENTATIONS = ("crop", "flip")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What a model expects: output size (h, w), channels, normalisation, and optional resize-then-crop."""
+
+    size: tuple[int, int]
+    num_channels: int = 3
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    rescale_factor: float = 1 / 255
+    resample: int = Image.BILINEAR
+    shortest_edge: int | None = None  # if set: resize the short side to this, then centre-crop to `size`
+
+    def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        def fit(v):
+            v = list(v)
+            if len(v) == self.num_channels:
+                return v
+            if len(v) == 1:
+                return v * self.num_channels
+            if self.num_channels == 1:
+                return [float(np.mean(v))]
+            raise ValueError(f"{len(v)} normalisation values for {self.num_channels} channels")
+
+        mean = torch.tensor(fit(self.mean), dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(fit(self.std), dtype=torch.float32).view(-1, 1, 1)
+        return mean, std
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    if isinstance(v, dict):
+        if "height" in v and "width" in v:
+            return int(v["height"]), int(v["width"])
+        if "shortest_edge" in v:
+            return int(v["shortest_edge"]), int(v["shortest_edge"])
+        raise ValueError(f"unsupported size {v}")
+    a, b = v
+    return int(a), int(b)
+
+
+def _config_channels(config) -> int:
+    for c in (config, getattr(config, "vision_config", None)):
+        if c is not None and getattr(c, "num_channels", None):
+            return int(c.num_channels)
+    return 3
+
+
+def spec_from_config(config) -> ImageSpec:
+    """Size and channels from a model config; mean/std default to 0.5 (ViT's convention)."""
+    vc = getattr(config, "vision_config", None) or config
+    size = getattr(vc, "image_size", None)
+    if size is None:
+        raise ValueError(f"{type(config).__name__} has no image_size; pass an image processor or an ImageSpec")
+    return ImageSpec(size=_pair(size), num_channels=_config_channels(config))
+
+
+def spec_from_processor(processor, num_channels: int = 3) -> ImageSpec:
+    """The resize / crop / rescale / normalise settings of a transformers image processor."""
+    size = getattr(processor, "size", None)
+    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else None
+    out = _pair(crop) if crop is not None else _pair(size)
+    do_norm = getattr(processor, "do_normalize", True)
+    do_rescale = getattr(processor, "do_rescale", True)
+    resample = getattr(processor, "resample", Image.BILINEAR)
+    return ImageSpec(
+        size=out,
+        num_channels=num_channels,
+        mean=tuple(processor.image_mean) if do_norm else (0.0,),
+        std=tuple(processor.image_std) if do_norm else (1.0,),
+        rescale_factor=float(getattr(processor, "rescale_factor", 1 / 255)) if do_rescale else 1.0,
+        resample=int(getattr(resample, "value", resample)),
+        shortest_edge=int(shortest) if shortest else None,
+    )
+
+
+def _load_processor(path: str):
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    except Exception:
+        return None
+
+
+def resolve_image_spec(model_or_config_or_path) -> ImageSpec:
+    """An :class:`ImageSpec` from a model, a config, an image processor, a local checkpoint path or a spec.
+
+    Where the model has an image processor (``preprocessor_config.json`` in a local folder,
+    loaded offline) its size/mean/std are used; otherwise the config's ``image_size`` and
+    ``num_channels`` with mean = std = 0.5. Channels always come from the config.
+    """
+    obj = model_or_config_or_path
+    if isinstance(obj, ImageSpec):
+        return obj
+    if isinstance(obj, (str, bytes)) or hasattr(obj, "__fspath__"):
+        from transformers import AutoConfig
+
+        path = str(obj)
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+        except Exception as e:
+            raise ValueError(f"no model config found at '{path}' (offline): {e}") from e
+        processor = _load_processor(path)
+        return spec_from_processor(processor, _config_channels(config)) if processor else spec_from_config(config)
+    if hasattr(obj, "image_mean") and hasattr(obj, "size"):  # an image processor
+        return spec_from_processor(obj)
+    config = getattr(obj, "config", obj)  # a model, or a config
+    name = getattr(config, "_name_or_path", "") or getattr(obj, "name_or_path", "")
+    processor = _load_processor(name) if name else None
+    return spec_from_processor(processor, _config_channels(config)) if processor else spec_from_config(config)
+
+
+def _augmentations(augment) -> frozenset[str]:
+    if augment in (None, False, "none", ""):
+        return frozenset()
+    if augment is True:
+        return frozenset(AUGMENTATIONS)
+    names = augment.replace("+", ",").split(",") if isinstance(augment, str) else list(augment)
+    names = {n.strip() for n in names if n.strip()}
+    unknown = names - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
+    return frozenset(names)
+
+
+def random_resized_crop_box(width: int, height: int, scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3), generator=None):
+    """A (left, top, right, bottom) box as torchvision's RandomResizedCrop samples it (torch RNG)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * float(torch.empty(1).uniform_(scale[0], scale[1], generator=generator))
+        ar = math.exp(float(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)))
+        w, h = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return left, top, left + w, top + h
+    w, h = width, height  # fallback: the whole image (clamped to the ratio range)
+    if w / h < ratio[0]:
+        h = int(round(w / ratio[0]))
+    elif w / h > ratio[1]:
+        w = int(round(h * ratio[1]))
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+class ImageTransform:
+    """PIL image -> normalised float tensor, with optional train-time augmentation.
+
+    Steps: convert to RGB / L to match the model's channels; with ``crop`` a random resized crop
+    (``crop_scale``) straight to the output size, else resize (and centre-crop when the
+    processor resizes the shortest edge); with ``flip`` a horizontal flip with p = 0.5; then
+    ``x * rescale_factor``, ``(x - mean) / std``.
+    """
+
+    def __init__(self, spec: ImageSpec, augment=frozenset(), crop_scale=(0.8, 1.0)):
+        self.spec = spec
+        self.augment = frozenset(augment)
+        self.crop_scale = tuple(crop_scale)
+        self.mean, self.std = spec.channel_stats()
+
+    def to_pil(self, img: Image.Image) -> Image.Image:
+        """Channel conversion, resize/crop (and augmentation): the PIL image that gets normalised."""
+        if not isinstance(img, Image.Image):
+            img = Image.fromarray(np.asarray(img))
+        img = img.convert("L" if self.spec.num_channels == 1 else "RGB")
+        h, w = self.spec.size
+        if "crop" in self.augment:
+            box = random_resized_crop_box(img.width, img.height, self.crop_scale)
+            img = img.resize((w, h), self.spec.resample, box=box)
+        elif self.spec.shortest_edge:
+            s = self.spec.shortest_edge
+            scale = s / min(img.width, img.height)
+            img = img.resize((max(s, round(img.width * scale)), max(s, round(img.height * scale))), self.spec.resample)
+            left, top = (img.width - w) // 2, (img.height - h) // 2
+            img = img.crop((left, top, left + w, top + h))
+        elif img.size != (w, h):
+            img = img.resize((w, h), self.spec.resample)
+        if "flip" in self.augment and bool(torch.rand(1) < 0.5):
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return img
+
+    def __call__(self, img) -> torch.Tensor:
+        arr = np.asarray(self.to_pil(img), dtype=np.float32)
+        x = torch.from_numpy(arr.copy())
+        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+        return (x * self.spec.rescale_factor - self.mean) / self.std
+
+
+class BatchTransform:
+    """For ``Dataset.with_transform``: a batch of ``image``/``label`` -> ``pixel_values``/``labels``.
+
+    With ``views=2`` it adds ``pixel_values_2``, a second independent augmentation of each image
+    (for two-view supervised contrastive training).
+    """
+
+    def __init__(self, image_transform: ImageTransform, image_column="image", label_column="label", views: int = 1):
+        self.image_transform = image_transform
+        self.image_column, self.label_column, self.views = image_column, label_column, views
+
+    def __call__(self, batch: dict) -> dict:
+        images = batch[self.image_column]
+        out = {"pixel_values": [self.image_transform(im) for im in images]}
+        for v in range(2, self.views + 1):
+            out[f"pixel_values_{v}"] = [self.image_transform(im) for im in images]
+        if self.label_column in batch:
+            out["labels"] = [int(y) for y in batch[self.label_column]]
+        return out
+
+
+def build_transforms(
+    model_or_config_or_path,
+    train: bool,
+    augment: bool | str | Iterable[str] = False,
+    *,
+    crop_scale=(0.8, 1.0),
+    image_column: str = "image",
+    label_column: str = "label",
+    views: int = 1,
+) -> BatchTransform:
+    """A batch transform for ``dataset.with_transform`` matched to a model.
+
+    ``model_or_config_or_path``: a model, a config, an image processor, a local checkpoint
+    folder, or an :class:`ImageSpec`. ``augment`` (used only when ``train``): False/"none",
+    True (= "crop,flip"), or a subset of ``("crop", "flip")`` as a list or "crop,flip" string.
+    Off by default; small images such as ``digits`` should not be flipped.
+    """
+    spec = resolve_image_spec(model_or_config_or_path)
+    aug = _augmentations(augment) if train else frozenset()
+    return BatchTransform(ImageTransform(spec, aug, crop_scale), image_column, label_column, views)
+
+
+def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack the ``pixel_values*`` tensors and ``labels`` of transformed examples into a batch."""
+    batch = {}
+    for key in examples[0]:
+        vals = [ex[key] for ex in examples]
+        if isinstance(vals[0], torch.Tensor):
+            batch[key] = torch.stack(vals)
+        elif isinstance(vals[0], (int, np.integer)):
+            batch[key] = torch.tensor(vals, dtype=torch.long)
+    return batch
