@@ -1,0 +1,367 @@
+"""Machinery shared by the hf-nc PEFT methods (layer FT, SCL FT, head FT).
+
+Every method is a regular PEFT tuner (``BaseTuner`` + ``BaseTunerLayer``), modelled on PEFT's
+own ``ln_tuning`` (module copies) and ``ia3`` (per-adapter parameter dicts). What they share:
+
+* **Targets from the backbone spec.** Users name blocks and heads by index; the module paths
+  come from :func:`hf_nc.backbones.resolve_backbone`, never from architecture branches here.
+* **A base-model fingerprint in the config** (model type, backbone family, number of blocks,
+  width, heads), recorded when the adapter is first applied and checked whenever it is applied
+  again (e.g. by ``PeftModel.from_pretrained``): loading into another base fails loudly.
+* **Complete loads only.** ``set_peft_model_state_dict`` loads with ``strict=False``; our tuners
+  check that the checkpoint holds exactly the adapter's tensors (none missing, none unknown).
+* **Flat checkpoint keys.** Module copies live in ``ModuleDict``s keyed by adapter name; PEFT's
+  default key cleaning leaves that name nested in the middle of such keys
+  (``...copy.default.attention...``), which is what makes transformers' own adapter loading
+  mis-load copy-style adapters. We strip it, so saved keys never contain the adapter name.
+* **A frozen-prefix cut.** Everything below the first tuned block is frozen, so no autograd
+  graph is built there; a forward pre-hook on the first tuned block additionally detaches its
+  input, so even an input that requires grad (``enable_input_require_grads``, gradient
+  checkpointing) cannot make the frozen prefix keep activations for backward.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+import torch
+from peft.config import PeftConfig
+from peft.tuners.tuners_utils import (
+    BaseTuner,
+    BaseTunerLayer,
+    _filter_state_dict_by_key_prefixes,
+    _get_tuner_state_dict_key_prefixes,
+    check_adapters_to_merge,
+)
+from peft.utils.other import ModulesToSaveWrapper
+from torch import nn
+
+from ..backbones import Backbone, resolve_backbone
+
+PEFT_PREFIX = "base_model.model."
+
+
+class NCPeftType(str):
+    """A ``peft_type`` outside PEFT's closed ``PeftType`` enum.
+
+    A plain ``str`` (so it hashes/compares like the enum members and serialises to JSON as a
+    string) that also answers ``.value`` and ``.name`` like an enum member, because some PEFT
+    error paths format ``config.peft_type.value``.
+    """
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+
+@dataclass
+class NCAdapterConfig(PeftConfig):
+    """Fields shared by the hf-nc adapter configs.
+
+    Args:
+        train_head: Train (and save) the model's classification head, found through the backbone
+            spec, like PEFT's ``modules_to_save``. Bare backbones without a head ignore it.
+        modules_to_save: Further modules to train and save (PEFT semantics).
+        target_modules: Filled in when the config is applied: the dotted paths of the adapted
+            modules, derived from the backbone spec. Informative only; recomputed on every load.
+        base_model_type, base_backbone, base_num_layers, base_hidden_size, base_num_heads:
+            Fingerprint of the base model, recorded when the adapter is first applied and checked
+            whenever it is applied again. Leave them ``None``.
+    """
+
+    PEFT_TYPE: ClassVar[str] = ""
+
+    train_head: bool = field(default=True, metadata={"help": "Train and save the classification head."})
+    modules_to_save: Optional[list[str]] = field(default=None, metadata={"help": "Extra modules to train and save."})
+    target_modules: Optional[list[str]] = field(default=None, metadata={"help": "Filled in when applied."})
+    base_model_type: Optional[str] = field(default=None, metadata={"help": "Recorded base fingerprint."})
+    base_backbone: Optional[str] = field(default=None, metadata={"help": "Recorded base fingerprint."})
+    base_num_layers: Optional[int] = field(default=None, metadata={"help": "Recorded base fingerprint."})
+    base_hidden_size: Optional[int] = field(default=None, metadata={"help": "Recorded base fingerprint."})
+    base_num_heads: Optional[int] = field(default=None, metadata={"help": "Recorded base fingerprint."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = NCPeftType(self.PEFT_TYPE)
+        if self.modules_to_save is not None:
+            self.modules_to_save = list(self.modules_to_save)
+
+    # -- fingerprint -------------------------------------------------------------------------
+    _FINGERPRINT = ("base_model_type", "base_backbone", "base_num_layers", "base_hidden_size", "base_num_heads")
+
+    @staticmethod
+    def fingerprint_of(backbone: Backbone) -> dict[str, Any]:
+        return {
+            "base_model_type": getattr(backbone.model.config, "model_type", None),
+            "base_backbone": backbone.spec.name,
+            "base_num_layers": backbone.num_layers,
+            "base_hidden_size": backbone.hidden_size,
+            "base_num_heads": backbone.num_heads,
+        }
+
+    def check_or_record_base(self, backbone: Backbone) -> None:
+        """Records the base fingerprint, or raises ``ValueError`` if it names another base."""
+        actual = self.fingerprint_of(backbone)
+        recorded = {k: getattr(self, k) for k in self._FINGERPRINT}
+        if all(v is None for v in recorded.values()):
+            for k, v in actual.items():
+                setattr(self, k, v)
+            return
+        diff = {k: (recorded[k], actual[k]) for k in self._FINGERPRINT if recorded[k] is not None and recorded[k] != actual[k]}
+        if diff:
+            details = "; ".join(f"{k.removeprefix('base_')}: adapter {a!r} vs model {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"This {type(self).__name__} adapter was made for another base model ({details}). Load it into "
+                f"the base it was trained on (a {recorded['base_backbone']} model of type "
+                f"{recorded['base_model_type']!r} with {recorded['base_num_layers']} blocks, width "
+                f"{recorded['base_hidden_size']}, {recorded['base_num_heads']} heads). To apply these settings to "
+                "a new base, build a fresh config (the fingerprint fields must be None)."
+            )
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """The hidden states in a block's output (a tensor, or a tuple/ModelOutput led by one)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return output[0]
+
+
+def replace_first(output: Any, new: torch.Tensor) -> Any:
+    if isinstance(output, torch.Tensor):
+        return new
+    if isinstance(output, tuple):
+        return (new, *output[1:])
+    output[0] = new  # ModelOutput / list
+    return output
+
+
+def strip_adapter_name(key: str, adapter_name: str, container_attrs: tuple[str, ...]) -> str | None:
+    """Removes ``.{attr}.{adapter_name}.`` -> ``.{attr}.`` for module-copy containers, else ``None``."""
+    for attr in container_attrs:
+        needle = f".{attr}.{adapter_name}."
+        if needle in key:
+            return key.replace(needle, f".{attr}.", 1)
+    return None
+
+
+# -- layers -------------------------------------------------------------------------------------
+
+
+class NCCopyLayer(nn.Module, BaseTunerLayer):
+    """Wraps a module and holds one trainable deep copy of it per adapter (like ``LNTuningLayer``).
+
+    ``merge`` swaps the copy in as the base layer, so ``merge_and_unload`` returns a plain model
+    whose module *is* the tuned copy; ``disable_adapter`` runs the untouched original.
+    """
+
+    copy_attr: ClassVar[str] = ""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, inference_mode: bool = False):
+        super().__init__()
+        self.base_layer = base_layer
+        setattr(self, self.copy_attr, nn.ModuleDict({}))
+        self._active_adapter = adapter_name
+        self.merged_adapters = []
+        self.update_layer(adapter_name, inference_mode=inference_mode)
+
+    @property
+    def copies(self) -> nn.ModuleDict:
+        return getattr(self, self.copy_attr)
+
+    def update_layer(self, adapter_name: str, inference_mode: bool = False) -> None:
+        self.copies[adapter_name] = copy.deepcopy(self.base_layer)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if not adapter_names:
+            return
+        if len(adapter_names) > 1:
+            raise ValueError(f"{type(self).__name__} can merge only one adapter at a time, got {adapter_names}")
+        if self.merged:
+            self.unmerge()
+        name = adapter_names[0]
+        if safe_merge and not all(torch.isfinite(p).all() for p in self.copies[name].parameters()):
+            raise ValueError(f"NaNs or infs in adapter {name!r}: refusing to merge")
+        self.base_layer, self.copies[name] = self.copies[name], self.base_layer
+        self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        name = self.merged_adapters.pop()
+        self.base_layer, self.copies[name] = self.copies[name], self.base_layer
+
+    def _single_active(self) -> str | None:
+        """The adapter whose copy runs, or ``None`` for the base layer."""
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return None
+        active = [a for a in self.active_adapters if a in self.copies]
+        if self.merged or not active:
+            return None
+        if len(active) > 1:
+            raise ValueError(f"{type(self).__name__} runs one adapter at a time, got active adapters {active}")
+        return active[0]
+
+    def forward(self, *args, **kwargs):
+        name = self._single_active()
+        layer = self.base_layer if name is None else self.copies[name]
+        return layer(*args, **kwargs)
+
+
+# -- tuners -------------------------------------------------------------------------------------
+
+
+class NCTuner(BaseTuner):
+    """Base tuner: spec-derived targets, fingerprint checks, complete loads, frozen-prefix cut."""
+
+    target_module_mapping: dict = {}
+    #: ModuleDict attributes that hold module copies (their keys need the adapter name stripped).
+    copy_containers: ClassVar[tuple[str, ...]] = ()
+
+    # Subclasses: return {module path: role} for the adapter, validating the config.
+    def _targets(self, backbone: Backbone, config: NCAdapterConfig) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # Subclasses: wrap `target` (role from `_targets`) or update an existing wrapper.
+    def _create_or_update(self, config, adapter_name, target, role) -> nn.Module | None:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------------
+    def _prepare_adapter_config(self, peft_config: NCAdapterConfig, model_config: dict) -> NCAdapterConfig:
+        backbone = resolve_backbone(self.model)
+        peft_config.check_or_record_base(backbone)
+        roles = self._targets(backbone, peft_config)
+        if not hasattr(self, "_nc_roles"):
+            self._nc_roles = {}
+        self._nc_roles[id(peft_config)] = roles
+        peft_config.target_modules = list(roles)
+        if peft_config.train_head and backbone.classifier_path is not None:
+            extra = list(peft_config.modules_to_save or [])
+            if backbone.classifier_path not in extra:
+                extra.append(backbone.classifier_path)
+            peft_config.modules_to_save = extra
+        return peft_config
+
+    def _check_target_module_exists(self, peft_config, key: str):  # exact paths only
+        return key in self._nc_roles.get(id(peft_config), {})
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+        role = self._nc_roles[id(peft_config)][current_key]
+        new_module = self._create_or_update(peft_config, adapter_name, target, role)
+        if new_module is None:
+            return
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _post_injection_hook(self, model: nn.Module, config: NCAdapterConfig, adapter_name: str) -> None:
+        self._install_prefix_cut(model)
+
+    # -- frozen-prefix cut ---------------------------------------------------------------
+    def first_tuned_block(self) -> int | None:
+        """Index of the lowest block that holds a tuner layer of this tuner (any adapter)."""
+        backbone = resolve_backbone(self.model)
+        for i, block in enumerate(backbone.blocks):
+            if isinstance(block, BaseTunerLayer) or any(isinstance(m, BaseTunerLayer) for m in block.modules()):
+                return i
+        return None
+
+    def _install_prefix_cut(self, model: nn.Module) -> None:
+        handle = getattr(self, "_nc_cut_handle", None)
+        if handle is not None:
+            handle.remove()
+        self._nc_cut_handle = None
+        first = self.first_tuned_block()
+        if first is None:
+            return
+        block = resolve_backbone(model).blocks[first]
+        self._nc_cut_handle = block.register_forward_pre_hook(_detach_hidden_states, with_kwargs=True)
+
+    def _remove_prefix_cut(self) -> None:
+        handle = getattr(self, "_nc_cut_handle", None)
+        if handle is not None:
+            handle.remove()
+            self._nc_cut_handle = None
+
+    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+        model = super()._unload_and_optionally_merge(
+            merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+        )
+        self._remove_prefix_cut()
+        return model
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        # Copies of base modules must keep the base dtype (as in PEFT's ln_tuning).
+        if not self.copy_containers:
+            super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
+
+    # -- checkpoint keys -----------------------------------------------------------------
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        stripped = strip_adapter_name(key, adapter_name, cls.copy_containers)
+        if stripped is not None:
+            return stripped
+        return super()._remove_adapter_name_from_key(key, adapter_name)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        model_sd = model.state_dict()
+
+        def norm(k: str) -> str:
+            return k if k in model_sd else k.removeprefix(PEFT_PREFIX) if k.removeprefix(PEFT_PREFIX) in model_sd else PEFT_PREFIX + k
+
+        loaded = {norm(k) for k in remapped}
+        prefixes = _get_tuner_state_dict_key_prefixes(model, adapter_name=adapter_name)
+        expected = set(_filter_state_dict_by_key_prefixes(model_sd, prefixes))
+        for name, module in model.named_modules():
+            if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+                sub = f"{name}.modules_to_save.{adapter_name}."
+                expected |= {k for k in model_sd if k.startswith(sub)}
+        missing = sorted(expected - loaded)
+        unexpected = sorted(k for k in loaded if k not in model_sd)
+        if missing or unexpected:
+            raise ValueError(
+                f"The {config.peft_type} checkpoint does not match the adapter built on this model "
+                f"({len(missing)} tensors missing, {len(unexpected)} unknown), refusing a partial load. "
+                f"Missing: {missing[:5]}{' ...' if len(missing) > 5 else ''}. "
+                f"Unknown: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}. "
+                "Is the adapter file truncated, or made for another base model?"
+            )
+        return remapped
+
+
+def _detach_hidden_states(module, args, kwargs):
+    """Forward pre-hook: cut the autograd graph at the input of the first tuned block."""
+    if not torch.is_grad_enabled():
+        return None
+    if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+        return (args[0].detach(), *args[1:]), kwargs
+    hidden = kwargs.get("hidden_states")
+    if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+        return args, {**kwargs, "hidden_states": hidden.detach()}
+    return None
+
+
+def resolve_layers(backbone: Backbone, layers, what: str) -> list[int]:
+    """Normalised, sorted, unique block indices; ValueError (naming the real range) otherwise."""
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = [layers]
+    if not layers:
+        raise ValueError(f"{what}: choose at least one block (0..{backbone.num_layers - 1}, or negative from the end)")
+    return sorted({backbone.layer_index(layer) for layer in layers})
+

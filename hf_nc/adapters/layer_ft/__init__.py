@@ -1,0 +1,5 @@
+from .config import LayerFTConfig
+from .layer import LayerFTLayer
+from .model import LayerFTModel
+
+__all__ = ["LayerFTConfig", "LayerFTLayer", "LayerFTModel"]
