@@ -311,3 +311,24 @@ def test_single_sample_class_is_valid():
     h, y = make_data(3, 4, [1, 6, 7])
     out = nc_metrics(h, y)
     assert_close(out, reference_nc(h, y, 3))
+
+
+# ----------------------------------------------------------------------------- CUDA
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_features_accumulate_in_float64_on_the_device(dtype):
+    K, d, counts = 10, 40, [12, 30, 1, 9, 40, 22, 5, 17, 33, 8]
+    h, y = make_data(K, d, counts, seed=21)
+    x, yy = torch.from_numpy(h).to("cuda", dtype), torch.from_numpy(y).cuda()
+    W = torch.randn(K, d, device="cuda")
+    stats = NCStats(K, d)
+    for sl in split(len(y), [5, 60, 1]):
+        stats.update(x[sl], yy[sl])
+    assert stats.device.type == "cuda" and stats.second.dtype == torch.float64
+    stats.ncc_pass(x, yy)
+    ref = reference_nc(x.double().cpu().numpy(), y, K, W.double().cpu().numpy())
+    assert_close(stats.compute(W), ref)
+    assert_close(nc_metrics(x, yy, classifier_weight=W), ref)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        stats_bad = NCStats(K, d)
+        stats_bad.update(torch.full((2, d), float("nan"), device="cuda", dtype=dtype), yy[:2])

@@ -1,0 +1,196 @@
+"""NC metrics engine benchmark: NCStats vs research-style code and vs the matmul limit.
+
+    python benchmarks/nc_metrics.py            # d=768, K=100, N=50,000 and 200,000
+    python benchmarks/nc_metrics.py --quick    # N=10,000 and 40,000
+    python benchmarks/nc_metrics.py --device cuda
+
+Everything is measured side by side in one run, on the same machine:
+
+(a) NCStats (update per batch + compute) vs the usual research-code approach: keep every
+    batch in a list, concatenate, per-class loop for the means and the within-class
+    covariance, dense d x d ``torch.linalg.pinv(Sigma_B)``, trace -- in float64 like ours
+    (same precision; a float32 variant would lose digits). Time at N = N1 (best of
+    ``--repeats``, batches pre-generated so generation is not timed) and peak memory at
+    N1 and N2 with batches generated on the fly (CPU: peak RSS of a fresh subprocess per
+    run, from /proc/self/status VmHWM after resetting it via /proc/self/clear_refs, minus
+    the RSS before the run; CUDA: torch.cuda.max_memory_allocated above the start).
+(b) NCStats update+compute vs the physical limit: one float64 product H^T H with H the
+    (N1, d) float64 feature matrix already in memory.
+(c) Per-layer NC collection overhead during a ViT eval pass: see ``part_c`` (lead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from hf_nc.metrics import NCStats
+
+D, K, BATCH = 768, 100, 1024
+
+
+# ----------------------------------------------------------------------------- data
+def batches(n: int, device: str, seed: int = 0):
+    """Yields (features float32 (B, D), labels (B,)) batches, generated on the fly."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    means = torch.randn(K, D, generator=g) * 2.0  # (K, D)
+    for start in range(0, n, BATCH):
+        b = min(BATCH, n - start)
+        y = torch.randint(0, K, (b,), generator=g)
+        x = means[y] + torch.randn(b, D, generator=g) + 5.0
+        yield x.to(device), y.to(device)
+
+
+# ----------------------------------------------------------------------------- methods
+def ours(stream) -> float:
+    stats = NCStats(K, D)
+    for x, y in stream:
+        stats.update(x, y)
+    return stats.compute()["nc1"]
+
+
+def research(stream) -> float:
+    """The usual approach: all features in memory, per-class loop, dense pinv(Sigma_B)."""
+    feats, labels = [], []
+    for x, y in stream:
+        feats.append(x.clone())
+        labels.append(y.clone())
+    H = torch.cat(feats).double()  # (N, D)
+    Y = torch.cat(labels)
+    N = H.shape[0]
+    mu_g = H.mean(dim=0)
+    Sw = torch.zeros(D, D, dtype=torch.float64, device=H.device)
+    means = []
+    for k in range(K):
+        Hk = H[Y == k]
+        mu = Hk.mean(dim=0)
+        means.append(mu)
+        C = Hk - mu
+        Sw += C.T @ C
+    Sw /= N
+    M = torch.stack(means) - mu_g  # (K, D)
+    Sb = M.T @ M / K  # (D, D)
+    return float(torch.trace(Sw @ torch.linalg.pinv(Sb))) / K
+
+
+def matmul_limit(H: torch.Tensor) -> float:
+    return float((H.T @ H)[0, 0])
+
+
+# ----------------------------------------------------------------------------- timing
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def best_time(fn, repeats: int, device: str) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        out = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+# ----------------------------------------------------------------------------- memory
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def child_peak(method: str, n: int, device: str) -> int:
+    """In this (fresh) process: peak memory of one run above the memory before it."""
+    fn = {"ours": ours, "research": research}[method]
+    if device.startswith("cuda"):
+        torch.cuda.init()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        fn(batches(n, device))
+        return torch.cuda.max_memory_allocated() - start
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM (peak RSS) to the current RSS
+    start = _rss_bytes("VmRSS")
+    fn(batches(n, device))
+    return _rss_bytes("VmHWM") - start
+
+
+def peak_in_subprocess(method: str, n: int, device: str) -> int:
+    cmd = [sys.executable, __file__, "--child", method, str(n), "--device", device]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+
+
+# ----------------------------------------------------------------------------- part (c)
+def part_c(args) -> list[tuple[str, str]]:
+    """(c) Per-layer NC collection overhead during a ViT eval pass.
+
+    PLACEHOLDER for the lead: time a ViT eval pass with and without
+    ``hf_nc.layer_nc`` collection and return rows ``[(label, value), ...]``.
+    """
+    return []
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="N = 10,000 and 40,000")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--child", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps({"peak": child_peak(args.child[0], int(args.child[1]), args.device)}))
+        return
+    n1, n2 = (10_000, 40_000) if args.quick else (50_000, 200_000)
+    dev = args.device
+    print(f"NC metrics benchmark: d={D}, K={K}, batch={BATCH}, device={dev}, torch {torch.__version__}, "
+          f"threads={torch.get_num_threads()}")  # fmt: skip
+
+    data = list(batches(n1, dev))  # pre-generated for timing only
+    ours(data[:2]), research(data[:2])  # warm-up
+    t_ours, nc1_ours = best_time(lambda: ours(data), args.repeats, dev)
+    t_res, nc1_res = best_time(lambda: research(data), args.repeats, dev)
+    H = torch.cat([x for x, _ in data]).double()
+    t_mm, _ = best_time(lambda: matmul_limit(H), args.repeats, dev)
+    del H, data
+
+    mem = {(m, n): peak_in_subprocess(m, n, dev) for m in ("ours", "research") for n in (n1, n2)}
+    mib = lambda b: f"{b / 2**20:9.1f} MiB"  # noqa: E731
+    how = "CUDA max_memory_allocated" if dev.startswith("cuda") else "peak RSS (VmHWM), fresh process"
+
+    rows = [
+        (f"(a) time NCStats  N={n1:,}", f"{t_ours:9.3f} s"),
+        (f"(a) time research N={n1:,}", f"{t_res:9.3f} s"),
+        ("(a) time ratio NCStats / research", f"{t_ours / t_res:9.2f} x   (goal <= 1)"),
+        ("(a) nc1 NCStats vs research (rel. diff)", f"{nc1_ours:.12g} vs {nc1_res:.12g} ({abs(nc1_ours - nc1_res) / abs(nc1_res):.1e})"),
+        (f"(a) peak mem NCStats  N={n1:,}", mib(mem["ours", n1])),
+        (f"(a) peak mem NCStats  N={n2:,}", mib(mem["ours", n2])),
+        (f"(a) peak mem research N={n1:,}", mib(mem["research", n1])),
+        (f"(a) peak mem research N={n2:,}", mib(mem["research", n2])),
+        (f"(a) mem growth N={n1:,}->{n2:,} NCStats", f"{mem['ours', n2] / mem['ours', n1]:9.2f} x   (goal ~1)"),
+        (f"(a) mem growth N={n1:,}->{n2:,} research",
+         f"{mem['research', n2] / mem['research', n1]:9.2f} x   (linear: {n2 / n1:.0f})"),  # fmt: skip
+        (f"(b) time H^T H float64 N={n1:,}", f"{t_mm:9.3f} s"),
+        ("(b) time ratio NCStats / H^T H", f"{t_ours / t_mm:9.2f} x   (goal <= 1.5)"),
+    ]
+    rows += part_c(args)
+    width = max(len(r[0]) for r in rows)
+    print(f"memory: {how}, above the process's memory before the run")
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
