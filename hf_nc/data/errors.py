@@ -13,8 +13,9 @@ class DataNotFoundError(FileNotFoundError):
 
 def hub_offline() -> bool:
     """True when Hub access is switched off (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)."""
-    if any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return True
+    set_vars = [os.environ[v].strip().lower() for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if v in os.environ]
+    if set_vars:  # the environment now wins over what huggingface_hub read at import time
+        return any(v in _TRUE for v in set_vars)
     try:
         import huggingface_hub.constants as hc
 

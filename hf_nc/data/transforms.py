@@ -46,9 +46,20 @@ class ImageSpec:
         return mean, std
 
 
+def _size_dict(v) -> dict | None:
+    """A plain dict of the set fields of a size given as dict or as transformers' ``SizeDict``."""
+    if isinstance(v, dict):
+        return {k: x for k, x in v.items() if x is not None}
+    keys = ("height", "width", "shortest_edge", "longest_edge")
+    if any(hasattr(v, k) for k in keys):
+        return {k: getattr(v, k) for k in keys if getattr(v, k, None) is not None}
+    return None
+
+
 def _pair(v) -> tuple[int, int]:
     if isinstance(v, int):
         return v, v
+    v = _size_dict(v) or v
     if isinstance(v, dict):
         if "height" in v and "width" in v:
             return int(v["height"]), int(v["width"])
@@ -79,7 +90,7 @@ def spec_from_processor(processor, num_channels: int = 3) -> ImageSpec:
     """The resize / crop / rescale / normalise settings of a transformers image processor."""
     size = getattr(processor, "size", None)
     crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
-    shortest = size.get("shortest_edge") if isinstance(size, dict) else None
+    shortest = (_size_dict(size) or {}).get("shortest_edge")
     out = _pair(crop) if crop is not None else _pair(size)
     do_norm = getattr(processor, "do_normalize", True)
     do_rescale = getattr(processor, "do_rescale", True)
