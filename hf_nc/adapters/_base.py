@@ -297,6 +297,13 @@ class NCTuner(BaseTuner):
             handle.remove()
             self._nc_cut_handle = None
 
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        if not isinstance(new_module, BaseTunerLayer):
+            # unloading: put the (possibly merged) base module back; it need not have a `weight`
+            setattr(parent, child_name, new_module)
+            return
+        super()._replace_module(parent, child_name, new_module, child)
+
     def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
         model = super()._unload_and_optionally_merge(
             merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names

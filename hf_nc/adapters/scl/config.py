@@ -35,7 +35,8 @@ class SCLConfig(NCAdapterConfig):
       A gate on the features themselves (``alpha * h_l`` with ``alpha = 0``) can have only one of
       those two properties (zero output for all inputs forces a zero Jacobian), and a zero gate on
       a zero-initialised projection would receive no gradient at all. The price is one extra
-      frozen forward of block ``l`` under ``no_grad`` (no activations kept).
+      frozen forward of block ``l`` under ``no_grad`` (no activations kept), and the mirror image
+      of the gate: ``alpha`` multiplies a zero skip at init, so it is reached from step two.
     * ``skip_source="features"`` adds ``alpha * h_l`` with ``alpha`` initialised to 0 (a
       ReZero/Flamingo-style gate): equal to the base at init, no extra forward; the skip's
       gradient reaches ``alpha`` at step one and block ``l`` from step two (block ``l`` gets
@@ -49,7 +50,8 @@ class SCLConfig(NCAdapterConfig):
       un-normalised tokens) are rejected with a clear error, found by an autograd probe.
 
     SCL adds a connection the base architecture does not have, so ``merge_and_unload`` raises;
-    ``unload()`` and ``disable_adapter()`` give the base model back.
+    ``disable_adapter()`` runs the base model; ``unload()`` returns the base blocks (with the
+    trained head, PEFT's ``modules_to_save`` semantics).
 
     Args:
         layer: The tuned block; negative counts from the end. Must be below the last block

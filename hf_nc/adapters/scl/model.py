@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ...backbones import Backbone, resolve_backbone
-from .._base import NCTuner
+from .._base import NCTuner, first_tensor, replace_first
 from .config import SCLConfig
 from .layer import SCLLayer, SCLSinkLayer, SCLSourceLayer
 
@@ -94,8 +94,6 @@ def _check_post_norm_reaches_output(model: nn.Module, adapter_name: str) -> None
     def hook(module, args, output):
         y = first_tensor(output).detach().requires_grad_(True)
         captured["y"] = y
-        from .._base import replace_first
-
         return replace_first(output, y)
 
     handle = sink.register_forward_hook(hook)
