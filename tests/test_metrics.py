@@ -277,6 +277,12 @@ def test_bad_batches_raise(make, match):
         good.ncc_pass(h, y)
 
 
+def test_overflowing_float64_features_are_named():
+    h, y = _ok()
+    with pytest.raises(ValueError, match="too large: their squared norms overflow float64"):
+        NCStats(3, 4).update(h * 1e200, y)
+
+
 def test_empty_classes_are_named_at_compute():
     h, y = _ok()
     s = NCStats(6, 4).update(h, y)

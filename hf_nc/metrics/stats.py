@@ -73,15 +73,15 @@ class NCStats:
             return
         K, d = self.num_classes, self.dim
         self.device = device
-        self._flat = torch.zeros(2 * K + K * d + d * d + 2, dtype=torch.float64, device=device)
-        views, offset = [], 0
-        for shape in [(K,), (K, d), (d, d), (K,), (2,)]:
-            size = 1
-            for s in shape:
-                size *= s
-            views.append(self._flat[offset : offset + size].view(shape))
-            offset += size
-        self.counts, self.sums, self.second, self.sq_norms, self._ncc_local = views
+        # packed: [per-class block (K, d+2) = sums | sq_norms | counts] [second (d*d)] [ncc (2)]
+        kb = K * (d + 2)
+        self._flat = torch.zeros(kb + d * d + 2, dtype=torch.float64, device=device)
+        self._block = self._flat[:kb].view(K, d + 2)  # one index_add_ per batch updates it
+        self.sums = self._block[:, :d]  # (K, d)
+        self.sq_norms = self._block[:, d]  # (K,)
+        self.counts = self._block[:, d + 1]  # (K,)
+        self.second = self._flat[kb : kb + d * d].view(d, d)  # (d, d)
+        self._ncc_local = self._flat[kb + d * d :]  # (2,)
         self.shift = torch.zeros(d, dtype=torch.float64, device=device)  # (d,)
         self._has_shift = False
         self._ncc_total = self._ncc_total.to(device)
@@ -109,16 +109,19 @@ class NCStats:
         self._has_shift = True
 
     # ------------------------------------------------------------------ passes
-    def _prepare(self, features: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prepare(
+        self, features: Any, labels: Any, check: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = as_features(features, self.dim)
         y = as_labels(labels, x.shape[0], x.device)
-        check_batch(x, y, self.num_classes)
+        if check:
+            check_batch(x, y, self.num_classes)
         self._materialize(x.device)
-        x = x.to(self.device, torch.float64)  # (B, d) float64, no copy if already so
-        return x, y.to(self.device)
+        return x.to(self.device), y.to(self.device)
 
     def update(self, features: Any, labels: Any) -> NCStats:
-        """Accumulates a batch: one matmul into the second moment, index_add_ for the rest.
+        """Accumulates a batch: one ``addmm_`` for the second moment, one ``index_add_`` for
+        class sums, squared norms and counts; one host sync for the input checks.
 
         Args:
             features: (B, d), any float dtype, CPU or CUDA (tensor, array or list).
@@ -131,21 +134,25 @@ class NCStats:
             ValueError: bad shapes, NaN/inf features, labels outside [0, K).
             RuntimeError: called after ``ncc_pass``, or after a multi-process ``all_reduce``.
         """
-        x, y = self._prepare(features, labels)
+        x, y = self._prepare(features, labels, check=False)  # checked below, in one sync
         if self._ncc_done:
             raise RuntimeError("update() after ncc_pass(): the class means would change")
         if self._reduced:
             raise RuntimeError("update() after all_reduce(): start a new NCStats for new data")
-        if x.shape[0] == 0:
+        B, d = x.shape
+        if B == 0:
             return self
         if not self._has_shift:
-            self.shift = x.mean(dim=0)  # (d,) fixed from now on
+            self.shift = x.to(torch.float64).mean(dim=0)  # (d,) fixed from now on
             self._has_shift = True
-        x = x - self.shift  # (B, d) new float64 tensor
-        self.second.addmm_(x.T, x)  # (d, d)
-        self.sums.index_add_(0, y, x)  # (K, d)
-        self.sq_norms.index_add_(0, y, torch.einsum("bd,bd->b", x, x))  # (K,)
-        self.counts.add_(torch.bincount(y, minlength=self.num_classes))  # (K,)
+        aug = torch.empty(B, d + 2, dtype=torch.float64, device=self.device)  # (B, d+2)
+        xs = aug[:, :d]
+        torch.sub(x, self.shift, out=xs)  # cast to float64 and shift in one kernel
+        aug[:, d] = (xs * xs).sum(dim=1)  # ||h - c||^2
+        aug[:, d + 1] = 1.0
+        check_batch(x, y, self.num_classes, row_sq=aug[:, d])  # NaN/inf show in row norms
+        self.second.addmm_(xs.T, xs)  # (d, d), the one O(B d^2) step
+        self._block.index_add_(0, y, aug)  # sums, sq_norms, counts at once
         return self
 
     def ncc_pass(self, features: Any, labels: Any) -> NCStats:
@@ -166,6 +173,7 @@ class NCStats:
             RuntimeError: in a multi-process run, before ``all_reduce``.
         """
         x, y = self._prepare(features, labels)
+        x = x.to(torch.float64)
         if is_distributed() and not self._reduced:
             raise RuntimeError("ncc_pass() needs the global class means: call all_reduce() first")
         check_nonempty(self.counts)
@@ -210,6 +218,7 @@ class NCStats:
         tmp = NCStats(self.num_classes, self.dim, device=self.device)
         tmp._flat.copy_(other._flat)
         tmp.shift, tmp._has_shift = other.shift.to(self.device), other._has_shift
+        tmp._ncc_total = tmp._ncc_total.to(self.device)
         if not self._has_shift:
             self.shift, self._has_shift = tmp.shift.clone(), tmp._has_shift
         elif tmp._has_shift:
@@ -274,19 +283,20 @@ class NCStats:
         sigma_w = (sigma_w + sigma_w.T) / 2
         spread = ((self.sq_norms - (self.sums**2).sum(dim=1) / n) / n).clamp_min(0)  # (K,)
 
+        Mc = M.cpu()  # the O(K^2 d) formulas run on the CPU (small; avoids GPU syncs)
         out: dict[str, float] = {
             "nc1": formulas.nc1(sigma_w, M),
-            "nc2_etf": formulas.nc2_etf(M),
-            "nc2_equinorm": formulas.nc2_equinorm(M),
-            "nc2_equiangle": formulas.nc2_equiangle(M),
+            "nc2_etf": formulas.nc2_etf(Mc),
+            "nc2_equinorm": formulas.nc2_equinorm(Mc),
+            "nc2_equiangle": formulas.nc2_equiangle(Mc),
         }
         if classifier_weight is not None:
-            W = as_classifier_weight(classifier_weight, self.num_classes, self.dim, self.device)
-            out["nc3"] = formulas.nc3(W, M)
+            W = as_classifier_weight(classifier_weight, self.num_classes, self.dim, Mc.device)
+            out["nc3"] = formulas.nc3(W, Mc)
         ncc = self._ncc_total + self._ncc_local
         if float(ncc[1]) > 0:
             out["ncc_acc"] = float(ncc[0] / ncc[1])
-        out["cdnv"] = formulas.cdnv(M, spread)
+        out["cdnv"] = formulas.cdnv(Mc, spread.cpu())
         out["num_samples"] = int(N)
         out["num_classes"] = self.num_classes
         return out

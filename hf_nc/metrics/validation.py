@@ -59,25 +59,31 @@ def as_labels(labels: Any, num_samples: int, device: torch.device) -> torch.Tens
     return y.to(device=device, dtype=torch.int64)
 
 
-def check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
+def check_batch(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, row_sq: torch.Tensor | None = None
+) -> None:
     """Checks a batch for non-finite features and out-of-range labels with one host sync.
 
     Args:
         x: Features (N, d).
         y: Labels (N,), int64, on the same device.
         num_classes: K; valid labels are 0..K-1.
+        row_sq: Optional float64 squared row norms (N,) of the (shifted) features: NaN/inf
+            in a row makes its norm non-finite, so checking N numbers replaces N*d.
 
     Raises:
         ValueError: NaN/inf in the features, or a label outside [0, K).
     """
     if x.shape[0] == 0:
         return
-    flags = torch.stack(
-        [~torch.isfinite(x).all(), (y < 0).any(), (y >= num_classes).any()]
-    ).tolist()  # a single device-to-host transfer
-    if flags[0]:
+    lo, hi = torch.aminmax(y)
+    finite = torch.isfinite(row_sq if row_sq is not None else x).all()
+    ok_finite, ok_lo, ok_hi = torch.stack([finite, lo >= 0, hi < num_classes]).tolist()  # one sync
+    if not ok_finite:
+        if row_sq is not None and bool(torch.isfinite(x).all()):
+            raise ValueError("features are too large: their squared norms overflow float64")
         raise ValueError("features contain NaN or inf values")
-    if flags[1] or flags[2]:
+    if not (ok_lo and ok_hi):
         bad = torch.unique(y[(y < 0) | (y >= num_classes)])[:10].tolist()
         raise ValueError(f"labels outside [0, {num_classes}) (num_classes={num_classes}): {bad}")
 
