@@ -34,12 +34,11 @@ def nc1(sigma_w: torch.Tensor, M: torch.Tensor) -> float:
         NC1 as a float (clamped at 0 against rounding of a PSD trace).
     """
     K, d = M.shape
-    # the small K x d SVD runs on the CPU (cheap; small SVDs are slow on GPUs)
-    _, s, vh = torch.linalg.svd(M.cpu() / math.sqrt(K), full_matrices=False)  # (r,), (r, d)
+    _, s, vh = torch.linalg.svd(M / math.sqrt(K), full_matrices=False)  # (r,), (r, d)
     if s.numel() == 0 or float(s.max()) == 0.0:
         return float("nan")
     keep = s > s.max() * max(K, d) * EPS64
-    v, lam = vh[keep].to(sigma_w.device), (s[keep] ** 2).to(sigma_w.device)  # (r', d), (r',)
+    v, lam = vh[keep], s[keep] ** 2  # (r', d), (r',)
     quad = ((v @ sigma_w) * v).sum(dim=1)  # (r',) v_j^T Sigma_W v_j
     return max(float((quad / lam).sum()) / K, 0.0)
 

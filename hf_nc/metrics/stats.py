@@ -283,7 +283,7 @@ class NCStats:
         sigma_w = (sigma_w + sigma_w.T) / 2
         spread = ((self.sq_norms - (self.sums**2).sum(dim=1) / n) / n).clamp_min(0)  # (K,)
 
-        Mc = M.cpu()  # the O(K^2 d) formulas run on the CPU (small; avoids GPU syncs)
+        Mc = M.cpu()  # the small O(K^2 d) formulas run on the CPU (fewer GPU syncs)
         out: dict[str, float] = {
             "nc1": formulas.nc1(sigma_w, M),
             "nc2_etf": formulas.nc2_etf(Mc),
