@@ -1,0 +1,60 @@
+"""The per-layer NC report recipe, in one process and in two real CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import LAYERS, build_tiny_model
+
+from hf_nc.data import build_transforms, collate_fn, load_image_dataset
+from hf_nc.features import FINAL, extract_features
+from hf_nc.metrics import nc_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+import nc_report  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_vit")
+    build_tiny_model("vit_cls").save_pretrained(path)
+    return path
+
+
+def test_report_matches_nc_of_the_extracted_features(tiny_checkpoint, tmp_path, capsys):
+    results = nc_report.main(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path), "--batch_size", "100", "--shots_per_class", "20"])
+    printed = capsys.readouterr().out
+    assert set(results) == {*map(str, range(LAYERS)), FINAL}
+    assert (tmp_path / "nc1_per_layer.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "nc_report.json").read_text())
+    assert saved["layers"] == results
+    assert f"{results['final']['nc1']:.4g}" in printed
+
+    # Independent path: all features in memory, one-shot metrics.
+    model = build_tiny_model("vit_cls")
+    data = load_image_dataset("digits", shots_per_class=20)["train"].with_transform(build_transforms(model, train=False))
+    batch = collate_fn([data[i] for i in range(len(data))])
+    feats = extract_features(model, batch["pixel_values"])
+    for key in (0, LAYERS - 1, FINAL):
+        want = nc_metrics(feats[key], batch["labels"], num_classes=10)
+        for metric in ("nc1", "nc2_etf", "ncc_acc", "cdnv"):
+            assert results[str(key)][metric] == pytest.approx(want[metric], rel=1e-6), (key, metric)
+
+
+@pytest.mark.slow
+def test_two_processes_report_the_same_numbers(tiny_checkpoint, tmp_path):
+    one = nc_report.main(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path / "one"), "--batch_size", "64", "--shots_per_class", "15"])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "recipes" / "nc_report.py"),
+           "--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path / "two"), "--batch_size", "32", "--shots_per_class", "15"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "nc_report.json").read_text())["layers"]
+    for key in one:
+        for metric, value in one[key].items():
+            assert two[key][metric] == pytest.approx(value, rel=1e-9), (key, metric)
