@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import json
 
 import peft
@@ -14,7 +17,8 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPIN
 import hf_nc.adapters as A
 from hf_nc.adapters.registration import METHODS, TESTED_PEFT
 from tiny_models import build_tiny_model, tiny_pixels
-from adapter_cases import METHOD_CONFIGS, first_output, perturb_trainables
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from adapter_cases import METHOD_CONFIGS, first_output, perturb_trainables  # noqa: E402
 
 
 def test_peft_version_is_in_the_tested_range():

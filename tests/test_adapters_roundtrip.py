@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 import hf_nc.adapters as A
 from tiny_models import TINY_MODELS, build_tiny_model, tiny_pixels
-from adapter_cases import METHOD_CONFIGS, METHODS, first_output, perturb_trainables
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from adapter_cases import METHOD_CONFIGS, METHODS, first_output, perturb_trainables  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "scripts" / "adapter_roundtrip.py"
 

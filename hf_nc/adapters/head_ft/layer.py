@@ -94,7 +94,7 @@ class HeadFTLayer(nn.Module, BaseTunerLayer):
         return result
 
     @torch.no_grad()
-    def _apply(self, adapter_name: str, sign: float) -> None:
+    def _add_delta(self, adapter_name: str, sign: float) -> None:
         index, matrix, bias = self._dense_update(adapter_name)
         weight = self.base_layer.weight
         if self.role == "rows":
@@ -113,7 +113,7 @@ class HeadFTLayer(nn.Module, BaseTunerLayer):
                 tensors = [self.hfnc_head_ft_delta[name]] + ([self.hfnc_head_ft_bias[name]] if name in self.hfnc_head_ft_bias else [])
                 if not all(torch.isfinite(t).all() for t in tensors):
                     raise ValueError(f"NaNs or infs in adapter {name!r}: refusing to merge")
-            self._apply(name, 1.0)
+            self._add_delta(name, 1.0)
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
@@ -121,7 +121,7 @@ class HeadFTLayer(nn.Module, BaseTunerLayer):
             warnings.warn("Already unmerged. Nothing to do.")
             return
         while self.merged_adapters:
-            self._apply(self.merged_adapters.pop(), -1.0)
+            self._add_delta(self.merged_adapters.pop(), -1.0)
 
     def __repr__(self) -> str:
         return "hfnc_head_ft." + super().__repr__()
