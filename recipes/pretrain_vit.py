@@ -1,0 +1,414 @@
+#!/usr/bin/env python
+"""Pre-train a small ViT from scratch on a source image dataset, logging source NC1.
+
+The paper's pre-training choices are flags: the loss (``ce``, ``label_smoothing``, ``mse``,
+``supcon``), a projection head (used in training, dropped from the saved model), data
+augmentation, epochs, seed and model size. NC1 of the penultimate features (the final-layernorm
+CLS token that enters the classifier) is measured on a fixed subset of the training data before
+training and after every epoch (``hf_nc.metrics.NCStats``, all-reduced across processes).
+
+With ``supcon`` or ``--projection_head`` the saved classifier is a linear head fitted afterwards
+on the frozen penultimate features (full-batch CE).
+
+Output: a ``save_pretrained`` checkpoint (config.json with id2label, model.safetensors in fp32,
+preprocessor_config.json) that ``ViTForImageClassification.from_pretrained`` loads, a model card
+(README.md) and history.json.
+
+    python recipes/pretrain_vit.py --output_dir runs/vit --dataset digits --max_steps 50
+    accelerate launch recipes/pretrain_vit.py --output_dir runs/vit --loss supcon --augment crop,flip
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, get_cosine_schedule_with_warmup
+
+from hf_nc.data import build_transforms, collate_fn, load_image_dataset
+from hf_nc.metrics import NCStats
+
+LOSSES = ("ce", "label_smoothing", "mse", "supcon")
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="fashion_mnist", metadata={"help": "built-in name, local folder or Hub name"})
+    classes: Optional[str] = field(default=None, metadata={"help": "comma-separated source classes, e.g. 0,1,2,3,4"})
+    shots_per_class: Optional[int] = field(default=None, metadata={"help": "few-shot source training set"})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "seeded random subset (tests)"})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "first N test images"})
+    augment: str = field(default="none", metadata={"help": "none | crop | flip | crop,flip"})
+    crop_scale_min: float = field(default=0.8, metadata={"help": "random resized crop: smallest area share"})
+    nc_samples: int = field(default=2000, metadata={"help": "size of the fixed training subset for source NC"})
+    num_workers: int = 0
+
+
+@dataclass
+class ModelArguments:
+    image_size: int = 28
+    patch_size: int = 4
+    num_channels: int = 1
+    hidden_size: int = 64
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    projection_head: bool = field(default=False, metadata={"help": "MLP (Linear-BN-ReLU-Linear) on the features in training, not saved"})
+    projection_dim: int = 64
+
+
+@dataclass
+class PretrainArguments:
+    output_dir: str = field(metadata={"help": "where the checkpoint, card and history go"})
+    loss: str = field(default="ce", metadata={"help": "ce | label_smoothing | mse | supcon"})
+    label_smoothing: float = 0.1
+    supcon_temperature: float = 0.1
+    num_train_epochs: float = 3.0
+    max_steps: int = field(default=-1, metadata={"help": "if > 0: stop after this many optimizer steps"})
+    per_device_train_batch_size: int = 128
+    per_device_eval_batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.05
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+    head_fit_steps: int = field(default=300, metadata={"help": "full-batch CE steps of the refitted linear head"})
+    logging_steps: int = 25
+    eval_each_epoch: bool = True
+    torch_threads: int = field(default=0, metadata={"help": "torch.set_num_threads if > 0 (1 helps on busy CPUs)"})
+    model_name: Optional[str] = field(default=None, metadata={"help": "title of the model card"})
+
+
+class PretrainNet(nn.Module):
+    """A ViTForImageClassification plus the training-only parts (projection head, its classifier)."""
+
+    def __init__(self, backbone: ViTForImageClassification, margs: ModelArguments, loss: str):
+        super().__init__()
+        self.backbone, self.loss_name = backbone, loss
+        d, k = backbone.config.hidden_size, backbone.config.num_labels
+        self.projection = None
+        if margs.projection_head:
+            # SimCLR-style MLP; its BatchNorm also breaks the near-identical CLS features of a fresh ViT
+            self.projection = nn.Sequential(
+                nn.Linear(d, d), nn.BatchNorm1d(d), nn.ReLU(), nn.Linear(d, margs.projection_dim)
+            )
+            if loss != "supcon":
+                self.projection_classifier = nn.Linear(margs.projection_dim, k)
+
+    def features(self, pixel_values):  # penultimate: final-layernorm CLS token (input of the classifier)
+        return self.backbone.vit(pixel_values).last_hidden_state[:, 0]
+
+    def forward(self, pixel_values):
+        h = self.features(pixel_values)
+        z = self.projection(h) if self.projection is not None else h
+        if self.loss_name == "supcon":
+            return z, None
+        head = self.projection_classifier if self.projection is not None else self.backbone.classifier
+        return z, head(z)
+
+
+def supcon_loss(z, labels, temperature: float):
+    """Supervised contrastive loss (Khosla et al. 2020) on L2-normalised features; every other
+    sample of the same label in the batch (including a second view) is a positive."""
+    z = F.normalize(z, dim=1)
+    n = z.shape[0]
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    sim = (z @ z.T / temperature).masked_fill(self_mask, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~self_mask
+    npos = pos.sum(1)
+    valid = npos > 0
+    if not valid.any():
+        return z.sum() * 0.0
+    return -(log_prob.masked_fill(~pos, 0.0).sum(1)[valid] / npos[valid]).mean()
+
+
+def compute_loss(net, batch, args: PretrainArguments, num_labels: int):
+    labels = batch["labels"]
+    if args.loss == "supcon":
+        x = batch["pixel_values"]
+        if "pixel_values_2" in batch:  # two augmented views
+            x, labels = torch.cat([x, batch["pixel_values_2"]]), torch.cat([labels, labels])
+        z, _ = net(x)
+        return supcon_loss(z, labels, args.supcon_temperature)
+    _, logits = net(batch["pixel_values"])
+    if args.loss == "ce":
+        return F.cross_entropy(logits, labels)
+    if args.loss == "label_smoothing":
+        return F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
+    if args.loss == "mse":  # squared error to one-hot targets, summed over classes
+        return F.mse_loss(logits, F.one_hot(labels, num_labels).to(logits.dtype), reduction="sum") / len(labels)
+    raise ValueError(f"unknown loss {args.loss!r}; choose from {LOSSES}")
+
+
+@torch.no_grad()
+def source_nc(accelerator, net, nc_dataset, batch_size: int) -> dict:
+    """NC metrics of the penultimate features on the fixed subset; each process takes every
+    world_size-th sample (no padding duplicates), then the statistics are all-reduced."""
+    net = accelerator.unwrap_model(net)
+    was_training = net.training
+    net.eval()
+    shard = nc_dataset.select(range(accelerator.process_index, len(nc_dataset), accelerator.num_processes))
+    stats = NCStats(net.backbone.config.num_labels, net.backbone.config.hidden_size)
+    for batch in DataLoader(shard, batch_size=batch_size, collate_fn=collate_fn):
+        stats.update(net.features(batch["pixel_values"].to(accelerator.device)).float(), batch["labels"])
+    stats.all_reduce()
+    net.train(was_training)
+    return stats.compute()
+
+
+@torch.no_grad()
+def evaluate(accelerator, net, loader) -> float:
+    """Top-1 accuracy of the saved model (backbone + classifier) on the (prepared) test loader."""
+    model = accelerator.unwrap_model(net).backbone
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for batch in loader:
+        preds = model(pixel_values=batch["pixel_values"]).logits.argmax(-1)
+        preds, labels = accelerator.gather_for_metrics((preds, batch["labels"]))
+        correct += (preds == labels).sum().item()
+        total += labels.numel()
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def _gather_features(accelerator, net, loader):
+    feats, labels = [], []
+    for batch in loader:
+        f, y = accelerator.gather_for_metrics((net.features(batch["pixel_values"]), batch["labels"]))
+        feats.append(f.float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_linear_head(accelerator, net, loader, steps: int, seed: int) -> float:
+    """Fit the backbone's classifier on frozen penultimate features (full-batch CE with Adam).
+    Every process fits the same head on the same gathered features. Returns the train accuracy."""
+    net = accelerator.unwrap_model(net)
+    net.eval()
+    x, y = _gather_features(accelerator, net, loader)
+    head = nn.Linear(x.shape[1], net.backbone.config.num_labels)
+    torch.manual_seed(seed)
+    head.reset_parameters()
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    mu, sd = x.mean(0), x.std(0) + 1e-6  # standardise for a well-conditioned fit, then fold back in
+    xs = (x - mu) / sd
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(head(xs), y).backward()
+        opt.step()
+    with torch.no_grad():
+        w = head.weight / sd
+        b = head.bias - w @ mu
+        cls = net.backbone.classifier
+        cls.weight.copy_(w.to(cls.weight))
+        cls.bias.copy_(b.to(cls.bias))
+        acc = (cls(x.to(cls.weight)).argmax(-1).cpu() == y).float().mean().item()
+    net.train()
+    return acc
+
+
+def build_model(margs: ModelArguments, names: list[str]) -> ViTForImageClassification:
+    config = ViTConfig(
+        image_size=margs.image_size,
+        patch_size=margs.patch_size,
+        num_channels=margs.num_channels,
+        hidden_size=margs.hidden_size,
+        num_hidden_layers=margs.num_hidden_layers,
+        num_attention_heads=margs.num_attention_heads,
+        intermediate_size=margs.mlp_ratio * margs.hidden_size,
+        hidden_dropout_prob=margs.dropout,
+        attention_probs_dropout_prob=margs.dropout,
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
+    return ViTForImageClassification(config)
+
+
+def image_processor_for(config):
+    try:
+        from transformers import ViTImageProcessorPil as Processor  # no torchvision needed
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import ViTImageProcessor as Processor
+    c = config.num_channels
+    return Processor(size={"height": config.image_size, "width": config.image_size}, image_mean=[0.5] * c, image_std=[0.5] * c)
+
+
+def write_card(path: Path, title: str, record: dict) -> None:
+    a, h = record["args"], record["history"]
+    last = h[-1]
+    rows = "\n".join(
+        "| {} | {} | {:.4f} | {:.4f} | {} |".format(
+            e["epoch"], e.get("step", 0), e["nc"]["nc1"], e["nc"]["nc2_etf"],
+            "-" if e.get("test_accuracy") is None else f"{e['test_accuracy']:.4f}",
+        )
+        for e in h
+    )
+    text = f"""---
+library_name: transformers
+pipeline_tag: image-classification
+tags: [hf-nc, vit, neural-collapse, image-classification]
+---
+
+# {title}
+
+A ViT pre-trained from scratch with `recipes/pretrain_vit.py` (hf-nc) on `{a['data']['dataset']}`
+(classes: {a['data']['classes'] or 'all'}), loss `{a['train']['loss']}`, augmentation
+`{a['data']['augment']}`, projection head: {a['model']['projection_head']}.
+
+- Classes: {", ".join(record['class_names'])}
+- Train / test images: {record['num_train']} / {record['num_test']}
+- Optimizer steps: {record['steps']}, processes: {record['num_processes']}, wall time: {record['wall_time_s']:.0f} s
+- Final test accuracy: {record['test_accuracy']:.4f}
+- Final source NC1 (penultimate features, {record['num_nc_samples']} fixed training images): {last['nc']['nc1']:.4f}
+
+## Source neural collapse while training
+
+| epoch | step | NC1 | NC2 (ETF) | test acc |
+|---|---|---|---|---|
+{rows}
+
+## Reproduce
+
+```
+{record['command']}
+```
+
+Versions: {", ".join(f"{k} {v}" for k, v in record['versions'].items())}.
+All arguments are in `history.json`.
+"""
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((DataArguments, ModelArguments, PretrainArguments))
+    dargs, margs, args = parser.parse_args_into_dataclasses(args=argv)
+    if args.loss not in LOSSES:
+        parser.error(f"--loss must be one of {LOSSES}")
+    refit_head = args.loss == "supcon" or margs.projection_head
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=refit_head)],
+    )
+    set_seed(args.seed)
+    start = time.time()
+
+    classes = [c.strip() for c in dargs.classes.split(",")] if dargs.classes else None
+    with accelerator.main_process_first():
+        data = load_image_dataset(dargs.dataset, classes=classes, shots_per_class=dargs.shots_per_class, seed=args.seed)
+    train, test = data["train"], data["test"]
+    if dargs.max_train_samples is not None and dargs.max_train_samples < len(train):
+        train = train.shuffle(seed=args.seed).select(range(dargs.max_train_samples))
+    if dargs.max_eval_samples is not None:
+        test = test.select(range(min(dargs.max_eval_samples, len(test))))
+    names = train.features["label"].names
+    model = build_model(margs, names)
+    net = PretrainNet(model, margs, args.loss)
+
+    views = 2 if args.loss == "supcon" and dargs.augment != "none" else 1
+    aug_kw = dict(augment=dargs.augment, crop_scale=(dargs.crop_scale_min, 1.0))
+    train_tf = build_transforms(model.config, train=True, views=views, **aug_kw)
+    eval_tf = build_transforms(model.config, train=False)
+    nc_idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[: dargs.nc_samples]
+    nc_ds = train.select(sorted(nc_idx.tolist())).with_transform(eval_tf)
+    loader_kw = dict(collate_fn=collate_fn, num_workers=dargs.num_workers)
+    train_loader = DataLoader(train.with_transform(train_tf), batch_size=args.per_device_train_batch_size,
+                              shuffle=True, drop_last=len(train) > args.per_device_train_batch_size, **loader_kw)
+    test_loader = DataLoader(test.with_transform(eval_tf), batch_size=args.per_device_eval_batch_size, **loader_kw)
+    head_loader = DataLoader(train.with_transform(eval_tf), batch_size=args.per_device_eval_batch_size, **loader_kw)
+
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    epochs = math.ceil(total / steps_per_epoch)
+    decay = [p for n, p in net.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
+    no_decay = [p for n, p in net.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.learning_rate)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_ratio * total), total)
+    net, optimizer, train_loader, test_loader, head_loader, scheduler = accelerator.prepare(
+        net, optimizer, train_loader, test_loader, head_loader, scheduler
+    )
+
+    history, losses, step = [], [], 0
+    history.append({"epoch": 0, "step": 0, "nc": source_nc(accelerator, net, nc_ds, args.per_device_eval_batch_size)})
+    accelerator.print(f"epoch 0: source NC1 {history[-1]['nc']['nc1']:.4f}")
+    bar = tqdm(total=total, desc="pretrain", disable=not accelerator.is_local_main_process)
+    for epoch in range(1, epochs + 1):
+        net.train()
+        for batch in train_loader:
+            with accelerator.accumulate(net):
+                loss = compute_loss(net, batch, args, model.config.num_labels)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                step += 1
+                losses.append(accelerator.gather(loss.detach()).mean().item())
+                bar.update(1)
+                if step % args.logging_steps == 0:
+                    bar.set_postfix(loss=f"{sum(losses[-args.logging_steps:]) / args.logging_steps:.4f}")
+                if step >= total:
+                    break
+        entry = {"epoch": epoch, "step": step, "train_loss": sum(losses[-steps_per_epoch:]) / max(1, len(losses[-steps_per_epoch:])),
+                 "nc": source_nc(accelerator, net, nc_ds, args.per_device_eval_batch_size)}
+        if args.eval_each_epoch and not refit_head:
+            entry["test_accuracy"] = evaluate(accelerator, net, test_loader)
+        history.append(entry)
+        accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in
+                          [("loss", entry["train_loss"]), ("source NC1", entry["nc"]["nc1"])] +
+                          ([("test acc", entry["test_accuracy"])] if "test_accuracy" in entry else [])))
+        if step >= total:
+            break
+    bar.close()
+
+    head_train_acc = fit_linear_head(accelerator, net, head_loader, args.head_fit_steps, args.seed) if refit_head else None
+    test_acc = evaluate(accelerator, net, test_loader)
+    accelerator.wait_for_everyone()
+    import accelerate, datasets, transformers
+
+    record = {
+        "command": "python " + " ".join(shlex.quote(a) for a in ([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))),
+        "args": {"data": asdict(dargs), "model": asdict(margs), "train": asdict(args)},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+                     "accelerate": accelerate.__version__, "datasets": datasets.__version__},
+        "class_names": names, "num_train": len(train), "num_test": len(test), "num_nc_samples": len(nc_ds),
+        "num_processes": accelerator.num_processes, "steps": step, "losses": losses, "history": history,
+        "head_train_accuracy": head_train_acc, "test_accuracy": test_acc, "wall_time_s": time.time() - start,
+    }
+    if accelerator.is_main_process:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        backbone = accelerator.unwrap_model(net).backbone.float()
+        backbone.save_pretrained(out)  # only the ViT: the projection head is not saved
+        image_processor_for(backbone.config).save_pretrained(out)
+        (out / "history.json").write_text(json.dumps(record, indent=1))
+        write_card(out / "README.md", args.model_name or f"ViT pre-trained on {dargs.dataset}", record)
+    accelerator.print(f"done: {step} steps, test accuracy {test_acc:.4f}, source NC1 {history[-1]['nc']['nc1']:.4f}, "
+                      f"{record['wall_time_s']:.0f} s -> {args.output_dir}")
+    accelerator.end_training()
+    return record
+
+
+if __name__ == "__main__":
+    main()
