@@ -16,7 +16,7 @@ Everything is measured side by side in one run, on the same machine:
     the RSS before the run; CUDA: torch.cuda.max_memory_allocated above the start).
 (b) NCStats update+compute vs the physical limit: one float64 product H^T H with H the
     (N1, d) float64 feature matrix already in memory.
-(c) Per-layer NC collection overhead during a ViT eval pass: see ``part_c`` (lead).
+(c) Per-layer NC collection overhead during a ViT eval pass (``part_c``).
 """
 
 from __future__ import annotations
@@ -139,10 +139,40 @@ def peak_in_subprocess(method: str, n: int, device: str) -> int:
 def part_c(args) -> list[tuple[str, str]]:
     """(c) Per-layer NC collection overhead during a ViT eval pass.
 
-    PLACEHOLDER for the lead: time a ViT eval pass with and without
-    ``hf_nc.layer_nc`` collection and return rows ``[(label, value), ...]``.
+    A ViT-Ti-like model (12 blocks, width 192, 32x32 images, patch 4: 65 tokens) runs an
+    evaluation pass over the same batches twice: bare, and with NC statistics of all 12
+    blocks plus the classifier input streamed by ``hf_nc.layer_nc`` (first pass only:
+    ``ncc_acc`` needs a second pass by definition and is not part of an eval pass).
     """
-    return []
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_nc.layer_nc import layer_nc_stats
+
+    dev, k = args.device, 10
+    config = ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768,
+                       image_size=32, patch_size=4, num_labels=k)  # fmt: skip
+    model = ViTForImageClassification(config).to(dev).eval()
+    g = torch.Generator().manual_seed(0)
+    n_batches = 4 if args.quick else 16
+    data = [(torch.randn(128, 3, 32, 32, generator=g).to(dev), torch.randint(0, k, (128,), generator=g).to(dev)) for _ in range(n_batches)]
+
+    @torch.no_grad()
+    def bare():
+        for x, _ in data:
+            model(pixel_values=x)
+
+    def with_nc():
+        return layer_nc_stats(model, data, k, layers="all", ncc=False, progress=False)
+
+    bare(), with_nc()  # warm-up
+    t_bare, _ = best_time(bare, args.repeats, dev)
+    t_nc, _ = best_time(with_nc, args.repeats, dev)
+    n = 128 * n_batches
+    return [
+        (f"(c) ViT 12x192 eval pass, {n} images", f"{t_bare:9.3f} s"),
+        ("(c) same pass + NC of 12 blocks + final", f"{t_nc:9.3f} s"),
+        ("(c) overhead ratio", f"{t_nc / t_bare:9.3f} x   (goal <= 1.10)"),
+    ]
 
 
 # ----------------------------------------------------------------------------- main

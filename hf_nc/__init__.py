@@ -1,3 +1,24 @@
-"""hf-nc: neural-collapse-guided transfer learning of vision transformers."""
+"""hf-nc: neural-collapse-guided transfer learning of vision transformers.
+
+Importing ``hf_nc`` registers its PEFT methods (Layer FT, SCL FT, head FT), so that
+``peft.PeftModel.from_pretrained`` can load their adapters.
+"""
+
+from .adapters import HeadFTConfig, LayerFTConfig, SCLConfig  # noqa: F401  (registers the PEFT methods)
+from .features import LayerFeatures, extract_features
+from .layer_nc import layer_nc, layer_nc_stats
+from .metrics import NCStats, nc_metrics
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "HeadFTConfig",
+    "LayerFTConfig",
+    "LayerFeatures",
+    "NCStats",
+    "SCLConfig",
+    "extract_features",
+    "layer_nc",
+    "layer_nc_stats",
+    "nc_metrics",
+]
