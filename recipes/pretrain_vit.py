@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shlex
 import sys
@@ -305,7 +306,10 @@ def main(argv: list[str] | None = None) -> dict:
     refit_head = args.loss == "supcon" or margs.projection_head
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
+    # Accelerate sets up multi-process CPU (gloo) under torchrun only when told cpu=True
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
+        cpu=multi_cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=refit_head)],
