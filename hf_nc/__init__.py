@@ -5,13 +5,22 @@ Importing ``hf_nc`` registers its PEFT methods (Layer FT, SCL FT, head FT), so t
 """
 
 from .adapters import HeadFTConfig, LayerFTConfig, SCLConfig  # noqa: F401  (registers the PEFT methods)
+from .checkpoints import DEFAULT_MODEL
+from .data import DataNotFoundError, build_transforms, collate_fn, load_image_dataset
 from .features import LayerFeatures, extract_features
 from .layer_nc import layer_nc, layer_nc_stats
 from .metrics import NCStats, nc_metrics
+from .probe import linear_probe
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "DataNotFoundError",
+    "build_transforms",
+    "collate_fn",
+    "linear_probe",
+    "load_image_dataset",
     "HeadFTConfig",
     "LayerFTConfig",
     "LayerFeatures",
