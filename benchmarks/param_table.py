@@ -1,7 +1,7 @@
 """Trainable parameters per method for ViT-B/16 and CLIP ViT-B/16 shapes (no download: meta device).
 
 Run: .venv/bin/python benchmarks/param_table.py [--num-labels 100]
-Prints a Markdown table (used in docs/adapters.md).
+Prints a Markdown table (used in README.md).
 """
 
 from __future__ import annotations
