@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Fine-tune a ViT-family image classifier with NC logging: linear probe, full, LoRA, Layer/SCL/head FT.
+
+    python recipes/finetune_vit.py                                 # SCL FT of the built-in ViT on digits
+    python recipes/finetune_vit.py --method layer --layers -1,-2
+    python recipes/finetune_vit.py --method heads --heads "11:0,1"
+    python recipes/finetune_vit.py --method lora --lora_r 8 --lora_target_modules q_proj,v_proj
+    python recipes/finetune_vit.py --model_name_or_path google/vit-base-patch16-224-in21k --dataset cifar10 --bf16
+    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/finetune_vit.py
+    torchrun --standalone --nproc_per_node 2 recipes/finetune_vit.py   # two CPU processes, same NC metrics
+
+Any ``AutoModelForImageClassification`` checkpoint with a backbone spec in ``hf_nc.backbones``
+(ViT, DeiT, DINOv2, CLIP, SigLIP) works. All ``TrainingArguments`` are flags (``--num_train_epochs``,
+``--learning_rate``, ``--bf16``, ``--resume_from_checkpoint``, ``--metric_for_best_model train_nc1``, ...).
+``NCTrainer`` logs NC of the classifier input on a seeded training subset (``train_nc1``, ...) and on
+the test data (``eval_nc1``, ...) at every evaluation. At the end a summary table is printed and
+written to ``output_dir/summary.json``; the trained part goes to ``output_dir/adapter``;
+``--push_to_hub --hub_model_id ID`` pushes it with a model card.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ModelArguments, maybe_reset_head, label_maps, run, training_defaults  # noqa: E402
+
+TrainingArgs = training_defaults("outputs/finetune_vit")
+
+
+def default_model(_training_args=None) -> str:
+    from hf_nc.checkpoints import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def load_model(path: str, names: list[str], margs: ModelArguments):
+    """``AutoModelForImageClassification`` with a head for ``names`` (re-initialised when needed)."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(path, ignore_mismatched_sizes=True, **label_maps(names))
+    maybe_reset_head(model, names, margs.reset_head)
+    try:
+        processor = AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError):
+        processor = None  # transforms then follow the model config (mean = std = 0.5)
+    return model, processor
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(argv, TrainingArgs, load_model, default_model, "finetune_vit")
+
+
+if __name__ == "__main__":
+    main()
