@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torch import nn
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
 import hf_nc  # noqa: F401  (registers the hf-nc PEFT methods)
@@ -72,7 +72,7 @@ def training_defaults(output_dir: str, **overrides) -> type:
         output_dir=output_dir, num_train_epochs=8.0, learning_rate=2e-3, per_device_train_batch_size=64,
         per_device_eval_batch_size=256, eval_strategy="epoch", save_strategy="no", logging_strategy="epoch",
         lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, remove_unused_columns=False,
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=0,
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), seed=0,
     )
     defaults.update(overrides)
     annotations, namespace = {}, {}
@@ -111,7 +111,7 @@ def load_data(dargs: DataArguments, seed: int):
 
 
 def label_maps(names: list[str]) -> dict:
-    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}  # num_labels follows
 
 
 def maybe_reset_head(model: nn.Module, names: list[str], reset: Optional[bool]) -> bool:
@@ -259,6 +259,7 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
     hf_logging.set_verbosity_warning()
     base = margs.model_name_or_path or default_base(targs)
     train, test, names = load_data(dargs, targs.seed)
+    set_seed(targs.seed)  # a new head is initialised at load: the same on every process and run
     model, processor = load_model(base, names, margs)
     model = apply_method(model, method)
     transform_of = image_spec(model, processor)

@@ -2,7 +2,7 @@
 """Fine-tune a ViT-family image classifier with NC logging: linear probe, full, LoRA, Layer/SCL/head FT.
 
     python recipes/finetune_vit.py                                 # SCL FT of the built-in ViT on digits
-    python recipes/finetune_vit.py --method layer --layers -1,-2
+    python recipes/finetune_vit.py --method layer --layers=-1,-2        # "=" before values starting with "-"
     python recipes/finetune_vit.py --method heads --heads "11:0,1"
     python recipes/finetune_vit.py --method lora --lora_r 8 --lora_target_modules q_proj,v_proj
     python recipes/finetune_vit.py --model_name_or_path google/vit-base-patch16-224-in21k --dataset cifar10 --bf16
