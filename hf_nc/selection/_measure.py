@@ -1,0 +1,191 @@
+"""Shared plumbing of model and layer selection: candidates, data, one streamed pass per model.
+
+Everything here runs the same way on one process or under ``torch.distributed``: each rank
+measures a contiguous shard of the data; NC statistics are summed exactly (``layer_nc_stats``)
+and the few features a linear probe needs are gathered in rank order, so every number equals
+a single-process run over all the data.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import build_transforms, collate_fn, load_image_dataset
+from ..features import FINAL, LayerFeatures
+from ..layer_nc import _unpack, layer_nc_stats
+from ..metrics import NCStats
+from ..metrics.distributed import is_distributed
+
+RANDOM_PREFIX = "random:"
+Candidate = Union[str, nn.Module]
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` without torch.distributed."""
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def candidate_name(candidate: Candidate) -> str:
+    """A readable name: the string itself, or a model's ``config._name_or_path`` / class name."""
+    if isinstance(candidate, str):
+        return candidate
+    config = getattr(candidate, "config", None)
+    return getattr(config, "_name_or_path", "") or type(candidate).__name__
+
+
+def load_candidate(candidate: Candidate, seed: int = 0) -> nn.Module:
+    """A model object as is; a path or Hub id loaded with ``AutoModelForImageClassification``
+    (``AutoModel`` when the architecture has no image-classification class);
+    ``"random:<path or id>"`` = that checkpoint's architecture, freshly initialised (seeded)."""
+    if isinstance(candidate, nn.Module):
+        return candidate
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+    path, random_init = str(candidate), False
+    if path.startswith(RANDOM_PREFIX):
+        path, random_init = path[len(RANDOM_PREFIX):], True
+    config = AutoConfig.from_pretrained(path)
+    auto = AutoModelForImageClassification if type(config) in AutoModelForImageClassification._model_mapping else AutoModel
+    if not random_init:
+        return auto.from_pretrained(path)
+    torch.manual_seed(seed)
+    model = auto.from_config(config)
+    model.config._name_or_path = path  # build_transforms then finds the checkpoint's image processor
+    return model
+
+
+def resolve_data(dataset, *, shots_per_class: int | None = None, seed: int = 0, need_test: bool = False):
+    """``(train, test or None, num_classes, description)`` from a name/path or a (Dataset)Dict."""
+    description = dataset if isinstance(dataset, str) else "dataset"
+    if isinstance(dataset, str):
+        dataset = load_image_dataset(dataset, shots_per_class=shots_per_class, seed=seed)
+    elif shots_per_class is not None:
+        raise ValueError("shots_per_class only applies to a dataset given by name; subsample a Dataset with hf_nc.data.sample_shots")
+    if hasattr(dataset, "keys"):  # DatasetDict or dict of splits
+        if "train" not in dataset:
+            raise ValueError(f"the dataset has no 'train' split (splits: {list(dataset.keys())})")
+        train, test = dataset["train"], (dataset["test"] if "test" in dataset else None)
+    else:
+        train, test = dataset, None
+    if need_test and test is None:
+        raise ValueError("linear_probe=True needs a 'test' split: pass a DatasetDict with train and test")
+    label = train.features["label"]
+    num_classes = int(getattr(label, "num_classes", 0) or (max(train["label"]) + 1))
+    return train, test, num_classes, description
+
+
+def shard(ds):
+    """This rank's contiguous shard (all of ``ds`` on one process): concatenated in rank order,
+    the shards are ``ds`` itself."""
+    rank, size = world()
+    return ds if size == 1 else ds.shard(num_shards=size, index=rank, contiguous=True)
+
+
+def device_of(model: nn.Module, device) -> torch.device:
+    if device is not None:
+        model.to(device)
+    return next(model.parameters()).device
+
+
+def loader(ds, model: nn.Module, batch_size: int) -> DataLoader:
+    return DataLoader(shard(ds).with_transform(build_transforms(model, train=False)), batch_size=batch_size, collate_fn=collate_fn)
+
+
+class _LabelTap:
+    """Re-iterable batches that keep the labels of their first iteration (the NC pass)."""
+
+    def __init__(self, batches):
+        self.batches, self.passes, self.labels = batches, 0, []
+
+    def __iter__(self):
+        self.passes += 1
+        for batch in self.batches:
+            if self.passes == 1:
+                self.labels.append(_unpack(batch)[1].cpu())
+            yield batch
+
+
+def measure(model: nn.Module, train, num_classes: int, *, layers="all", batch_size: int = 64, keep_final: bool = False, progress: bool = True):
+    """One streamed pass over this rank's shard of ``train``: ``({layer: NCStats}, final)``.
+
+    ``final`` is ``None`` unless ``keep_final``: then the ``(features, labels)`` of the "final"
+    features, captured by a hook in the same forward passes that feed the statistics (no
+    extra pass), gathered over ranks in rank order (numpy, float32).
+    """
+    batches = _LabelTap(loader(train, model, batch_size))
+    if not keep_final:
+        return layer_nc_stats(model, batches, num_classes, layers=layers, ncc=False, progress=progress), None
+    feats: list[torch.Tensor] = []
+    with LayerFeatures(model, layers=[], include_final=True) as recorder:
+        handle = model.register_forward_hook(lambda *_: feats.append(recorder.pop()[FINAL].float().cpu()))
+        try:
+            stats = layer_nc_stats(model, batches, num_classes, layers=layers, ncc=False, progress=progress)
+        finally:
+            handle.remove()
+    x = torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
+    y = torch.cat(batches.labels).numpy() if batches.labels else np.zeros(0, np.int64)
+    return stats, gather_rows(x, y)
+
+
+def gather_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of every rank, concatenated in rank order (a no-op on one process)."""
+    if not is_distributed():
+        return x, y
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (x, y))
+    parts = [p for p in parts if len(p[1])]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def fit_probe(xtr, ytr, xte, yte, *, C: float = 1.0, max_iter: int = 2000) -> dict:
+    """:func:`hf_nc.probe.linear_probe`'s classifier (standardised lbfgs logistic regression) on
+    given features; fitted on rank 0 and broadcast, so every rank returns the same dict."""
+    result = [None]
+    if world()[0] == 0:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter)).fit(xtr, ytr)
+        result = [{
+            "train_accuracy": float(np.mean(clf.predict(xtr) == ytr)),
+            "test_accuracy": float(np.mean(clf.predict(xte) == yte)),
+            "num_train": int(len(ytr)),
+            "num_test": int(len(yte)),
+            "dim": int(xtr.shape[1]),
+        }]
+    if is_distributed():
+        dist.broadcast_object_list(result, src=0)
+    return result[0]
+
+
+def relative_variation(stats: NCStats) -> float:
+    """tr(Sigma_T) / mean ||h||^2: how much the features vary over the data, relative to their
+    size (0 for constant features; about 1e-14 when they differ only by float32 rounding)."""
+    n = stats.counts.sum()
+    total = stats.sums.sum(dim=0)  # sum of (h - c)
+    var = (torch.trace(stats.second) - total.dot(total) / n) / n
+    energy = torch.trace(stats.second) / n + 2 * stats.shift.dot(total) / n + stats.shift.dot(stats.shift)
+    energy = float(energy)
+    return float(var.clamp_min(0)) / energy if energy > 0 else 0.0
+
+
+def compute(stats: NCStats, degenerate_tol: float) -> tuple[dict, str]:
+    """NC metrics (no nc3: a pre-trained head is not the downstream classifier) and a note:
+    ``""`` when NC1 is meaningful, else why not (NC1 is then reported as NaN)."""
+    metrics = stats.compute()
+    metrics["relative_variation"] = relative_variation(stats)
+    if metrics["relative_variation"] <= degenerate_tol:
+        metrics["nc1"] = float("nan")
+        return metrics, (f"features (nearly) constant over the data (relative variation "
+                         f"{metrics['relative_variation']:.2g} <= {degenerate_tol:g}): NC1 undefined")
+    if not math.isfinite(metrics["nc1"]):
+        return metrics, "class means coincide (Sigma_B = 0): NC1 undefined"
+    return metrics, ""

@@ -1,0 +1,216 @@
+"""Model ranking and block suggestion by NC: known answers by construction, rules on synthetic curves."""
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from PIL import Image as PILImage
+from tiny_models import IMAGE, LAYERS, build_tiny_model
+
+from hf_nc.features import FINAL
+from hf_nc.metrics import nc_metrics
+from hf_nc.probe import linear_probe, penultimate_features
+from hf_nc.selection import METHODS, RankingResult, choose_block, rank_models, spearman, suggest_layer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+import rank_models as recipe  # noqa: E402
+
+K = 3
+
+
+def constant_images(per_class: int, seed: int) -> Dataset:
+    """Class k: a constant grey level (50, 128, 206) plus small pixel noise: separable in pixel space."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for k, level in enumerate((50, 128, 206)):
+        for _ in range(per_class):
+            arr = np.clip(level + rng.normal(0, 12, (IMAGE, IMAGE, 3)), 0, 255).astype(np.uint8)
+            images.append(PILImage.fromarray(arr))
+            labels.append(k)
+    features = Features({"image": Image(), "label": ClassLabel(names=["dark", "mid", "light"])})
+    return Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return DatasetDict(train=constant_images(16, seed=0), test=constant_images(8, seed=1))
+
+
+def good_model():
+    return build_tiny_model("vit_cls")
+
+
+def blind_model():
+    """Patch-embedding filters with zero sum: a constant image (the class signal) maps to the bias
+    only; the noise still passes, so features vary but carry no class information."""
+    model = build_tiny_model("vit_cls")
+    w = model.vit.embeddings.patch_embeddings.projection.weight
+    with torch.no_grad():
+        w -= w.mean(dim=(1, 2, 3), keepdim=True)
+    return model
+
+
+def zero_final_model():
+    """Final layernorm weight and bias zero: the final features are exactly 0 (Sigma_B = Sigma_W = 0)."""
+    model = build_tiny_model("vit_cls")
+    with torch.no_grad():
+        model.vit.layernorm.weight.zero_()
+        model.vit.layernorm.bias.zero_()
+    return model
+
+
+def blank_patch_model():
+    """Patch-embedding weights zero: every image gives the same tokens, features constant up to rounding."""
+    model = build_tiny_model("vit_cls")
+    with torch.no_grad():
+        model.vit.embeddings.patch_embeddings.projection.weight.zero_()
+    return model
+
+
+# ---------------------------------------------------------------------- the rule, on hand-made curves
+def test_choose_block_scl_knee_and_layer_minimum():
+    decreasing = [100, 30, 10, 5, 4.9, 4.8]  # log10 range [0.68, 2]; 10% above the minimum: NC1 <= 6.5
+    assert choose_block(decreasing, "scl").block == 3
+    assert choose_block(decreasing, "layer").block == 5  # still decreasing at the end: the last block
+    u_shaped = [50, 10, 2, 3, 8]  # the last blocks raise NC1 again
+    assert choose_block(u_shaped, "scl").block == 2
+    s = choose_block(u_shaped, "layer")
+    assert s.block == 2 and "rises after it" in s.reason
+    assert choose_block([5, 50, 1, 1], "layer").block == 3  # ties at the minimum: the later block
+    assert choose_block([5, 50, 1, 1], "scl").block == 2  # earliest block at the minimum
+    # tolerance moves the knee: 0 = the (earliest) minimum, 1 = the first block
+    assert choose_block(decreasing, "scl", tolerance=0.0).block == 5
+    assert choose_block(decreasing, "scl", tolerance=1.0).block == 0
+    assert choose_block(decreasing, "scl", tolerance=0.5).block == 2  # 10 <= 10**(0.68 + 0.66) = 21.9 < 30
+
+
+def test_choose_block_flat_nan_mapping_and_errors():
+    flat = choose_block([2.0, 2.05, 2.0, 2.02], "scl")
+    assert flat.block == 3 and "flat" in flat.reason
+    assert choose_block([math.nan, 10, 1, math.nan], "scl").block == 2
+    assert choose_block([math.nan, 10, 1, math.nan], "layer").block == 2
+    assert choose_block({"0": 9.0, "1": 3.0, "2": 1.0, "final": 0.5}, "layer").block == 2  # "final" ignored
+    with pytest.raises(ValueError, match="method"):
+        choose_block([1, 2], "lora")
+    with pytest.raises(ValueError, match="finite"):
+        choose_block([math.nan, math.nan])
+    with pytest.raises(ValueError, match="blocks 0..n-1"):
+        choose_block({1: 2.0, 2: 1.0})
+
+
+def test_choose_block_always_returns_a_valid_block():
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 24)
+        curve = [10 ** rng.uniform(-3, 3) for _ in range(n)]
+        for method in METHODS:
+            s = choose_block(curve, method, tolerance=rng.random())
+            assert 0 <= s.block < n and s.nc1_per_layer == curve and s.method == method
+            assert math.log10(curve[s.block]) <= math.log10(min(curve)) + s.tolerance * (math.log10(max(curve)) - math.log10(min(curve))) + 1e-12
+
+
+# ---------------------------------------------------------------------- ranking, known answers
+def test_rank_models_known_answer_probe_and_json_round_trip(data, tmp_path):
+    good = good_model()
+    candidates = {"blank": blank_patch_model(), "zero_final": zero_final_model(), "blind": blind_model(), "good": good}
+    result = rank_models(candidates, data, linear_probe=True, batch_size=20, progress=False)
+
+    assert [c.name for c in result.candidates] == ["good", "blind", "blank", "zero_final"]
+    assert [c.rank for c in result.candidates] == [1, 2, 3, 4]
+    good_r, blind_r, blank_r, zero_r = result.candidates
+    assert good_r.nc1 < 0.1 * blind_r.nc1 and math.isfinite(blind_r.nc1)  # class signal vs noise only
+    assert good_r.note == blind_r.note == ""
+    assert math.isnan(zero_r.nc1) and "constant" in zero_r.note
+    assert math.isnan(blank_r.nc1) and "constant" in blank_r.note
+    assert set(good_r.layers) == {*map(str, range(LAYERS)), FINAL} and len(good_r.nc1_per_layer) == LAYERS
+    # the probe: the better-collapsed model probes better
+    assert good_r.linear_probe["test_accuracy"] == 1.0
+    assert blind_r.linear_probe["test_accuracy"] < 0.8
+    assert good_r.linear_probe["num_train"] == 3 * 16 and good_r.linear_probe["num_test"] == 3 * 8
+    assert result.rank_correlation == pytest.approx(spearman([-good_r.nc1, -blind_r.nc1, -math.inf, -math.inf],
+                                                            [c.linear_probe["test_accuracy"] for c in result.candidates]))
+    assert "anecdotal" in result.correlation_note and "1/4!" in result.correlation_note
+
+    # independent paths: the probe of hf_nc.probe, and one-shot NC of the extracted features
+    assert good_r.linear_probe == linear_probe(good, data)
+    x, y = penultimate_features(good, data["train"])
+    assert good_r.nc1 == pytest.approx(nc_metrics(torch.from_numpy(x), torch.from_numpy(y), num_classes=K)["nc1"], rel=1e-6)
+
+    table = result.table()
+    assert "rule: rank by ascending NC1" in table and "constant" in table and "probe acc" in table
+    path = result.save(tmp_path / "r.json")
+    json.loads(path.read_text())  # strict JSON (NaN written as null)
+    back = RankingResult.load(path)
+    assert back.to_dict() == result.to_dict() and back.table() == table
+    assert math.isnan(back.candidates[-1].nc1)
+
+
+def test_rank_models_final_only_from_paths(data, tmp_path):
+    good_model().save_pretrained(tmp_path / "good")
+    blind_model().save_pretrained(tmp_path / "blind")
+    result = rank_models([str(tmp_path / "blind"), str(tmp_path / "good")], data["train"], layers="final", progress=False)
+    assert [c.label for c in result.candidates] == ["good", "blind"]
+    assert set(result.best.layers) == {FINAL} and result.best.linear_probe is None and result.rank_correlation is None
+    with pytest.raises(ValueError, match="test"):
+        rank_models([str(tmp_path / "good")], data["train"], linear_probe=True, progress=False)
+
+
+def test_suggest_layer_follows_choose_block(data, tmp_path):
+    good_model().save_pretrained(tmp_path / "good")
+    for method, model in zip(METHODS, [good_model(), f"random:{tmp_path / 'good'}"]):
+        s = suggest_layer(model, data, method=method, tolerance=0.2, progress=False)
+        assert 0 <= s.block < LAYERS and len(s.nc1_per_layer) == LAYERS and s.method == method
+        assert s.block == choose_block(s.nc1_per_layer, method, tolerance=0.2).block
+        assert s.reason and s.rule
+
+
+# ---------------------------------------------------------------------- the recipe
+def _recipe_args(tmp_path, data):
+    data.save_to_disk(tmp_path / "data")
+    good_model().save_pretrained(tmp_path / "good")
+    blind_model().save_pretrained(tmp_path / "blind")
+    cands = f"{tmp_path / 'blind'},{tmp_path / 'good'},random:{tmp_path / 'good'}"
+    return ["--candidates", cands, "--dataset", str(tmp_path / "data"), "--linear_probe", "--batch_size", "16"]
+
+
+def test_recipe_writes_ranking_plot_and_suggestion(data, tmp_path, capsys):
+    out = recipe.main(_recipe_args(tmp_path, data) + ["--output_dir", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    ranking = out["ranking"]["candidates"]
+    assert ranking[0]["name"].endswith("good") and not ranking[0]["name"].startswith("random:")
+    assert ranking[-1]["name"].endswith("blind")
+    assert "Top model good: tune block" in printed and "rank correlation" in printed
+    saved = json.loads((tmp_path / "out" / "ranking.json").read_text())
+    assert saved == json.loads(json.dumps(out))
+    assert 0 <= saved["suggestion"]["block"] < LAYERS
+    assert (tmp_path / "out" / "nc1_per_layer.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_recipe_two_processes_give_the_same_ranking(data, tmp_path):
+    args = _recipe_args(tmp_path, data)
+    one = recipe.main(args + ["--output_dir", str(tmp_path / "one")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "recipes" / "rank_models.py"),
+           *args, "--batch_size", "7", "--output_dir", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "ranking.json").read_text())
+    a, b = one["ranking"]["candidates"], two["ranking"]["candidates"]
+    assert [c["name"] for c in a] == [c["name"] for c in b]
+    for ca, cb in zip(a, b):
+        assert ca["linear_probe"] == cb["linear_probe"]
+        for layer, metrics in ca["layers"].items():
+            for metric, value in metrics.items():
+                assert cb["layers"][layer][metric] == pytest.approx(value, rel=1e-7, abs=1e-12), (ca["name"], layer, metric)
+    assert two["suggestion"]["block"] == one["suggestion"]["block"]
+    assert two["suggestion"]["nc1_per_layer"] == pytest.approx(one["suggestion"]["nc1_per_layer"], rel=1e-7)
