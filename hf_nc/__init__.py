@@ -11,11 +11,17 @@ from .features import LayerFeatures, extract_features
 from .layer_nc import layer_nc, layer_nc_stats
 from .metrics import NCStats, nc_metrics
 from .probe import linear_probe
+from .selection import LayerSuggestion, RankingResult, choose_block, rank_models, suggest_layer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "LayerSuggestion",
+    "RankingResult",
+    "choose_block",
+    "rank_models",
+    "suggest_layer",
     "DataNotFoundError",
     "build_transforms",
     "collate_fn",

@@ -16,25 +16,22 @@ from tqdm.auto import tqdm
 
 from .features import FINAL, LayerFeatures, LayerKey, Layers, Pooling
 from .metrics import NCStats
-from .metrics.distributed import is_distributed
+from .metrics.distributed import is_main_process
 
 
-def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pixel_values, labels)`` of a dict batch (a DataLoader's) or a pair."""
     if isinstance(batch, Mapping):
         return batch["pixel_values"], batch["labels"]
     pixel_values, labels = batch[:2]
     return pixel_values, labels
 
 
-def _is_main_process() -> bool:
-    return not is_distributed() or torch.distributed.get_rank() == 0
-
-
 @torch.no_grad()
 def _stream(model: nn.Module, recorder: LayerFeatures, batches: Iterable, on_features, progress: bool, desc: str) -> None:
     device = next(model.parameters()).device
-    for batch in tqdm(batches, desc=desc, disable=not (progress and _is_main_process()), leave=False):
-        pixel_values, labels = _unpack(batch)
+    for batch in tqdm(batches, desc=desc, disable=not (progress and is_main_process()), leave=False):
+        pixel_values, labels = unpack_batch(batch)
         model(pixel_values=pixel_values.to(device))
         for key, feats in recorder.pop().items():
             on_features(key, feats, labels.to(feats.device))

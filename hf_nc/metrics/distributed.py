@@ -11,6 +11,11 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def is_main_process() -> bool:
+    """True on rank 0, and on a single process."""
+    return not is_distributed() or dist.get_rank() == 0
+
+
 def default_device() -> torch.device:
     """The device a rank's collective buffers must live on for the current backend.
 

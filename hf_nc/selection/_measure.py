@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from ..data import build_transforms, collate_fn, load_image_dataset
 from ..features import FINAL, LayerFeatures
-from ..layer_nc import _unpack, layer_nc_stats
+from ..layer_nc import layer_nc_stats, unpack_batch
 from ..metrics import NCStats
 from ..metrics.distributed import is_distributed
 
@@ -108,7 +108,7 @@ class _LabelTap:
         self.passes += 1
         for batch in self.batches:
             if self.passes == 1:
-                self.labels.append(_unpack(batch)[1].cpu())
+                self.labels.append(unpack_batch(batch)[1].cpu())
             yield batch
 
 

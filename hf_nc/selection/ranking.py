@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..features import FINAL
-from ..layer_nc import _is_main_process
+from ..metrics.distributed import is_main_process
 from ..probe import penultimate_features
 from . import _measure
 
@@ -236,7 +236,7 @@ def rank_models(
     k = num_classes or k
     block_layers = [] if layers == "final" else layers
     results = []
-    for name, cand in tqdm(named, desc="candidates", disable=not (progress and _is_main_process())):
+    for name, cand in tqdm(named, desc="candidates", disable=not (progress and is_main_process())):
         model = _measure.load_candidate(cand, seed=seed)
         _measure.device_of(model, device)
         stats, final = _measure.measure(model, train, k, layers=block_layers, batch_size=batch_size, keep_final=linear_probe, progress=progress)
