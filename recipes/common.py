@@ -69,10 +69,10 @@ class MethodArguments:
 def training_defaults(output_dir: str, **overrides) -> type:
     """A ``TrainingArguments`` subclass whose defaults suit a short CPU run of the recipe."""
     defaults = dict(
-        output_dir=output_dir, num_train_epochs=8.0, learning_rate=2e-3, per_device_train_batch_size=64,
+        output_dir=output_dir, num_train_epochs=6.0, learning_rate=3e-3, per_device_train_batch_size=64,
         per_device_eval_batch_size=256, eval_strategy="epoch", save_strategy="no", logging_strategy="epoch",
         lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, remove_unused_columns=False,
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), seed=0,
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(), seed=0,
     )
     defaults.update(overrides)
     annotations, namespace = {}, {}

@@ -102,3 +102,9 @@ def test_two_cpu_processes_give_the_same_nc_metrics(tiny_vit, tmp_path):
     for key in keys:
         assert two[key] == pytest.approx(one[key], rel=1e-9), key
     assert two["eval_accuracy"] == pytest.approx(one["eval_accuracy"])
+
+
+def test_bf16_passes_through_training_arguments(tiny_vit, tmp_path):
+    # CPU autocast in bf16 where CUDA is absent; NCStats accumulates the bf16 features in float64
+    summary = finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), "--method", "layer", "--bf16", *QUICK])
+    assert summary["train_nc1"] == summary["train_nc1"] and summary["eval_nc1"] == summary["eval_nc1"]

@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Wall time of NCTrainer (NC at every evaluation) vs plain transformers.Trainer, side by side.
+
+The same short fine-tuning run (the built-in ViT, SCL FT on digits, evaluation every epoch) is
+timed with ``Trainer`` and with ``NCTrainer`` (train-subset NC + eval-data NC from hooks), in
+alternating order, ``--repeats`` times; the median of each is reported and their ratio printed.
+Goal: ratio <= 1.10.
+
+    python benchmarks/trainer.py                       # defaults: 3 epochs, 2 repeats
+    python benchmarks/trainer.py --epochs 2 --repeats 1 --nc_train_samples 512 --nc_layers
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+from peft import get_peft_model
+from transformers import AutoModelForImageClassification, Trainer, TrainingArguments, set_seed
+from transformers.utils import logging as hf_logging
+
+import hf_nc
+from hf_nc.data import build_transforms, collate_fn, load_image_dataset
+from hf_nc.trainer import NCTrainer
+
+
+def run(cls, args, data) -> float:
+    train, test = data
+    set_seed(0)
+    names = train.features["label"].names
+    model = AutoModelForImageClassification.from_pretrained(
+        args.model, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True)
+    model = get_peft_model(model, hf_nc.SCLConfig(layer=args.layer))
+    transform = build_transforms(model, train=False)
+    with tempfile.TemporaryDirectory() as out:
+        targs = TrainingArguments(
+            output_dir=out, num_train_epochs=args.epochs, per_device_train_batch_size=64, per_device_eval_batch_size=256,
+            learning_rate=3e-3, eval_strategy="epoch", save_strategy="no", logging_strategy="epoch", report_to="none",
+            remove_unused_columns=False, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+            dataloader_pin_memory=torch.cuda.is_available(), seed=0)
+        kwargs = dict(model=model, args=targs, train_dataset=train.with_transform(transform),
+                      eval_dataset=test.with_transform(transform), data_collator=collate_fn)
+        if cls is NCTrainer:
+            kwargs.update(nc_train_samples=args.nc_train_samples, nc_layers=args.nc_layers)
+        trainer = cls(**kwargs)
+        start = time.perf_counter()
+        trainer.train()
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=hf_nc.DEFAULT_MODEL)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--layer", type=int, default=-6)
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--nc_train_samples", type=int, default=512)
+    parser.add_argument("--nc_layers", action="store_true")
+    args = parser.parse_args()
+    hf_logging.set_verbosity_error()
+    data = load_image_dataset(args.dataset)
+    data = (data["train"], data["test"])
+    times = {"Trainer": [], "NCTrainer": []}
+    for _ in range(args.repeats):
+        for name, cls in (("Trainer", Trainer), ("NCTrainer", NCTrainer)):
+            times[name].append(run(cls, args, data))
+            print(f"{name:>9}: {times[name][-1]:.2f} s", flush=True)
+    plain, nc = statistics.median(times["Trainer"]), statistics.median(times["NCTrainer"])
+    print(f"\n{args.epochs:g} epochs of SCL FT on {args.dataset} ({len(data[0])} train / {len(data[1])} test), eval every epoch, "
+          f"{args.nc_train_samples} train images for NC{', per-block NC1' if args.nc_layers else ''}; {torch.get_num_threads()} threads")
+    print(f"Trainer {plain:.2f} s | NCTrainer {nc:.2f} s | ratio {nc / plain:.3f} (goal <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()
