@@ -41,7 +41,7 @@ def parse(argv):
     size.add_argument("--quick", action="store_true", help="1 seed, 10 shots, a couple of methods/blocks, tiny epochs (minutes)")
     size.add_argument("--smoke", action="store_true", help="seconds; the test's setting (tiny models, a few steps, no DINOv2)")
     p.add_argument("--out_dir", default=None, help="runs, models and JSON results (default: outputs/transfer_study[_quick|_smoke])")
-    p.add_argument("--results_md", default=None, help="report path (default: docs/RESULTS.md; docs/RESULTS_<mode>.md for --quick/--smoke)")
+    p.add_argument("--results_md", default=None, help="report path (default: docs/RESULTS.md; <out_dir>/RESULTS.md for --quick/--smoke)")
     p.add_argument("--plots_dir", default=None, help="PNG plots (default: docs/results, or <out_dir>/plots for --quick/--smoke)")
     p.add_argument("--results", default=None, help="report: a results.json written by an earlier report, instead of --out_dir")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (processes, one torch thread each)")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     out_dir = Path(args.out_dir or ROOT / "outputs" / ("transfer_study" + ("" if mode == "full" else f"_{mode}")))
-    results_md = Path(args.results_md or ROOT / "docs" / ("RESULTS.md" if mode == "full" else f"RESULTS_{mode}.md"))
+    results_md = Path(args.results_md or (ROOT / "docs" / "RESULTS.md" if mode == "full" else out_dir / "RESULTS.md"))
     plots_dir = Path(args.plots_dir or (ROOT / "docs" / "results" if mode == "full" else out_dir / "plots"))
     runs, meta = plan.build_plan(mode, dinov2=False if args.no_dinov2 else None)
     flags = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]) if a not in ("run", "report"))
@@ -68,17 +68,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     if args.command == "run":
-        execute.run_plan(runs, out_dir, workers=args.workers, keep_work=args.keep_work)
+        runs = execute.run_plan(runs, out_dir, workers=args.workers, keep_work=args.keep_work)
+    else:
+        runs = execute.with_suggestions(runs, out_dir)
     if args.results:
         data = json.loads(Path(args.results).read_text())
         records, meta = data["records"], data.get("meta", meta)
     else:
-        records = []
-        for r in runs:
-            for path in (execute.result_path(out_dir, r["id"]), execute.result_path(out_dir, r["id"]).with_suffix(".error.json")):
-                if path.exists():
-                    records.append(json.loads(path.read_text()))
-                    break
+        records = execute.load_results(runs, out_dir)
         missing = len(runs) - len(records)
         if missing:
             meta.setdefault("notes", []).append(f"{missing} of {len(runs)} planned runs have no result yet (report of a partial study).")

@@ -15,13 +15,13 @@ import shutil
 import sys
 import time
 import traceback
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from .plan import TASKS
 
 RECIPES = Path(__file__).resolve().parents[1]
-STAGE = {"pretrain": 0, "convert": 0, "probe": 1, "finetune": 1}
+STAGE = {"pretrain": 0, "convert": 0, "probe": 1, "finetune": 2}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -48,6 +48,20 @@ def _quiet():
 
     torch.set_num_threads(1)
     hf_logging.set_verbosity_error()
+
+
+@contextmanager
+def _hf_log_to(stream):
+    """transformers' log handler keeps the stderr it was created with: point it at the run's log too."""
+    from transformers.utils import logging as hf_logging
+
+    handlers = [h for h in hf_logging._get_library_root_logger().handlers if hasattr(h, "setStream")]
+    old = [h.setStream(stream) for h in handlers]
+    try:
+        yield
+    finally:
+        for h, s in zip(handlers, old):
+            h.setStream(s)
 
 
 # ---------------------------------------------------------------------------------------------- kinds
@@ -159,7 +173,7 @@ def execute(spec: dict, out_dir: str | Path, keep_work: bool = False) -> dict:
     start = time.perf_counter()
     try:
         kwargs = {"keep_work": keep_work} if spec["kind"] == "finetune" else {}
-        with open(out_dir / "logs" / f"{spec['id']}.log", "w") as log, redirect_stdout(log), redirect_stderr(log):
+        with open(out_dir / "logs" / f"{spec['id']}.log", "w") as log, redirect_stdout(log), redirect_stderr(log), _hf_log_to(log):
             result = RUNNERS[spec["kind"]](spec, out_dir, **kwargs)
         record = {"id": spec["id"], "spec": spec, "status": "ok", "result": result, "wall_time_s": time.perf_counter() - start}
         _write_json(result_path(out_dir, spec["id"]), record)
@@ -199,14 +213,40 @@ def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
+def load_results(runs: list[dict], out_dir: str | Path, errors: bool = True) -> list[dict]:
+    """The records of ``runs`` that have a result file (or an error file, with ``errors``)."""
+    records = []
+    for r in runs:
+        path = result_path(out_dir, r["id"])
+        for p in (path, path.with_suffix(".error.json")) if errors else (path,):
+            if p.exists():
+                records.append(json.loads(p.read_text()))
+                break
+    return records
+
+
+def with_suggestions(runs: list[dict], out_dir: str | Path) -> list[dict]:
+    """The plan plus grid runs at the blocks suggest_layer picked (from the probes already run)."""
+    from .plan import suggested_runs
+
+    probes = {r["id"]: r["result"] for r in load_results([r for r in runs if r["kind"] == "probe"], out_dir, errors=False)}
+    return runs + suggested_runs(runs, probes)
+
+
 def run_plan(runs: list[dict], out_dir: str | Path, workers: int = 1, keep_work: bool = False, log=_print) -> list[dict]:
-    """Runs every spec without a result file, stage by stage, printing one line per run."""
+    """Runs every spec without a result file, stage by stage, printing one line per run; after the
+    probes (stage 1), adds grid runs at the blocks suggest_layer picked. Returns the final plan."""
     out_dir = Path(out_dir)
     todo = [r for r in runs if not result_path(out_dir, r["id"]).exists()]
     log(f"[study] {len(runs)} runs planned, {len(runs) - len(todo)} already done, {len(todo)} to run "
         f"({workers} worker{'s' if workers > 1 else ''}) -> {out_dir}")
     records, done, start = [], 0, time.perf_counter()
-    for stage in (0, 1):
+    for stage in (0, 1, 2):
+        if stage == 2:
+            extra = [r for r in with_suggestions(runs, out_dir)[len(runs):] if not result_path(out_dir, r["id"]).exists()]
+            if extra:
+                log(f"[study] + {len(extra)} runs at blocks suggest_layer picked outside the grid")
+            runs, todo = runs + extra, todo + extra
         batch = [r for r in todo if STAGE[r["kind"]] == stage]
         if not batch:
             continue
@@ -227,7 +267,7 @@ def run_plan(runs: list[dict], out_dir: str | Path, workers: int = 1, keep_work:
                 done += 1
                 records.append(rec)
                 _progress(log, done, len(todo), rec, start)
-    return records
+    return runs
 
 
 def _progress(log, done: int, total: int, rec: dict, start: float) -> None:

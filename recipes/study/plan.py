@@ -52,7 +52,7 @@ FULL = {
     "probe_tasks": ["digits", "fmnist59"],
     "grid": {
         "tiny": {"layer_blocks": list(range(12)), "scl_blocks": list(range(11)), "methods": ["linear_probe", "full", "lora", "heads"]},
-        "dinov2": {"layer_blocks": [8, 11], "scl_blocks": [5, 8], "methods": ["linear_probe", "full", "lora", "heads"]},
+        "dinov2": {"layer_blocks": [8, 11], "scl_blocks": [5, 8], "methods": ["linear_probe", "full", "lora"]},
     },
     "dinov2_size": 56,
     # DINOv2-S costs ~25x the tiny ViT per image: 50 shots get 10 epochs (160 steps at batch 32)
@@ -158,6 +158,30 @@ def ablation_runs(s: dict) -> list[dict]:
     ]
     return [finetune_spec(s, "tiny", None, "digits", shots, seed, m, b, lr=lr, epochs=ep, extra=x, tag=tag, group="ablation")
             for m, b, lr, ep, x, tag in variants for seed in s["seeds"]]
+
+
+def suggested_runs(runs: list[dict], probe_results: dict[str, dict]) -> list[dict]:
+    """Grid runs at the blocks ``suggest_layer`` picked (probe results, by probe run id) that the
+    static grid lacks, for every seed: so that the suggestion is always scored."""
+    have = {(r["model"], r["shots"], r["method"], r["block"]) for r in runs if r["kind"] == "finetune" and r["group"] == "grid"}
+    templates = {(r["model"], r["shots"]): r for r in runs if r["kind"] == "finetune" and r["group"] == "grid"}
+    extra = []
+    for p in runs:
+        res = probe_results.get(p["id"])
+        if p["kind"] != "probe" or res is None or (p["model"], p["shots"]) not in templates:
+            continue
+        t = templates[(p["model"], p["shots"])]
+        seeds = sorted({r["seed"] for r in runs if r["kind"] == "finetune" and r["model"] == p["model"] and r["shots"] == p["shots"]})
+        for method, key in (("scl", "suggest_scl"), ("layer", "suggest_layer")):
+            block = res.get(key)
+            if block is None or (p["model"], p["shots"], method, block) in have:
+                continue
+            have.add((p["model"], p["shots"], method, block))
+            s = {"epochs": {p["shots"]: t["epochs"]}, "batch": {p["shots"]: t["batch"]}, "max_steps": t["max_steps"],
+                 "max_eval": t["max_eval"], "nc_train_samples": t["nc_train_samples"]}
+            extra += [finetune_spec(s, p["model"], t["model_run"], t["task"], p["shots"], seed, method, block,
+                                    epochs=t["epochs"]) for seed in seeds]
+    return extra
 
 
 def probe_spec(model: str, model_run: str | None, task: str, shots: int | None, max_eval: int | None = None) -> dict:

@@ -160,6 +160,7 @@ def section_methods(res: Results, model: str, plots: Path, rel: str) -> list[str
         return []
     lines = [f"### {MODEL_NAMES.get(model, model)} on `digits`", ""]
     full_params = next((v[0]["trainable_params"] for k, v in groups.items() if k[1] == "full"), None)
+    full_params = full_params or next((v[0]["total_params"] for v in groups.values() if "total_params" in v[0]), None)
     rows = []
     for key in sorted(groups, key=_sort_key):
         shots, method, block, tag = key
