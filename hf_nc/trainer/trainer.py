@@ -81,6 +81,8 @@ class NCTrainer(Trainer):
         nc_ncc: Also compute ``train_ncc_acc`` (a second forward pass over the train subset).
         nc_num_classes: K; default: the ClassLabel of the dataset, else ``config.num_labels``.
         nc_plots: Draw the PNG plots.
+        nc_cache_mb: Keep this rank's collated train-subset batches in memory (CPU) when they fit
+            in this many MiB, so later evaluations skip loading and transforming them again.
         Everything else goes to :class:`transformers.Trainer`.
     """
 
@@ -94,6 +96,7 @@ class NCTrainer(Trainer):
         nc_ncc: bool = False,
         nc_num_classes: Optional[int] = None,
         nc_plots: bool = True,
+        nc_cache_mb: float = 256,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -103,6 +106,8 @@ class NCTrainer(Trainer):
         self.nc_layers = "all" if nc_layers is True else ([] if nc_layers is False else nc_layers)
         self.nc_ncc = nc_ncc
         self.nc_plots = nc_plots
+        self.nc_cache_mb = nc_cache_mb
+        self._nc_train_batches: Optional[list] = None
         self.nc_num_classes = nc_num_classes or self._infer_num_classes()
         self.nc_history: list[dict] = []
         self._nc_recorder: Optional[LayerFeatures] = None
@@ -218,6 +223,23 @@ class NCTrainer(Trainer):
             num_workers=self.args.dataloader_num_workers,
         )
 
+    def _nc_train_batches_or_loader(self):
+        """The cached train-subset batches, else the loader (cached on first use if small enough)."""
+        if self._nc_train_batches is not None:
+            return self._nc_train_batches
+        loader = self.get_nc_train_dataloader()
+        if self.nc_cache_mb <= 0:
+            return loader
+        batches, size = [], 0
+        for batch in loader:
+            size += sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor)) if isinstance(batch, dict) else 0
+            if not isinstance(batch, dict) or size > self.nc_cache_mb * 2**20:
+                self.nc_cache_mb = 0  # too large (or not a dict batch): stream from now on
+                return loader
+            batches.append(batch)
+        self._nc_train_batches = batches
+        return batches
+
     def train_nc_metrics(self) -> dict:
         """NC of the train subset (an extra forward pass in eval mode), reduced across processes."""
         if self.nc_train_dataset is None:
@@ -225,7 +247,7 @@ class NCTrainer(Trainer):
         stats = LayerStats(self.nc_num_classes)
         with self.accelerator.autocast():
             stats.stats = layer_nc_stats(
-                self.model, self.get_nc_train_dataloader(), self.nc_num_classes,
+                self.model, self._nc_train_batches_or_loader(), self.nc_num_classes,
                 layers=self.nc_layers, ncc=self.nc_ncc, progress=False,
             )
         return stats.metrics(self._nc_backbone.classifier, "the train subset")
