@@ -12,28 +12,30 @@ from .layer_nc import layer_nc, layer_nc_stats
 from .metrics import NCStats, nc_metrics
 from .probe import linear_probe
 from .selection import LayerSuggestion, RankingResult, choose_block, rank_models, suggest_layer
+from .trainer import NCTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_MODEL",
-    "LayerSuggestion",
-    "RankingResult",
-    "choose_block",
-    "rank_models",
-    "suggest_layer",
-    "DataNotFoundError",
     "build_transforms",
+    "choose_block",
     "collate_fn",
-    "linear_probe",
-    "load_image_dataset",
-    "HeadFTConfig",
-    "LayerFTConfig",
-    "LayerFeatures",
-    "NCStats",
-    "SCLConfig",
+    "DataNotFoundError",
+    "DEFAULT_MODEL",
     "extract_features",
+    "HeadFTConfig",
     "layer_nc",
     "layer_nc_stats",
+    "LayerFeatures",
+    "LayerFTConfig",
+    "LayerSuggestion",
+    "linear_probe",
+    "load_image_dataset",
     "nc_metrics",
+    "NCStats",
+    "NCTrainer",
+    "rank_models",
+    "RankingResult",
+    "SCLConfig",
+    "suggest_layer",
 ]
