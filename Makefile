@@ -21,7 +21,7 @@ STAMP := $(VENV)/.hf-nc-installed
 
 # SCL fine-tuning of the built-in ViT on digits, with NC logging; prints the summary table.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python recipes/finetune_vit.py --output_dir outputs/demo
+	HF_HUB_OFFLINE=1 $(BIN)/python recipes/finetune_vit.py --output_dir outputs/demo --nc_layers
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
