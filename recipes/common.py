@@ -246,7 +246,7 @@ def push(model, method: MethodArguments, targs: TrainingArguments, summary: dict
 
         load_kwargs = {"num_labels": summary["num_labels"], "ignore_mismatched_sizes": True}
         card = cards.adapter_card_from_model(model, base_model=base, metrics=metrics, dataset=None if Path(dataset).exists() else dataset,
-                                             load_kwargs=load_kwargs, repo_id=repo_id)
+                                             load_kwargs=load_kwargs, repo_id=targs.hub_model_id)  # None: push_adapter fills it in
         cards.save_adapter(model, folder, card)  # the local copy gets the same card
         return cards.push_adapter(model, repo_id, card, private=kwargs["private"], token=kwargs["token"])
     return model.push_to_hub(repo_id, commit_message=f"hf-nc {method.method} fine-tuning", **kwargs).commit_url

@@ -1,4 +1,4 @@
-"""Every Python example in README.md runs as written (offline, tiny configs)."""
+"""Every ```python example in README.md runs as written (offline, tiny configs); ```py blocks need the Hub."""
 
 from __future__ import annotations
 
