@@ -129,6 +129,19 @@ def maybe_reset_head(model: nn.Module, names: list[str], reset: Optional[bool]) 
     return True
 
 
+def load_classifier(path: str, names: list[str], margs: ModelArguments):
+    """``AutoModelForImageClassification`` with a head for ``names`` (re-initialised when needed)."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(path, ignore_mismatched_sizes=True, **label_maps(names))
+    maybe_reset_head(model, names, margs.reset_head)
+    try:
+        processor = AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError):
+        processor = None  # transforms then follow the model config (mean = std = 0.5)
+    return model, processor
+
+
 def image_spec(model: nn.Module, processor=None):
     """What the transforms produce: the processor's size/normalisation, the model's channels."""
     from hf_nc.data.transforms import _config_channels, resolve_image_spec, spec_from_processor

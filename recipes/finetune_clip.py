@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ModelArguments, label_maps, maybe_reset_head, run, training_defaults  # noqa: E402
+from common import load_classifier, run, training_defaults  # noqa: E402
 
 HUB_MODEL = "openai/clip-vit-base-patch16"
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4, image_size=32, patch_size=8)
@@ -43,21 +43,8 @@ def default_model(training_args) -> str:
     return str(folder)
 
 
-def load_model(path: str, names: list[str], margs: ModelArguments):
-    """``AutoModelForImageClassification`` of a CLIP checkpoint (CLIPForImageClassification) for ``names``."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    model = AutoModelForImageClassification.from_pretrained(path, ignore_mismatched_sizes=True, **label_maps(names))
-    maybe_reset_head(model, names, margs.reset_head)
-    try:
-        processor = AutoImageProcessor.from_pretrained(path)
-    except (OSError, ValueError):
-        processor = None
-    return model, processor
-
-
 def main(argv: list[str] | None = None) -> dict:
-    return run(argv, TrainingArgs, load_model, default_model, "finetune_clip")
+    return run(argv, TrainingArgs, load_classifier, default_model, "finetune_clip")
 
 
 if __name__ == "__main__":

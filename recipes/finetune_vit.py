@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ModelArguments, maybe_reset_head, label_maps, run, training_defaults  # noqa: E402
+from common import load_classifier, run, training_defaults  # noqa: E402
 
 TrainingArgs = training_defaults("outputs/finetune_vit")
 
@@ -36,21 +36,8 @@ def default_model(_training_args=None) -> str:
     return DEFAULT_MODEL
 
 
-def load_model(path: str, names: list[str], margs: ModelArguments):
-    """``AutoModelForImageClassification`` with a head for ``names`` (re-initialised when needed)."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    model = AutoModelForImageClassification.from_pretrained(path, ignore_mismatched_sizes=True, **label_maps(names))
-    maybe_reset_head(model, names, margs.reset_head)
-    try:
-        processor = AutoImageProcessor.from_pretrained(path)
-    except (OSError, ValueError):
-        processor = None  # transforms then follow the model config (mean = std = 0.5)
-    return model, processor
-
-
 def main(argv: list[str] | None = None) -> dict:
-    return run(argv, TrainingArgs, load_model, default_model, "finetune_vit")
+    return run(argv, TrainingArgs, load_classifier, default_model, "finetune_vit")
 
 
 if __name__ == "__main__":
