@@ -12,11 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def plot_layer_curve(curves: Mapping[str, Mapping], path: str | Path, title: str = "NC1 per block", ylabel: str = "NC1 (log scale)") -> Path:
-    """Plots one metric per block (log scale), one line per named curve.
+def plot_layer_curve(curves: Mapping[str, Mapping], path: str | Path, title: str = "NC1 per block",
+                     ylabel: str = "NC1 (log scale)", xlabel: str = "block") -> Path:
+    """Plots one metric (log scale) against an integer x (a block index, a step), one line per curve.
 
     Args:
-        curves: ``{label: {block index (int or str): value}}``.
+        curves: ``{label: {x (int or str): value}}``.
         path: PNG file to write.
     """
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -25,7 +26,7 @@ def plot_layer_curve(curves: Mapping[str, Mapping], path: str | Path, title: str
         ax.plot(xs, [values[k] if k in values else values[str(k)] for k in xs], marker="o", label=label)
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("block")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)

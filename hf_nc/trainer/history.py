@@ -78,26 +78,15 @@ def upsert(records: list[dict], step: int, epoch: Optional[float], prefix: str, 
 def plot_history(records: list[dict], folder: str | os.PathLike, metric: str = "nc1") -> list[Path]:
     """Draws ``nc1_history.png`` (NC1 of every prefix against steps, log scale) and
     ``nc1_per_layer.png`` (per-block NC1 at the last evaluation that measured blocks)."""
-    from ..plots import plot_layer_curve, plt
+    from ..plots import plot_layer_curve
 
     folder = Path(folder)
     written = []
     prefixes = sorted({k for r in records for k, v in r.items() if isinstance(v, dict) and metric in v})
     if prefixes:
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-        for prefix in prefixes:
-            points = [(r["step"], r[prefix][metric]) for r in records if metric in r.get(prefix, {})]
-            ax.plot(*zip(*points), marker="o", label=f"{prefix} data")
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"{metric.upper()} (log scale)")
-        ax.set_title(f"{metric.upper()} of the classifier-input features")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / CURVE_PNG)
-        plt.close(fig)
-        written.append(folder / CURVE_PNG)
+        curves = {f"{p} data": {r["step"]: r[p][metric] for r in records if metric in r.get(p, {})} for p in prefixes}
+        written.append(plot_layer_curve(curves, folder / CURVE_PNG, title=f"{metric.upper()} of the classifier-input features",
+                                        ylabel=f"{metric.upper()} (log scale)", xlabel="step"))
     last = next((r for r in reversed(records) if any(isinstance(v, dict) and v.get("blocks") for v in r.values())), None)
     if last is not None:
         curves = {f"{k} data": v["blocks"] for k, v in last.items() if isinstance(v, dict) and v.get("blocks")}
