@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shlex
 import sys
@@ -33,13 +32,14 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, get_cosine_schedule_with_warmup
 
+from hf_nc.accelerate_utils import build_accelerator
 from hf_nc.data import build_transforms, collate_fn, load_image_dataset
 from hf_nc.metrics import NCStats
 
@@ -306,10 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
     refit_head = args.loss == "supcon" or margs.projection_head
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
-    # Accelerate sets up multi-process CPU (gloo) under torchrun only when told cpu=True
-    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(
-        cpu=multi_cpu,
+    accelerator = build_accelerator(  # multi-process (gloo) on CPU-only machines too
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=refit_head)],
