@@ -66,15 +66,17 @@ def linear_probe(model: nn.Module, data, *, C: float = 1.0, max_iter: int = 2000
 
 
 def load_model(path: str, random_init: bool = False, seed: int = 0) -> nn.Module:
-    """An image-classification model from a local folder (offline), or a freshly initialised one of
-    the same shape (``random_init``, seeded)."""
-    from transformers import AutoConfig, AutoModelForImageClassification
+    """A model from a local folder or Hub id (``AutoModelForImageClassification``, else ``AutoModel``
+    when the architecture has no image-classification class), or a freshly initialised one of the
+    same architecture (``random_init``, seeded)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+    config = AutoConfig.from_pretrained(path)
+    auto = AutoModelForImageClassification if type(config) in AutoModelForImageClassification._model_mapping else AutoModel
     if not random_init:
-        return AutoModelForImageClassification.from_pretrained(path, local_files_only=True)
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
+        return auto.from_pretrained(path)
     torch.manual_seed(seed)
-    model = AutoModelForImageClassification.from_config(config)
+    model = auto.from_config(config)
     model.config._name_or_path = path  # so the transforms pick up the checkpoint's image processor
     return model
 

@@ -22,6 +22,7 @@ from ..features import FINAL, LayerFeatures
 from ..layer_nc import layer_nc_stats, unpack_batch
 from ..metrics import NCStats
 from ..metrics.distributed import is_distributed
+from ..probe import load_model
 
 RANDOM_PREFIX = "random:"
 Candidate = Union[str, nn.Module]
@@ -46,19 +47,10 @@ def load_candidate(candidate: Candidate, seed: int = 0) -> nn.Module:
     ``"random:<path or id>"`` = that checkpoint's architecture, freshly initialised (seeded)."""
     if isinstance(candidate, nn.Module):
         return candidate
-    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
-
     path, random_init = str(candidate), False
     if path.startswith(RANDOM_PREFIX):
         path, random_init = path[len(RANDOM_PREFIX):], True
-    config = AutoConfig.from_pretrained(path)
-    auto = AutoModelForImageClassification if type(config) in AutoModelForImageClassification._model_mapping else AutoModel
-    if not random_init:
-        return auto.from_pretrained(path)
-    torch.manual_seed(seed)
-    model = auto.from_config(config)
-    model.config._name_or_path = path  # build_transforms then finds the checkpoint's image processor
-    return model
+    return load_model(path, random_init=random_init, seed=seed)
 
 
 def resolve_data(dataset, *, shots_per_class: int | None = None, seed: int = 0, need_test: bool = False):
