@@ -11,7 +11,7 @@ Public API:
 from .builtin import FASHION_MNIST_CLASSES, fashion_mnist_dir, load_digits_dataset, load_fashion_mnist
 from .errors import DataNotFoundError, hub_offline
 from .loading import load_image_dataset
-from .subsets import few_shot_indices, sample_shots, select_classes
+from .subsets import few_shot_indices, sample_shots, select_classes, stratified_indices
 from .transforms import ImageSpec, ImageTransform, build_transforms, collate_fn, resolve_image_spec
 
 __all__ = [
@@ -30,4 +30,5 @@ __all__ = [
     "resolve_image_spec",
     "sample_shots",
     "select_classes",
+    "stratified_indices",
 ]

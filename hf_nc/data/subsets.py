@@ -102,3 +102,46 @@ def sample_shots(ds: Dataset, shots_per_class: int, seed: int = 0, label_column:
     """A stratified, seeded few-shot subset of ``ds`` (see :func:`few_shot_indices`)."""
     k = _class_label(ds, label_column).num_classes
     return ds.select(few_shot_indices(ds[label_column], shots_per_class, seed, num_classes=k))
+
+
+def stratified_indices(labels: Sequence[int], n: int, seed: int = 0, num_classes: int | None = None) -> np.ndarray:
+    """Indices of a seeded, stratified subset of ``n`` of ``labels`` (returned sorted).
+
+    Every class present in ``labels`` gets ``floor(n / K)`` or one more examples (fewer only when
+    it has fewer; the remainder goes to the classes that still have some), so the subset keeps
+    every class whenever ``n >= K``. ``n >= len(labels)`` returns all indices. The replacement for
+    any "first N" or plain random "N of them" wherever a metric or a report is computed on it.
+
+    Args:
+        labels: integer class of each example.
+        n: subset size (``>= 1``).
+        seed: the same (labels, n, seed) always gives the same indices.
+        num_classes: classes to spread over (default: the distinct values of ``labels``).
+
+    Raises:
+        ValueError: ``n < 1``, or ``n`` smaller than the number of classes present (the subset
+            could not hold every class: say so rather than silently drop one).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if n < 1:
+        raise ValueError(f"a subset needs n >= 1, got {n}")
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    present = np.unique(labels)
+    if num_classes is not None:
+        present = present[present < num_classes]
+    if n < len(present):
+        raise ValueError(f"a stratified subset of {n} cannot hold all {len(present)} classes present; use n >= {len(present)}")
+    pools = {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in present}
+    take = {c: 0 for c in pools}
+    left = n
+    while left > 0:  # round-robin in a seeded class order: quotas differ by at most one
+        open_classes = [c for c in pools if take[c] < len(pools[c])]
+        share, extra = divmod(left, len(open_classes))
+        order = rng.permutation(open_classes)
+        for j, c in enumerate(order):
+            add = min(share + (1 if j < extra else 0), len(pools[c]) - take[c])
+            take[c] += add
+            left -= add
+    return np.sort(np.concatenate([pools[c][: take[c]] for c in pools]))
