@@ -10,14 +10,15 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 from transformers.utils import logging as hf_logging
 
 import hf_nc  # noqa: F401  (registers the hf-nc PEFT methods)
@@ -66,23 +67,37 @@ class MethodArguments:
     train_head: bool = field(default=True, metadata={"help": "Train the classifier too (all methods but full train it anyway)."})
 
 
-def training_defaults(output_dir: str, **overrides) -> type:
-    """A ``TrainingArguments`` subclass whose defaults suit a short CPU run of the recipe."""
-    defaults = dict(
-        output_dir=output_dir, num_train_epochs=6.0, learning_rate=3e-3, per_device_train_batch_size=64,
-        per_device_eval_batch_size=256, eval_strategy="epoch", save_strategy="no", logging_strategy="epoch",
-        lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, remove_unused_columns=False,
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(), seed=0,
-    )
-    defaults.update(overrides)
-    annotations, namespace = {}, {}
-    for name, value in defaults.items():
-        base = TrainingArguments.__dataclass_fields__[name]
-        annotations[name] = base.type
-        namespace[name] = field(default=value, metadata=base.metadata)
-    namespace["__annotations__"] = annotations
-    namespace["__module__"] = TrainingArguments.__module__  # string annotations resolve there
-    return dataclass(type("RecipeTrainingArguments", (TrainingArguments,), namespace))
+def training_default(name: str, value) -> Field:
+    """A ``TrainingArguments`` field with another default (same help text on the command line)."""
+    return field(default=value, metadata=TrainingArguments.__dataclass_fields__[name].metadata)
+
+
+@dataclass
+class RecipeTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` whose defaults suit a short CPU run of a recipe.
+
+    A real module-level class (each recipe subclasses it with its own ``output_dir``): the Trainer
+    pickles the arguments into every checkpoint (``training_args.bin``).
+    """
+
+    output_dir: Optional[str] = training_default("output_dir", "outputs/finetune")
+    num_train_epochs: float = training_default("num_train_epochs", 6.0)
+    learning_rate: float = training_default("learning_rate", 3e-3)
+    per_device_train_batch_size: int = training_default("per_device_train_batch_size", 64)
+    per_device_eval_batch_size: int = training_default("per_device_eval_batch_size", 256)
+    eval_strategy: Union[IntervalStrategy, str] = training_default("eval_strategy", "epoch")
+    save_strategy: Union[SaveStrategy, str] = training_default("save_strategy", "no")
+    logging_strategy: Union[IntervalStrategy, str] = training_default("logging_strategy", "epoch")
+    lr_scheduler_type: Union[SchedulerType, str] = training_default("lr_scheduler_type", "cosine")
+    warmup_steps: float = training_default("warmup_steps", 0.05)
+    weight_decay: float = training_default("weight_decay", 0.0)
+    remove_unused_columns: bool = training_default("remove_unused_columns", False)
+    report_to: Union[None, str, list[str]] = training_default("report_to", "none")
+    disable_tqdm: Optional[bool] = training_default("disable_tqdm", True)
+    dataloader_num_workers: int = training_default("dataloader_num_workers", 0)
+    dataloader_pin_memory: bool = training_default("dataloader_pin_memory", torch.cuda.is_available())
+    use_cpu: bool = training_default("use_cpu", not torch.cuda.is_available())
+    seed: int = training_default("seed", 0)
 
 
 def parse(training_cls: type, argv: Optional[list[str]]):

@@ -17,16 +17,24 @@ shows the mechanics, not CLIP's transfer accuracy. Options, outputs and ``--push
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import load_classifier, run, training_defaults  # noqa: E402
+from common import RecipeTrainingArguments, load_classifier, run, training_default  # noqa: E402
 
 HUB_MODEL = "openai/clip-vit-base-patch16"
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4, image_size=32, patch_size=8)
 
-TrainingArgs = training_defaults("outputs/finetune_clip", learning_rate=1e-3)
+
+@dataclass
+class CLIPTrainingArguments(RecipeTrainingArguments):
+    """The recipe's ``TrainingArguments`` (see ``RecipeTrainingArguments`` for the defaults)."""
+
+    output_dir: Optional[str] = training_default("output_dir", "outputs/finetune_clip")
+    learning_rate: float = training_default("learning_rate", 1e-3)
 
 
 def default_model(training_args) -> str:
@@ -44,7 +52,7 @@ def default_model(training_args) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(argv, TrainingArgs, load_classifier, default_model, "finetune_clip")
+    return run(argv, CLIPTrainingArguments, load_classifier, default_model, "finetune_clip")
 
 
 if __name__ == "__main__":

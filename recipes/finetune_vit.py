@@ -21,13 +21,20 @@ written to ``output_dir/summary.json``; the trained part goes to ``output_dir/ad
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import load_classifier, run, training_defaults  # noqa: E402
+from common import RecipeTrainingArguments, load_classifier, run, training_default  # noqa: E402
 
-TrainingArgs = training_defaults("outputs/finetune_vit")
+
+@dataclass
+class ViTTrainingArguments(RecipeTrainingArguments):
+    """The recipe's ``TrainingArguments`` (see ``RecipeTrainingArguments`` for the defaults)."""
+
+    output_dir: Optional[str] = training_default("output_dir", "outputs/finetune_vit")
 
 
 def default_model(_training_args=None) -> str:
@@ -37,7 +44,7 @@ def default_model(_training_args=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(argv, TrainingArgs, load_classifier, default_model, "finetune_vit")
+    return run(argv, ViTTrainingArguments, load_classifier, default_model, "finetune_vit")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""The recipes under faults: checkpoints, resume, a killed run, pushes that cannot succeed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny_models import build_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+import finetune_clip  # noqa: E402
+import finetune_vit  # noqa: E402
+
+# 30 training images, batch 8: 4 optimizer steps per epoch
+SMALL = ["--shots_per_class", "3", "--max_eval_samples", "30", "--nc_train_samples", "20", "--per_device_train_batch_size", "8",
+         "--per_device_eval_batch_size", "16", "--method", "layer", "--learning_rate", "1e-2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_vit")
+    build_tiny_model("vit_cls").save_pretrained(path)
+    return str(path)
+
+
+def records(folder: Path) -> list[dict]:
+    return json.loads((folder / "nc_history.json").read_text())["records"]
+
+
+def test_recipe_checkpoints_keeps_best_by_train_nc1_and_resumes(tiny_vit, tmp_path):
+    args = ["--model_name_or_path", tiny_vit, *SMALL, "--num_train_epochs", "3", "--eval_strategy", "epoch", "--save_strategy", "epoch",
+            "--load_best_model_at_end", "--metric_for_best_model", "train_nc1"]
+    first = finetune_vit.main([*args, "--output_dir", str(tmp_path / "a")])
+    checkpoints = sorted(p.name for p in (tmp_path / "a").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-12", "checkpoint-4", "checkpoint-8"]
+    history = records(tmp_path / "a")
+    assert [r["step"] for r in history] == [4, 8, 12]
+    best = min(history, key=lambda r: r["train"]["nc1"])
+    state = json.loads((tmp_path / "a" / "checkpoint-12" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best['step']}")
+    # the best model is the one loaded at the end: its train NC1 is the best one
+    assert first["train_nc1"] == pytest.approx(best["train"]["nc1"], rel=1e-6)
+
+    second = finetune_vit.main([*args, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", str(tmp_path / "a" / "checkpoint-4")])
+    resumed = records(tmp_path / "b")
+    assert [r["step"] for r in resumed] == [4, 8, 12]
+    for a, b in zip(history, resumed):
+        for split in ("train", "eval"):
+            assert b[split]["nc1"] == pytest.approx(a[split]["nc1"], rel=1e-6), (a["step"], split)
+    assert second["train_nc1"] == pytest.approx(first["train_nc1"], rel=1e-6)
+
+
+def test_clip_recipe_saves_a_checkpoint(tmp_path):
+    finetune_clip.main(["--output_dir", str(tmp_path), *SMALL, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
+                        "--eval_strategy", "no"])
+    assert (tmp_path / "checkpoint-2" / "trainer_state.json").is_file()
