@@ -59,3 +59,49 @@ def test_clip_recipe_saves_a_checkpoint(tmp_path):
     finetune_clip.main(["--output_dir", str(tmp_path), *SMALL, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
                         "--eval_strategy", "no"])
     assert (tmp_path / "checkpoint-2" / "trainer_state.json").is_file()
+
+
+KILL_AFTER_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {recipes!r})
+import common, finetune_vit
+from transformers import TrainerCallback
+
+class KillAfterSave(TrainerCallback):  # the checkpoint is complete when on_save runs
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == {step}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+class Trainer(common.NCTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback(KillAfterSave())
+
+common.NCTrainer = Trainer
+finetune_vit.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_run_killed_after_a_checkpoint_resumes_to_the_same_result(tiny_vit, tmp_path):
+    args = ["--model_name_or_path", tiny_vit, *SMALL, "--max_steps", "6", "--eval_strategy", "steps", "--eval_steps", "2",
+            "--save_strategy", "steps", "--save_steps", "2"]
+    reference = finetune_vit.main([*args, "--output_dir", str(tmp_path / "reference")])
+
+    killed = tmp_path / "killed"
+    script = KILL_AFTER_SAVE.format(recipes=str(ROOT / "recipes"), step=4)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", script, *args, "--output_dir", str(killed)], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert (killed / "checkpoint-4" / "trainer_state.json").is_file() and not (killed / "summary.json").exists()
+
+    resumed = finetune_vit.main([*args, "--output_dir", str(killed), "--resume_from_checkpoint", str(killed / "checkpoint-4")])
+    expected, got = records(tmp_path / "reference"), records(killed)
+    assert [r["step"] for r in got] == [r["step"] for r in expected] == [2, 4, 6]
+    for a, b in zip(expected, got):
+        for split in ("train", "eval"):
+            for key, value in a[split].items():
+                assert b[split][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (a["step"], split, key)
+    for key in ("test_accuracy", "train_nc1", "eval_nc1"):
+        assert resumed[key] == pytest.approx(reference[key], rel=1e-6), key
