@@ -17,7 +17,9 @@ own ``ln_tuning`` (module copies) and ``ia3`` (per-adapter parameter dicts). Wha
 * **A frozen-prefix cut.** Everything below the first tuned block is frozen, so no autograd
   graph is built there; a forward pre-hook on the first tuned block additionally detaches its
   input, so even an input that requires grad (``enable_input_require_grads``, gradient
-  checkpointing) cannot make the frozen prefix keep activations for backward.
+  checkpointing) cannot make the frozen prefix keep activations for backward. Under reentrant
+  activation checkpointing the cut input is a leaf that requires grad, so the checkpointed tuned
+  blocks still get gradients.
 """
 
 from __future__ import annotations
@@ -352,15 +354,51 @@ class NCTuner(BaseTuner):
         return remapped
 
 
+def _reentrant_checkpointing(block: nn.Module) -> bool:
+    """Whether ``block`` (or a module inside it, e.g. a Layer FT copy) runs under *reentrant*
+    activation checkpointing in this forward pass.
+
+    transformers' ``GradientCheckpointingLayer`` stores ``partial(checkpoint, **kwargs)`` as
+    ``_gradient_checkpointing_func`` when ``gradient_checkpointing_enable`` is called; a function
+    without an explicit ``use_reentrant`` is treated as reentrant (torch's historical default), the
+    safe side: the cut then only costs one input gradient of the first tuned block.
+    """
+    for m in block.modules():
+        if getattr(m, "gradient_checkpointing", False) is True and m.training:
+            func = getattr(m, "_gradient_checkpointing_func", None)
+            if getattr(func, "keywords", {}).get("use_reentrant", True):
+                return True
+    return False
+
+
+def _cut(hidden: torch.Tensor, leaf_requires_grad: bool) -> torch.Tensor:
+    cut = hidden.detach()
+    if leaf_requires_grad:
+        cut.requires_grad_(True)
+    return cut
+
+
 def _detach_hidden_states(module, args, kwargs):
-    """Forward pre-hook: cut the autograd graph at the input of the first tuned block."""
+    """Forward pre-hook: cut the autograd graph at the input of the first tuned block.
+
+    Reentrant checkpointing (``torch.utils.checkpoint(..., use_reentrant=True)``) builds a graph,
+    and so trains the block's parameters, only when one of the checkpointed call's *inputs*
+    requires grad: a detached input would silently leave every tuned parameter without gradient
+    (only the head would train). Under reentrant checkpointing the cut therefore hands the block
+    a fresh leaf that requires grad: the frozen prefix still keeps no graph and is never
+    recomputed, and the tuned block's backward replay runs. (transformers 5 checkpoints a layer's
+    ``forward``, so this pre-hook runs before the checkpoint, not inside it.)
+    """
     if not torch.is_grad_enabled():
         return None
-    if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
-        return (args[0].detach(), *args[1:]), kwargs
+    leaf = _reentrant_checkpointing(module)
+    if args and isinstance(args[0], torch.Tensor):
+        if args[0].requires_grad or leaf:
+            return (_cut(args[0], leaf), *args[1:]), kwargs
+        return None
     hidden = kwargs.get("hidden_states")
-    if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
-        return args, {**kwargs, "hidden_states": hidden.detach()}
+    if isinstance(hidden, torch.Tensor) and (hidden.requires_grad or leaf):
+        return args, {**kwargs, "hidden_states": _cut(hidden, leaf)}
     return None
 
 

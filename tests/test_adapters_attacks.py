@@ -1,0 +1,107 @@
+"""Adversarial tests of the hf-nc adapters (issue 9): what a user does that once went silently wrong.
+
+Each section is one attack: a bad input must fail with a clear error naming the problem, and a
+valid but unusual setup must give the same numbers as an independent reference (never a silently
+wrong one). To add an attack, add a test here with the reference it is checked against.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from hf_nc.backbones import resolve_backbone
+from tiny_models import TINY_MODELS, build_tiny_model, tiny_pixels
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from adapter_cases import METHOD_CONFIGS, METHODS, first_output, perturb_trainables  # noqa: E402
+
+MODELS = list(TINY_MODELS)
+
+
+# -- gradient checkpointing (issue 9 item 2) -------------------------------------------------------
+
+# (use_reentrant, when checkpointing is enabled, whether enable_input_require_grads() is called)
+CHECKPOINTING = {
+    "reentrant-before": (True, "before", False),
+    "reentrant-after-input-grads": (True, "after", True),
+    "non-reentrant-before": (False, "before", False),
+    "non-reentrant-after-input-grads": (False, "after", True),
+}
+
+
+def _enable_checkpointing(model, reentrant: bool) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # gradient_checkpointing_enable: the name users call
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+
+
+def _grads(model_name: str, config_fn, mode: str | None) -> dict[str, torch.Tensor | None]:
+    """Gradients of every trainable parameter after one backward pass, with checkpointing `mode`."""
+    base = build_tiny_model(model_name)
+    if mode is not None and CHECKPOINTING[mode][1] == "before":
+        _enable_checkpointing(base, CHECKPOINTING[mode][0])
+    peft_model = get_peft_model(base, config_fn())
+    perturb_trainables(peft_model)  # so that SCL's delta skip is non-zero and its scale gets gradient too
+    if mode is not None and CHECKPOINTING[mode][1] == "after":
+        _enable_checkpointing(peft_model, CHECKPOINTING[mode][0])
+        if CHECKPOINTING[mode][2]:
+            peft_model.enable_input_require_grads()
+    peft_model.train()
+    first_output(peft_model(pixel_values=tiny_pixels())).pow(2).mean().backward()
+    return {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("method", METHODS)
+def test_gradient_checkpointing_trains_every_tuned_parameter(model_name, method):
+    """Reentrant checkpointing used to leave every tuned parameter without gradient (only the head
+    trained): the frozen-prefix cut handed the checkpointed block an input that did not require grad."""
+    reference = _grads(model_name, METHOD_CONFIGS[method], None)
+    assert reference and all(g is not None for g in reference.values())
+    assert any(("hfnc_" in n) for n in reference)
+    for mode in CHECKPOINTING:
+        grads = _grads(model_name, METHOD_CONFIGS[method], mode)
+        assert set(grads) == set(reference), mode
+        missing = [n for n, g in grads.items() if g is None]
+        assert not missing, f"{mode}: no gradient for {missing[:3]} ({len(missing)} of {len(grads)})"
+        worst = max((grads[n] - reference[n]).abs().max().item() for n in reference)
+        assert worst < 1e-5, f"{mode}: gradients differ from the run without checkpointing by {worst}"
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_keeps_the_frozen_prefix_cut(reentrant):
+    base = build_tiny_model("vit_cls")
+    _enable_checkpointing(base, reentrant)
+    peft_model = get_peft_model(base, METHOD_CONFIGS["layer_ft"]())  # PEFT also enables input grads here
+    peft_model.train()
+    backbone = resolve_backbone(peft_model)
+    seen = {}
+    hooks = [backbone.blocks[i].register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, o))
+             for i in range(backbone.num_layers)]
+    cut = {}
+    hooks.append(backbone.blocks[-1].register_forward_pre_hook(lambda m, a: cut.__setitem__("in", a[0]),
+                                                               prepend=False))
+    first_output(peft_model(pixel_values=tiny_pixels())).pow(2).mean().backward()
+    for h in hooks:
+        h.remove()
+    assert cut["in"].grad_fn is None, "the tuned block's input is cut from the frozen prefix's graph"
+    # PEFT's enable_input_require_grads makes the prefix outputs require grad; the cut stops the graph at them
+    # and the prefix never runs a backward replay (its parameters stay gradient-free).
+    assert all(p.grad is None for n, p in peft_model.named_parameters() if "layers.0." in n)
+
+
+def test_lora_control_trains_under_reentrant_checkpointing():
+    """The control the bug report used: LoRA in the same setup trains."""
+    base = build_tiny_model("vit_cls")
+    _enable_checkpointing(base, True)
+    peft_model = get_peft_model(base, LoraConfig(target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.train()
+    first_output(peft_model(pixel_values=tiny_pixels())).pow(2).mean().backward()
+    lora = {n: p.grad for n, p in peft_model.named_parameters() if "lora_" in n}
+    assert lora and all(g is not None and g.abs().sum() > 0 for g in lora.values())
