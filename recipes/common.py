@@ -280,11 +280,43 @@ def push(model, method: MethodArguments, targs: TrainingArguments, summary: dict
     return model.push_to_hub(repo_id, commit_message=f"hf-nc {method.method} fine-tuning", **kwargs).commit_url
 
 
+def check_push(targs: TrainingArguments) -> str:
+    """What ``--push_to_hub`` needs, checked before training: returns the repo id, or raises.
+
+    Offline mode, the token, the repo id's syntax, and (online) that the token is accepted, so a
+    push that cannot succeed fails in seconds instead of after the whole run.
+
+    Raises:
+        ValueError: naming what is missing.
+    """
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo_id = targs.hub_model_id or Path(targs.output_dir).name
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"--push_to_hub: {repo_id!r} is not a valid Hub repo id (set --hub_model_id 'user/name'): {e}") from e
+    if constants.is_offline_mode():
+        raise ValueError("--push_to_hub, but the Hub is off (HF_HUB_OFFLINE=1): unset it, or train without --push_to_hub and "
+                         "push output_dir/adapter later with hf_nc.cards.push_adapter")
+    token = targs.hub_token or get_token()
+    if not token:
+        raise ValueError("--push_to_hub needs a Hub token: `hf auth login`, HF_TOKEN, or --hub_token")
+    try:
+        HfApi(token=token).whoami()
+    except Exception as e:  # network down, token refused: both make the final push fail
+        raise ValueError(f"--push_to_hub: the Hub does not accept the token ({type(e).__name__}: {e})") from e
+    return repo_id
+
+
 def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, default_base: Callable[[TrainingArguments], str], recipe: str) -> dict:
     """The whole recipe: parse, load, adapt, train with NCTrainer, summarise, save (and push)."""
     start = time.perf_counter()
     margs, dargs, method, targs = parse(training_cls, argv)
     hf_logging.set_verbosity_warning()
+    if targs.push_to_hub:
+        check_push(targs)  # before hours of training, not after
     base = margs.model_name_or_path or default_base(targs)
     train, test, names = load_data(dargs, targs.seed)
     set_seed(targs.seed)  # a new head is initialised at load: the same on every process and run
@@ -312,13 +344,21 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
         "args": {"method": asdict(method), "data": asdict(dargs)},
     }
     out = Path(targs.output_dir)
+    push_error = None
     if trainer.is_world_process_zero():
         summary["adapter_bytes"] = save_trained(model, method.method, out / "adapter")
         if push_to_hub:
-            summary["hub_commit"] = push(model, method, targs, summary, base, dargs.dataset, out / "adapter")
+            try:
+                summary["hub_commit"] = push(model, method, targs, summary, base, dargs.dataset, out / "adapter")
+            except Exception as e:  # the run is done: keep its summary, then report the failed push
+                push_error = e
+                summary["hub_error"] = f"{type(e).__name__}: {e}"
         summary["wall_time_s"] = time.perf_counter() - start
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         print(f"\n{recipe}: {method.method} on {dargs.dataset} ({len(train)} train / {len(test)} test images)")
         print(format_summary(summary))
         print(f"wrote {out / 'summary.json'}, {out / 'adapter'}, NC history and plots in {out}")
+    if push_error is not None:
+        raise RuntimeError(f"training finished and {out / 'summary.json'} is written, but --push_to_hub failed: {summary['hub_error']} "
+                           f"(push {out / 'adapter'} again with hf_nc.cards.push_adapter)") from push_error
     return summary

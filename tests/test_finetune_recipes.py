@@ -75,11 +75,15 @@ def test_clip_recipe_runs_offline(tmp_path):
 
 
 def test_push_to_hub_uses_hf_nc_cards(tiny_vit, tmp_path, monkeypatch):
+    import huggingface_hub
+
     cards = pytest.importorskip("hf_nc.cards")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the recipe checks it before training
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **k: {"name": "me"})
     pushed = {}
     monkeypatch.setattr(cards, "push_adapter", lambda model, repo_id, card, **kw: pushed.update(repo=repo_id, card=str(card)) or "https://hub/commit/1")
     summary = finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), "--method", "heads", "--heads=-1:0",
-                                 "--push_to_hub", "--hub_model_id", "me/tiny-heads", *QUICK])
+                                 "--push_to_hub", "--hub_model_id", "me/tiny-heads", "--hub_token", "hf_x", *QUICK])
     assert pushed["repo"] == "me/tiny-heads" and summary["hub_commit"] == "https://hub/commit/1"
     assert "nc1" in pushed["card"].lower() and (tmp_path / "adapter" / "README.md").read_text() == pushed["card"]
 

@@ -105,3 +105,50 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_result(tiny_vit, tmp_
                 assert b[split][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (a["step"], split, key)
     for key in ("test_accuracy", "train_nc1", "eval_nc1"):
         assert resumed[key] == pytest.approx(reference[key], rel=1e-6), key
+
+
+@pytest.fixture
+def hub_online(monkeypatch):
+    """The Hub looks online with an accepted token (nothing is sent: the push itself is replaced)."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **k: {"name": "me"})
+
+
+@pytest.mark.parametrize("problem", ["offline", "no_token", "bad_repo_id"])
+def test_push_to_hub_that_cannot_succeed_fails_before_training(problem, tiny_vit, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    args = ["--model_name_or_path", tiny_vit, *SMALL, "--max_steps", "2", "--output_dir", str(tmp_path), "--push_to_hub",
+            "--hub_model_id", "me/tiny"]
+    if problem != "offline":
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    if problem == "no_token":
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token either
+        monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
+        monkeypatch.setattr(huggingface_hub.constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
+    if problem == "bad_repo_id":
+        args += ["--hub_model_id", "me/not/valid", "--hub_token", "hf_x"]
+    message = {"offline": "HF_HUB_OFFLINE", "no_token": "token", "bad_repo_id": "me/not/valid"}[problem]
+    with pytest.raises(ValueError, match=message):
+        finetune_vit.main(args)
+    assert not (tmp_path / "nc_history.json").exists() and not (tmp_path / "adapter").exists()  # nothing was trained
+
+
+def test_failed_push_after_training_still_writes_the_summary(tiny_vit, tmp_path, monkeypatch, hub_online):
+    from hf_nc import cards
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("the Hub went away")
+
+    monkeypatch.setattr(cards, "push_adapter", refuse)
+    args = ["--model_name_or_path", tiny_vit, *SMALL, "--max_steps", "2", "--output_dir", str(tmp_path), "--push_to_hub",
+            "--hub_model_id", "me/tiny", "--hub_token", "hf_x"]
+    with pytest.raises(RuntimeError, match="the Hub went away") as raised:
+        finetune_vit.main(args)
+    assert "summary.json" in str(raised.value)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "the Hub went away" in summary["hub_error"] and summary["train_nc1"] == summary["train_nc1"]
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
