@@ -105,3 +105,55 @@ def test_lora_control_trains_under_reentrant_checkpointing():
     first_output(peft_model(pixel_values=tiny_pixels())).pow(2).mean().backward()
     lora = {n: p.grad for n, p in peft_model.named_parameters() if "lora_" in n}
     assert lora and all(g is not None and g.abs().sum() > 0 for g in lora.values())
+
+
+# -- several adapters, merge (issue 9 item 12) -----------------------------------------------------
+
+
+def _perturb_adapter(peft_model, name: str, seed: int) -> None:
+    """Moves adapter `name`'s own tensors (active or not) and its head copy."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in sorted(peft_model.named_parameters()):
+            if f".{name}." in n or n.endswith(f".{name}"):
+                p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("active", ["default", "second"])
+@pytest.mark.parametrize("part", ["block", "attention"])
+def test_merge_with_two_layer_ft_adapters_on_different_blocks(active, part):
+    """merge_and_unload() with the second adapter active raised KeyError: the first adapter's layer
+    tried to merge an adapter it does not hold."""
+    import hf_nc.adapters as A
+
+    base = build_tiny_model("vit_cls")
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    peft_model = get_peft_model(base, A.LayerFTConfig(layers=[0], part=part))
+    peft_model.add_adapter("second", A.LayerFTConfig(layers=[2], part=part))
+    _perturb_adapter(peft_model, "default", seed=1)
+    _perturb_adapter(peft_model, "second", seed=2)
+    x = tiny_pixels()
+    outputs = {}
+    with torch.no_grad():
+        for name in ("default", "second"):
+            peft_model.set_adapter(name)
+            outputs[name] = first_output(peft_model(pixel_values=x))
+    assert (outputs["default"] - outputs["second"]).abs().max() > 1e-3
+    peft_model.set_adapter(active)
+    merged = peft_model.merge_and_unload()
+    assert not any("hfnc_" in n for n, _ in merged.named_modules())
+    with torch.no_grad():
+        assert (first_output(merged(pixel_values=x)) - outputs[active]).abs().max() < 1e-5
+    # the block of the inactive adapter is the untouched base block
+    other_block = "vit.layers.2." if active == "default" else "vit.layers.0."
+    state = merged.state_dict()
+    assert all(torch.equal(state[k], original[k]) for k in original if k.startswith(other_block))
+
+
+def test_merge_of_two_layer_ft_adapters_on_one_block_is_refused():
+    import hf_nc.adapters as A
+
+    peft_model = get_peft_model(build_tiny_model("vit_cls"), A.LayerFTConfig(layers=[1]))
+    peft_model.add_adapter("second", A.LayerFTConfig(layers=[1]))
+    with pytest.raises(ValueError, match="one adapter at a time"):
+        peft_model.merge_and_unload(adapter_names=["default", "second"])

@@ -186,6 +186,9 @@ class NCCopyLayer(nn.Module, BaseTunerLayer):
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         adapter_names = check_adapters_to_merge(self, adapter_names)
+        # An adapter tuning other blocks has no copy here: this layer has nothing of it to merge
+        # (PEFT calls merge on every tuner layer with all the adapters to merge).
+        adapter_names = [name for name in adapter_names if name in self.copies]
         if not adapter_names:
             return
         if len(adapter_names) > 1:
