@@ -26,6 +26,8 @@ from hf_nc.backbones import resolve_backbone
 from hf_nc.data import build_transforms, collate_fn, load_image_dataset
 from hf_nc.trainer import NCTrainer
 
+logger = hf_logging.get_logger("hf_nc.recipes")
+
 METHODS = ("linear_probe", "full", "lora", "layer", "scl", "heads")
 
 
@@ -129,11 +131,30 @@ def label_maps(names: list[str]) -> dict:
     return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}  # num_labels follows
 
 
-def maybe_reset_head(model: nn.Module, names: list[str], reset: Optional[bool]) -> bool:
-    """Re-initialises a linear classifier whose labels are not the data's (same size, other task)."""
+def _preview(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)})" if len(names) > n else "")
+
+
+def checkpoint_labels(config) -> list[str]:
+    """The class names a checkpoint's config was trained with, in label order."""
+    id2label = config.id2label or {}
+    return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(config.num_labels)]
+
+
+def maybe_reset_head(model: nn.Module, names: list[str], reset: Optional[bool], trained_labels: list[str]) -> bool:
+    """Re-initialises a linear classifier trained for other labels than the data's; returns whether it did.
+
+    Args:
+        model: the classifier, already loaded with a head of ``len(names)`` outputs.
+        names: the data's class names, in label order.
+        reset: ``True``/``False`` force it; ``None``: reset unless ``trained_labels == names``
+            (a head of the same size for another task, or the same names in another order,
+            would predict the wrong classes).
+        trained_labels: the checkpoint's own class names (read from its config BEFORE the
+            data's names are passed to ``from_pretrained``, which overwrites them).
+    """
     config = model.config
-    same = [config.id2label.get(i, config.id2label.get(str(i))) for i in range(len(names))] == list(names)
-    if reset is False or (reset is None and same):
+    if reset is False or (reset is None and list(trained_labels) == list(names)):
         return False
     classifier = resolve_backbone(model).classifier
     if isinstance(classifier, nn.Linear):
@@ -146,10 +167,14 @@ def maybe_reset_head(model: nn.Module, names: list[str], reset: Optional[bool]) 
 
 def load_classifier(path: str, names: list[str], margs: ModelArguments):
     """``AutoModelForImageClassification`` with a head for ``names`` (re-initialised when needed)."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
+    trained_labels = checkpoint_labels(AutoConfig.from_pretrained(path))
     model = AutoModelForImageClassification.from_pretrained(path, ignore_mismatched_sizes=True, **label_maps(names))
-    maybe_reset_head(model, names, margs.reset_head)
+    model.hf_nc_head_reset = maybe_reset_head(model, names, margs.reset_head, trained_labels)  # for the summary
+    if model.hf_nc_head_reset:
+        logger.warning("classifier: a new head (the checkpoint was trained for labels %s, the data has %s)",
+                       _preview(trained_labels), _preview(names))
     try:
         processor = AutoImageProcessor.from_pretrained(path)
     except (OSError, ValueError):
@@ -321,6 +346,7 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
     train, test, names = load_data(dargs, targs.seed)
     set_seed(targs.seed)  # a new head is initialised at load: the same on every process and run
     model, processor = load_model(base, names, margs)
+    head_reset = getattr(model, "hf_nc_head_reset", None)
     model = apply_method(model, method)
     transform_of = image_spec(model, processor)
     train_eval_view = train.with_transform(build_transforms(transform_of, train=False))
@@ -337,6 +363,7 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
     trainable, total = parameter_counts(model)
     summary = {
         "recipe": recipe, "method": method.method, "model": base, "dataset": dargs.dataset, "num_labels": len(names),
+        "head_reset": head_reset,
         "trainable_params": trainable, "total_params": total, "trainable_percent": 100.0 * trainable / total,
         "adapter_bytes": 0, "test_accuracy": metrics.get("eval_accuracy", float("nan")),
         "train_nc1": metrics.get("train_nc1", float("nan")), "eval_nc1": metrics.get("eval_nc1", float("nan")),
