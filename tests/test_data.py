@@ -260,3 +260,89 @@ def test_unreachable_hub_fails_fast_without_retries(monkeypatch):
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     _raises_fast("unreachable", load_image_dataset, "no-such-user/no-such-dataset")
+
+
+# ---------------------------------------------------------------- evaluation = the model's image processor
+
+
+def _processors():
+    """Typical configs of the three processor families hf-nc backs (as on the Hub), built offline."""
+    from transformers import BitImageProcessorPil, CLIPImageProcessorPil, ViTImageProcessorPil
+
+    return {
+        "vit": ViTImageProcessorPil(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        "clip": CLIPImageProcessorPil(
+            size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, do_center_crop=True, resample=3,
+            image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+        ),
+        "dinov2": BitImageProcessorPil(
+            size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True, resample=3,
+            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_convert_rgb=True,
+        ),
+    }
+
+
+def _odd_images():
+    # 31 x 23: 224 * 31 / 23 = 301.9, where rounding and transformers' floor disagree by a pixel.
+    rng = np.random.default_rng(1)
+    return [PILImage.fromarray(rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)),
+            PILImage.fromarray(rng.integers(0, 256, (40, 17), dtype=np.uint8)),  # grayscale into an RGB model
+            PILImage.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))]
+
+
+@pytest.mark.parametrize("family", ["vit", "clip", "dinov2"])
+def test_eval_pixels_equal_the_model_image_processor(family, tmp_path):
+    from transformers import CLIPVisionConfig, Dinov2Config
+
+    processor = _processors()[family]
+    config = {"vit": _tiny_vit_config(size=224), "clip": CLIPVisionConfig(image_size=224, patch_size=32, hidden_size=16, intermediate_size=32,
+              num_hidden_layers=1, num_attention_heads=2), "dinov2": Dinov2Config(image_size=224, patch_size=14, hidden_size=16,
+              num_hidden_layers=1, num_attention_heads=2)}[family]
+    config.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    images = _odd_images()
+    # What pipeline("image-classification") feeds the model: load_image's RGB image through the processor.
+    want = [processor(im.convert("RGB"), return_tensors="pt")["pixel_values"][0] for im in images]
+    for source in (processor, str(tmp_path)):
+        for train in (False, True):  # training without augmentation sees the same pixels
+            got = build_transforms(source, train=train)({"image": images, "label": [0, 1, 2]})["pixel_values"]
+            for g, w in zip(got, want):
+                assert g.shape == w.shape == (3, 224, 224)
+                assert torch.equal(g, w), (family, source, train)
+    # Flip augmentation flips the processor's pixels; crop goes through the hand-written path.
+    flipped = build_transforms(processor, train=True, augment="flip")({"image": images * 4})["pixel_values"]
+    assert all(torch.equal(g, w) or torch.equal(g, w.flip(-1)) for g, w in zip(flipped, want * 4))
+    assert any(torch.equal(g, w.flip(-1)) and not torch.equal(g, w) for g, w in zip(flipped, want * 4))
+    cropped = build_transforms(processor, train=True, augment="crop")({"image": images})["pixel_values"]
+    assert all(c.shape == (3, 224, 224) for c in cropped)
+
+
+def test_the_old_hand_written_clip_resize_was_a_pixel_off():
+    """The reason for the change: resize-then-crop by hand rounds where transformers floors."""
+    from hf_nc.data.transforms import ImageTransform, spec_from_processor
+
+    processor = _processors()["clip"]
+    img = _odd_images()[0]
+    spec = spec_from_processor(processor)
+    hand = ImageTransform(spec)._hand_written(img)
+    assert not torch.equal(hand, processor(img, return_tensors="pt")["pixel_values"][0])
+
+
+@pytest.mark.parametrize("family, want_resize", [("vit", (56, 56)), ("clip", (56, 56)), ("dinov2", (64, 64))])
+def test_image_size_override(family, want_resize):
+    processor = _processors()[family]
+    img = _odd_images()[2]  # square 224 px image
+    got = build_transforms(processor, train=False, image_size=56)({"image": [img]})["pixel_values"][0]
+    assert got.shape == (3, 56, 56)
+    # Independent expectation: PIL resize to the scaled resize size, centre crop 56, normalise.
+    resized = img.resize(want_resize, processor.resample)
+    left = (want_resize[0] - 56) // 2
+    arr = np.asarray(resized.crop((left, left, left + 56, left + 56)), dtype=np.float32) / 255.0
+    want = (torch.from_numpy(arr).permute(2, 0, 1) - torch.tensor(processor.image_mean).view(3, 1, 1)) / torch.tensor(processor.image_std).view(3, 1, 1)
+    assert torch.allclose(got, want, atol=1e-5)
+    # The hand-written path (a bare config) takes the override too, also with augmentation.
+    config = _tiny_vit_config(size=224)
+    assert build_transforms(config, train=False, image_size=(32, 48))({"image": [img]})["pixel_values"][0].shape == (3, 32, 48)
+    assert build_transforms(processor, train=True, augment="crop", image_size=56)({"image": [img]})["pixel_values"][0].shape == (3, 56, 56)
+    with pytest.raises(ValueError, match="positive"):
+        build_transforms(config, train=False, image_size=0)

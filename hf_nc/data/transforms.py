@@ -3,19 +3,55 @@
 ``build_transforms(model_or_config_or_path, train)`` returns a callable for
 ``Dataset.with_transform`` that turns a batch of ``image``/``label`` into
 ``pixel_values`` (float tensors, C x H x W, normalised) and ``labels``.
+
+Without augmentation (evaluation, and training with ``augment="none"``) the pixels come from
+the model's own transformers image processor whenever one is known, so they equal what
+``pipeline("image-classification")`` feeds the model; the hand-written resize / crop code
+below is used only for the random-resized-crop augmentation and for models that have no
+image processor (a bare config). Every image first goes through :func:`to_8bit`, which
+scales 16-bit and float images into 0..255 (PIL's own ``convert`` clips them).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 AUGMENTATIONS = ("crop", "flip")
+
+# Nominal full-scale value of PIL's high-bit-depth modes. "I;16*" is what Pillow opens a 16-bit
+# grayscale PNG/TIFF as; "I" (32-bit int) is what older Pillow and several formats (PGM, TIFF)
+# use for the same 16-bit data, so it is taken as 16-bit too; "F" (32-bit float) follows the
+# float-image convention of numpy/matplotlib/scikit-image: 0.0 = black, 1.0 = white.
+# (16-bit RGB PNGs need nothing: Pillow opens them as 8-bit "RGB", correctly scaled.)
+HIGH_BIT_DEPTH_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A high-bit-depth PIL image scaled to an 8-bit ``"L"`` image; any other image unchanged.
+
+    PIL's ``convert("L")`` / ``convert("RGB")`` clips a 16-bit value to 255 instead of scaling
+    it, so a 16-bit PNG would become almost white. Here ``value * 255 / full_scale`` is rounded
+    and clipped to 0..255, with full scale 65535 for the 16-bit modes (``I;16*`` and ``I``) and
+    1.0 for float images (``F``); see :data:`HIGH_BIT_DEPTH_FULL_SCALE`.
+
+    Args:
+        img: any PIL image.
+
+    Returns:
+        An 8-bit grayscale image for modes ``I;16*``, ``I`` and ``F``, else ``img`` itself.
+    """
+    full_scale = HIGH_BIT_DEPTH_FULL_SCALE.get(img.mode)
+    if full_scale is None:
+        return img
+    arr = np.asarray(img, dtype=np.float64) * (255.0 / full_scale)
+    return Image.fromarray(np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8), mode="L")
 
 
 @dataclass(frozen=True)
@@ -29,6 +65,10 @@ class ImageSpec:
     rescale_factor: float = 1 / 255
     resample: int = Image.BILINEAR
     shortest_edge: int | None = None  # if set: resize the short side to this, then centre-crop to `size`
+    # The transformers image processor these settings come from (None: a bare config). Without
+    # augmentation it does the whole preprocessing, called with `processor_kwargs` (size overrides).
+    processor: Any = field(default=None, compare=False, repr=False)
+    processor_kwargs: tuple = ()
 
     def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         def fit(v):
@@ -103,7 +143,43 @@ def spec_from_processor(processor, num_channels: int = 3) -> ImageSpec:
         rescale_factor=float(getattr(processor, "rescale_factor", 1 / 255)) if do_rescale else 1.0,
         resample=int(getattr(resample, "value", resample)),
         shortest_edge=int(shortest) if shortest else None,
+        processor=processor,
     )
+
+
+def with_image_size(spec: ImageSpec, image_size: int | tuple[int, int] | dict) -> ImageSpec:
+    """``spec`` producing ``image_size`` (h, w) pixel inputs instead of the model's own size.
+
+    For a model pre-trained at 224 px that is run on 28 px images, e.g. ``image_size=56`` is
+    ~16x cheaper per image. A resize-then-crop spec (CLIP, DINOv2) keeps its resize/crop ratio
+    (DINOv2's 256 -> 224 becomes 64 -> 56); the image processor, when there is one, is called
+    with the same overrides (``size`` / ``crop_size``). The model must accept the new size
+    (e.g. ``interpolate_pos_encoding=True`` for ViT; DINOv2 always interpolates).
+
+    Args:
+        spec: the model's spec (:func:`resolve_image_spec`).
+        image_size: an int (square), a ``(height, width)`` pair or a ``{"height", "width"}`` dict.
+
+    Returns:
+        A new :class:`ImageSpec`.
+    """
+    h, w = _pair(image_size)
+    if h < 1 or w < 1:
+        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    shortest = max(1, round(spec.shortest_edge * min(h, w) / min(spec.size))) if spec.shortest_edge else None
+    kwargs: dict = {}
+    processor = spec.processor
+    if processor is not None:
+        psize = _size_dict(getattr(processor, "size", None)) or {}
+        crops = getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) is not None
+        if crops:
+            kwargs["crop_size"] = {"height": h, "width": w}
+        if "shortest_edge" in psize:
+            kwargs["size"] = {"shortest_edge": shortest or min(h, w)}
+        elif "height" in psize and "width" in psize:
+            ch, cw = _pair(processor.crop_size) if crops else (psize["height"], psize["width"])
+            kwargs["size"] = {"height": max(1, round(psize["height"] * h / ch)), "width": max(1, round(psize["width"] * w / cw))}
+    return replace(spec, size=(h, w), shortest_edge=shortest, processor_kwargs=tuple(kwargs.items()))
 
 
 def _load_processor(path: str):
@@ -180,7 +256,11 @@ def random_resized_crop_box(width: int, height: int, scale=(0.8, 1.0), ratio=(3 
 class ImageTransform:
     """PIL image -> normalised float tensor, with optional train-time augmentation.
 
-    Steps: convert to RGB / L to match the model's channels; with ``crop`` a random resized crop
+    Every image is first scaled to 8 bits when it has more (:func:`to_8bit`) and converted to
+    RGB / L to match the model's channels. Then, when the spec carries the model's image
+    processor and no ``crop`` augmentation is asked, the processor does the rest (exactly
+    the model's own preprocessing, as in ``pipeline()``), and ``flip`` flips its output with
+    p = 0.5. Otherwise (a bare config, or ``crop``): with ``crop`` a random resized crop
     (``crop_scale``) straight to the output size, else resize (and centre-crop when the
     processor resizes the shortest edge); with ``flip`` a horizontal flip with p = 0.5; then
     ``x * rescale_factor``, ``(x - mean) / std``.
@@ -191,12 +271,20 @@ class ImageTransform:
         self.augment = frozenset(augment)
         self.crop_scale = tuple(crop_scale)
         self.mean, self.std = spec.channel_stats()
+        processor = spec.processor
+        # A grayscale model behind a 3-channel processor (or the reverse) cannot use it as is.
+        fits = processor is not None and (spec.num_channels != 1 or len(getattr(processor, "image_mean", None) or (0,)) == 1)
+        self.use_processor = fits and "crop" not in self.augment
 
-    def to_pil(self, img: Image.Image) -> Image.Image:
-        """Channel conversion, resize/crop (and augmentation): the PIL image that gets normalised."""
+    def convert(self, img) -> Image.Image:
+        """An 8-bit PIL image with the model's channels (``L`` or ``RGB``)."""
         if not isinstance(img, Image.Image):
             img = Image.fromarray(np.asarray(img))
-        img = img.convert("L" if self.spec.num_channels == 1 else "RGB")
+        return to_8bit(img).convert("L" if self.spec.num_channels == 1 else "RGB")
+
+    def to_pil(self, img: Image.Image) -> Image.Image:
+        """The hand-written path: channels, resize/crop (and augmentation), before normalising."""
+        img = self.convert(img)
         h, w = self.spec.size
         if "crop" in self.augment:
             box = random_resized_crop_box(img.width, img.height, self.crop_scale)
@@ -213,11 +301,28 @@ class ImageTransform:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         return img
 
-    def __call__(self, img) -> torch.Tensor:
+    def _hand_written(self, img) -> torch.Tensor:
         arr = np.asarray(self.to_pil(img), dtype=np.float32)
         x = torch.from_numpy(arr.copy())
         x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
         return (x * self.spec.rescale_factor - self.mean) / self.std
+
+    def batch(self, images) -> list[torch.Tensor]:
+        """The transformed tensors of a list of images (one processor call for all of them)."""
+        if not self.use_processor:
+            return [self._hand_written(img) for img in images]
+        processor = self.spec.processor
+        kwargs = dict(self.spec.processor_kwargs)
+        if hasattr(processor, "do_convert_rgb"):
+            kwargs["do_convert_rgb"] = False  # channels already match the model (see convert)
+        pixels = processor([self.convert(img) for img in images], return_tensors="pt", **kwargs)["pixel_values"]
+        out = [x.float() for x in pixels]
+        if "flip" in self.augment:
+            out = [x.flip(-1) if bool(torch.rand(1) < 0.5) else x for x in out]
+        return out
+
+    def __call__(self, img) -> torch.Tensor:
+        return self.batch([img])[0]
 
 
 class BatchTransform:
@@ -233,9 +338,9 @@ class BatchTransform:
 
     def __call__(self, batch: dict) -> dict:
         images = batch[self.image_column]
-        out = {"pixel_values": [self.image_transform(im) for im in images]}
+        out = {"pixel_values": self.image_transform.batch(images)}
         for v in range(2, self.views + 1):
-            out[f"pixel_values_{v}"] = [self.image_transform(im) for im in images]
+            out[f"pixel_values_{v}"] = self.image_transform.batch(images)
         if self.label_column in batch:
             out["labels"] = [int(y) for y in batch[self.label_column]]
         return out
@@ -250,15 +355,33 @@ def build_transforms(
     image_column: str = "image",
     label_column: str = "label",
     views: int = 1,
+    image_size: int | tuple[int, int] | None = None,
 ) -> BatchTransform:
     """A batch transform for ``dataset.with_transform`` matched to a model.
 
-    ``model_or_config_or_path``: a model, a config, an image processor, a local checkpoint
-    folder, or an :class:`ImageSpec`. ``augment`` (used only when ``train``): False/"none",
-    True (= "crop,flip"), or a subset of ``("crop", "flip")`` as a list or "crop,flip" string.
-    Off by default; small images such as ``digits`` should not be flipped.
+    Without augmentation (always when ``train`` is False) the pixels are those of the model's
+    own image processor when one is known: an image processor passed in, a local folder (or
+    cached Hub id) with ``preprocessor_config.json``, or a model/config whose
+    ``name_or_path`` has one; so evaluation sees exactly what ``pipeline()`` would feed the
+    model. Only a bare config (no processor) uses the hand-written resize with mean = std = 0.5.
+
+    Args:
+        model_or_config_or_path: a model, a config, an image processor, a local checkpoint
+            folder, or an :class:`ImageSpec`.
+        train: training transforms (augmentation allowed) or evaluation ones.
+        augment: used only when ``train``: False/"none", True (= "crop,flip"), or a subset of
+            ``("crop", "flip")`` as a list or "crop,flip" string. Off by default; small images
+            such as ``digits`` should not be flipped.
+        crop_scale: area range of the random resized crop.
+        image_column: input column of the batches.
+        label_column: label column (copied to ``labels`` when present).
+        views: with 2, also ``pixel_values_2``, a second independent augmentation.
+        image_size: feed the model ``image_size`` px inputs instead of its own size (see
+            :func:`with_image_size`); None keeps the model's.
     """
     spec = resolve_image_spec(model_or_config_or_path)
+    if image_size is not None:
+        spec = with_image_size(spec, image_size)
     aug = _augmentations(augment) if train else frozenset()
     return BatchTransform(ImageTransform(spec, aug, crop_scale), image_column, label_column, views)
 
