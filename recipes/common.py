@@ -16,6 +16,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
+from datasets import Dataset, DatasetDict
 from torch import nn
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
@@ -23,7 +24,7 @@ from transformers.utils import logging as hf_logging
 
 import hf_nc  # noqa: F401  (registers the hf-nc PEFT methods)
 from hf_nc.backbones import resolve_backbone
-from hf_nc.data import build_transforms, collate_fn, load_image_dataset
+from hf_nc.data import build_transforms, collate_fn, load_image_dataset, stratified_indices
 from hf_nc.trainer import NCTrainer
 
 logger = hf_logging.get_logger("hf_nc.recipes")
@@ -44,8 +45,8 @@ class DataArguments:
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column (detected if unset)."})
     classes: Optional[str] = field(default=None, metadata={"help": "Comma-separated classes (ids or names) to keep."})
     shots_per_class: Optional[int] = field(default=None, metadata={"help": "Few-shot: a stratified, seeded subset of the training split."})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Seeded random subset of the training split."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "First N images of the test split."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Seeded, stratified subset of this many training images (after --shots_per_class)."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Seeded, stratified subset of this many test images (and validation images)."})
     augment: str = field(default="none", metadata={"help": "Training augmentation: none | crop | flip | crop,flip."})
     nc_train_samples: int = field(default=512, metadata={"help": "Training images (seeded subset, no augmentation) measured for train NC; <= 0: all."})
     nc_layers: bool = field(default=False, metadata={"help": "Also log NC1 of every block at each evaluation."})
@@ -115,16 +116,52 @@ def parse(training_cls: type, argv: Optional[list[str]]):
 
 
 # ---------------------------------------------------------------------------------------------- data
-def load_data(dargs: DataArguments, seed: int):
+@dataclass
+class RecipeData:
+    """The recipe's splits, their class names, and how each split was made (for the log and summary)."""
+
+    train: Dataset
+    test: Dataset
+    names: list[str]
+    validation: Optional[Dataset] = None
+    provenance: dict[str, str] = field(default_factory=dict)
+
+
+def stratified_subset(ds: Dataset, n: Optional[int], seed: int, flag: str) -> Dataset:
+    """A seeded, stratified ``n`` of ``ds`` (all of it when ``n`` is unset or not smaller)."""
+    if not n or n >= len(ds):
+        return ds
+    try:
+        return ds.select(stratified_indices(ds["label"], n, seed=seed))
+    except ValueError as e:
+        raise ValueError(f"{flag} {n}: {e}") from e
+
+
+def _provenance(data: DatasetDict, dataset: str) -> dict[str, str]:
+    """How each split was made, from ``hf_nc.data.split_provenance`` when the data module has it."""
+    import hf_nc.data
+
+    if hasattr(hf_nc.data, "split_provenance"):
+        return dict(hf_nc.data.split_provenance(data))
+    return {split: ds.info.description for split, ds in data.items() if getattr(ds.info, "description", None)}
+
+
+def load_data(dargs: DataArguments, seed: int) -> RecipeData:
+    """The splits of ``--dataset`` after ``--classes``, ``--shots_per_class`` and the ``--max_*_samples`` subsets.
+
+    ``--max_train_samples`` / ``--max_eval_samples`` take seeded, stratified subsets (an image
+    folder is sorted by class: its first N images are one or two classes).
+    """
     classes = [c.strip() for c in dargs.classes.split(",")] if dargs.classes else None
     data = load_image_dataset(dargs.dataset, image_column=dargs.image_column, label_column=dargs.label_column,
                               shots_per_class=dargs.shots_per_class, classes=classes, seed=seed)
-    train, test = data["train"], data["test"]
-    if dargs.max_train_samples and dargs.max_train_samples < len(train):
-        train = train.shuffle(seed=seed).select(range(dargs.max_train_samples))
-    if dargs.max_eval_samples and dargs.max_eval_samples < len(test):
-        test = test.select(range(dargs.max_eval_samples))
-    return train, test, train.features["label"].names
+    provenance = _provenance(data, dargs.dataset)
+    train = stratified_subset(data["train"], dargs.max_train_samples, seed, "--max_train_samples")
+    test = stratified_subset(data["test"], dargs.max_eval_samples, seed, "--max_eval_samples")
+    for split, note in provenance.items():
+        if "split off" in note or "split from" in note:
+            logger.warning("%s split: %s", split, note)
+    return RecipeData(train=train, test=test, names=list(train.features["label"].names), provenance=provenance)
 
 
 def label_maps(names: list[str]) -> dict:
@@ -343,7 +380,8 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
     if targs.push_to_hub:
         check_push(targs)  # before hours of training, not after
     base = margs.model_name_or_path or default_base(targs)
-    train, test, names = load_data(dargs, targs.seed)
+    data = load_data(dargs, targs.seed)
+    train, test, names = data.train, data.test, data.names
     set_seed(targs.seed)  # a new head is initialised at load: the same on every process and run
     model, processor = load_model(base, names, margs)
     head_reset = getattr(model, "hf_nc_head_reset", None)

@@ -45,3 +45,38 @@ def test_reset_head_flag_overrides_the_comparison():
     assert not torch.equal(model.classifier.weight, checkpoint_classifier()["classifier.weight"])
     model, _ = common.load_classifier(DEFAULT_MODEL, [str(i) for i in range(10)], common.ModelArguments(reset_head=False))
     assert torch.equal(model.classifier.weight, checkpoint_classifier()["classifier.weight"])
+
+
+@pytest.fixture(scope="module")
+def sorted_by_class(tmp_path_factory):
+    """A saved DatasetDict whose splits are sorted by class, like an image folder: 10 classes, 12 + 8 images each."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    from PIL import Image as PIL
+
+    rng = np.random.default_rng(0)
+    names = [f"class_{c}" for c in range(10)]
+
+    def split(per_class):
+        labels = [c for c in range(10) for _ in range(per_class)]
+        images = [PIL.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)) for _ in labels]
+        return Dataset.from_dict({"image": images, "label": labels}, features=Features(image=Image(), label=ClassLabel(names=names)))
+
+    path = tmp_path_factory.mktemp("sorted") / "data"
+    DatasetDict(train=split(12), test=split(8)).save_to_disk(str(path))
+    return str(path)
+
+
+def test_max_samples_take_stratified_seeded_subsets(sorted_by_class):
+    dargs = common.DataArguments(dataset=sorted_by_class, max_train_samples=30, max_eval_samples=20)
+    data = common.load_data(dargs, seed=0)
+    assert np.bincount(data.test["label"], minlength=10).tolist() == [2] * 10  # the first 20 would be 2 classes
+    assert np.bincount(data.train["label"], minlength=10).tolist() == [3] * 10
+    again = common.load_data(dargs, seed=0)
+    assert again.test["label"] == data.test["label"] and again.train["image"] == data.train["image"]
+    other = common.load_data(dargs, seed=1)
+    assert other.train["image"] != data.train["image"]  # the seed picks which images
+
+
+def test_max_eval_samples_below_the_number_of_classes_is_an_error(sorted_by_class):
+    with pytest.raises(ValueError, match="--max_eval_samples 5"):
+        common.load_data(common.DataArguments(dataset=sorted_by_class, max_eval_samples=5), seed=0)
