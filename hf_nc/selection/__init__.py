@@ -5,13 +5,25 @@
   linear probes and the rank correlation between the two.
 - :func:`suggest_layer` / :func:`choose_block`: the block to tune with SCL FT or Layer FT,
   from the per-block NC1 curve (a documented heuristic; see :mod:`hf_nc.selection.layers`).
+- :mod:`hf_nc.selection.scores`: transferability scores of frozen features (LogME, NCTI,
+  H-score and its shrinkage variant, the NC family), each with a stated direction.
 """
 
 from .layers import METHODS, LayerSuggestion, choose_block, suggest_layer
+from .scores import SCORES, NCTITerms, ScoreSpec, hscore, hscore_shrinkage, logme, ncti, ncti_composite, ncti_terms
 from .ranking import RULE, CandidateResult, RankingResult, rank_models, spearman
 
 __all__ = [
     "METHODS",
+    "SCORES",
+    "NCTITerms",
+    "ScoreSpec",
+    "hscore",
+    "hscore_shrinkage",
+    "logme",
+    "ncti",
+    "ncti_composite",
+    "ncti_terms",
     "RULE",
     "CandidateResult",
     "LayerSuggestion",
