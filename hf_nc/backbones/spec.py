@@ -42,6 +42,10 @@ class BackboneSpec:
         num_prefix_tokens: Non-patch tokens at the start of the sequence (CLS, distillation).
         vision_config: Maps ``model.config`` to the vision config holding the sizes
             (identity, or ``config.vision_config`` for dual-tower configs).
+        embeddings: Path of the embeddings module (pixels -> tokens), relative to the tower.
+        pre_blocks: Paths (relative to the tower) of the modules the tower runs, in order,
+            between the embeddings and the first block (CLIP's ``pre_layrnorm``). With
+            ``embeddings`` they form the stem that :mod:`hf_nc.prefix_cache` skips.
     """
 
     name: str
@@ -56,6 +60,8 @@ class BackboneSpec:
     pooling: Pooling = "cls"
     num_prefix_tokens: int = 1
     vision_config: Callable = field(default=_own_config)
+    embeddings: str = "embeddings"
+    pre_blocks: tuple[str, ...] = ()
 
 
 def pool_tokens(hidden: torch.Tensor, pooling: Pooling, num_prefix_tokens: int) -> torch.Tensor:
@@ -117,6 +123,12 @@ class Backbone:
     @property
     def final_norm_path(self) -> str:
         return self._join(self.spec.final_norm)
+
+    @property
+    def stem_paths(self) -> list[str]:
+        """Dotted paths of the modules run before the first block, in order: the embeddings,
+        then ``spec.pre_blocks`` (e.g. ``["vision_model.embeddings", "vision_model.pre_layrnorm"]``)."""
+        return [self._join(self.spec.embeddings), *(self._join(p) for p in self.spec.pre_blocks)]
 
     def layer_index(self, layer: int) -> int:
         """Normalises a block index; negative counts from the end.

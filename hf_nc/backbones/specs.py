@@ -47,11 +47,13 @@ CLIP_VISION = BackboneSpec(
     qkvo=("q_proj", "k_proj", "v_proj", "out_proj"),
     parts={"attention": ("layer_norm1", "self_attn"), "mlp": ("layer_norm2", "mlp")},
     vision_config=lambda c: getattr(c, "vision_config", c),
+    pre_blocks=("pre_layrnorm",),
 )
 
 # SigLIP: CLIP's layout; no CLS token, so blocks are pooled by the mean of all tokens.
 SIGLIP_VISION = replace(
-    CLIP_VISION, name="siglip_vision", model_types=("siglip_vision_model", "siglip"), pooling="mean", num_prefix_tokens=0
+    CLIP_VISION, name="siglip_vision", model_types=("siglip_vision_model", "siglip"), pooling="mean", num_prefix_tokens=0,
+    pre_blocks=(),
 )
 
 BUILTIN_SPECS = (VIT, DEIT, DINOV2, CLIP_VISION, SIGLIP_VISION)
