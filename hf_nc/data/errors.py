@@ -11,6 +11,10 @@ class DataNotFoundError(FileNotFoundError):
     """Requested data is not available locally and cannot be fetched; the message says what to do."""
 
 
+class CorruptImageError(ValueError):
+    """Images that cannot be decoded (truncated or corrupt files); the message names each one."""
+
+
 def hub_offline() -> bool:
     """True when Hub access is switched off (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)."""
     set_vars = [os.environ[v].strip().lower() for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if v in os.environ]

@@ -1,20 +1,34 @@
-"""One entry point for labelled image data: Hub names, local folders, built-in offline sets."""
+"""One entry point for labelled image data: Hub names, local folders, built-in offline sets.
+
+Besides the data, :func:`load_image_dataset` records how each split was made (which source
+split, which fraction, which seed, which classes and shots) in the split's
+``info.description``; :func:`split_provenance` reads it back for logs and run summaries.
+"""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image
 
 from .builtin import BUILTIN_NAMES, load_digits_dataset, load_fashion_mnist
-from .errors import DataNotFoundError, hub_offline, hub_unreachable_reason
-from .subsets import quiet_datasets, sample_shots, select_classes
+from .errors import CorruptImageError, DataNotFoundError, hub_offline, hub_unreachable_reason
+from .subsets import few_shot_indices, quiet_datasets, select_classes, stratified_indices
+
+logger = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "img", "images", "picture", "pixel_values")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "target", "coarse_label")
-TEST_SPLITS = ("test", "validation", "valid", "val")
+TEST_SPLITS = ("test",)
+VALIDATION_SPLITS = ("validation", "valid", "val")
+PROVENANCE_PREFIX = "hf-nc split: "  # the line of info.description that split_provenance reads
 
 
 def _detect(ds: Dataset, given: str | None, candidates: Sequence[str], kind: str, prefer) -> str:
@@ -41,14 +55,16 @@ def _standardise(ds: Dataset, image_column: str, label_column: str) -> Dataset:
     return ds
 
 
-def _encode_labels(train: Dataset, test: Dataset | None = None):
-    """Give both splits the same ClassLabel (train's, or one built from the sorted values of both)."""
+def _encode_labels(splits: dict[str, Dataset]) -> dict[str, Dataset]:
+    """Give every split the same ClassLabel (train's, or one built from the sorted values of all)."""
+    train = splits["train"]
     if isinstance(train.features["label"], ClassLabel):
-        if test is not None and test.features["label"] != train.features["label"]:
-            if not isinstance(test.features["label"], ClassLabel) or test.features["label"].names != train.features["label"].names:
-                raise ValueError("train and test splits have different label classes")
-        return train, test
-    values = sorted(set(train["label"]) | (set(test["label"]) if test is not None else set()))
+        for name, ds in splits.items():
+            feat = ds.features["label"]
+            if feat != train.features["label"] and (not isinstance(feat, ClassLabel) or feat.names != train.features["label"].names):
+                raise ValueError(f"train and {name} splits have different label classes")
+        return splits
+    values = sorted(set().union(*(set(ds["label"]) for ds in splits.values())))
     names = [str(v) for v in values]
     if len(set(names)) != len(names):
         raise ValueError(f"label values {values} do not have distinct string names")
@@ -61,28 +77,30 @@ def _encode_labels(train: Dataset, test: Dataset | None = None):
         with quiet_datasets():
             return ds.map(lambda y: {"label": [index[v] for v in y]}, batched=True, input_columns=["label"], features=features)
 
-    return encode(train), (encode(test) if test is not None else None)
+    return {name: encode(ds) for name, ds in splits.items()}
 
 
 def _is_saved_to_disk(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
-def _load_raw(name_or_path: str, **load_kwargs) -> DatasetDict:
+def _load_raw(name_or_path: str, **load_kwargs) -> tuple[DatasetDict, str]:
+    """The raw splits and the kind of source: "builtin", "disk" (save_to_disk), "folder" or "hub"."""
     key = BUILTIN_NAMES.get(str(name_or_path).lower())
     if key == "digits":
-        return load_digits_dataset()
+        return load_digits_dataset(), "builtin"
     if key == "fashion_mnist":
-        return load_fashion_mnist()
+        return load_fashion_mnist(), "builtin"
     from datasets import load_dataset, load_from_disk
 
     path = Path(os.path.expanduser(str(name_or_path)))
     if path.is_dir():
         if _is_saved_to_disk(path):  # Dataset/DatasetDict.save_to_disk output
             data = load_from_disk(str(path))
-            return data if isinstance(data, DatasetDict) else DatasetDict(train=data)
+            return (data if isinstance(data, DatasetDict) else DatasetDict(train=data)), "disk"
         try:  # image folder (train/test subfolders of class folders) or a local dataset repo
-            return load_dataset(str(path), **load_kwargs)
+            data = load_dataset(str(path), **load_kwargs)
+            return (data if isinstance(data, DatasetDict) else DatasetDict(train=data)), "folder"
         except FileNotFoundError as e:
             raise DataNotFoundError(f"no loadable data under '{path}': {e}") from e
     looks_local = str(name_or_path).startswith((".", "/", "~")) or os.sep + os.sep in str(name_or_path)
@@ -106,7 +124,111 @@ def _load_raw(name_or_path: str, **load_kwargs) -> DatasetDict:
             f"could not load '{name_or_path}': not a built-in set ({', '.join(sorted(BUILTIN_NAMES))}), not a "
             f"local folder, and from the Hub: {why}. Save the dataset locally (`save_to_disk`) and pass that folder."
         ) from e
-    return data if isinstance(data, DatasetDict) else DatasetDict(train=data)
+    return (data if isinstance(data, DatasetDict) else DatasetDict(train=data)), "hub"
+
+
+def _progress_allowed() -> bool:
+    """Progress bars only on the main process (torchrun sets RANK before torch.distributed is up)."""
+    from ..metrics.distributed import is_main_process
+
+    return os.environ.get("RANK", "0") == "0" and is_main_process()
+
+
+def _check_image(entry: dict) -> str | None:
+    """Why an image (``{"bytes", "path"}`` of a ``datasets.Image`` column) cannot be decoded, or None."""
+    from PIL import Image as PILImage
+
+    data, path = entry.get("bytes"), entry.get("path")
+    try:
+        with PILImage.open(io.BytesIO(data) if data is not None else path) as img:
+            img.load()  # a full decode: verify() alone misses truncated JPEGs
+    except Exception as e:  # noqa: BLE001 - every reason an image cannot be used counts
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def verify_images(
+    ds: Dataset,
+    split: str = "train",
+    on_bad_image: Literal["raise", "skip"] = "raise",
+    progress: bool = True,
+    image_column: str = "image",
+    batch_size: int = 1000,
+) -> Dataset:
+    """Decodes every image of ``ds`` once, up front, so a corrupt file fails now and by name.
+
+    A truncated or corrupt image otherwise surfaces as a bare ``OSError: image file is
+    truncated`` at the first evaluation, after hours of training, without the file name.
+
+    Args:
+        ds: a dataset with a ``datasets.Image`` column.
+        split: the split's name, for messages.
+        on_bad_image: ``"raise"`` (default): a :class:`CorruptImageError` naming every bad file;
+            ``"skip"``: drop those rows and log a warning naming them.
+        progress: show a progress bar (main process only).
+        image_column: the image column.
+        batch_size: rows read at a time (bounds memory for datasets holding image bytes).
+
+    Returns:
+        ``ds``, or ``ds`` without the bad rows with ``"skip"``.
+
+    Raises:
+        CorruptImageError: a bad image with ``on_bad_image="raise"``.
+    """
+    if on_bad_image not in ("raise", "skip"):
+        raise ValueError(f"on_bad_image must be 'raise' or 'skip', got {on_bad_image!r}")
+    from tqdm.auto import tqdm
+
+    raw = ds.cast_column(image_column, Image(decode=False))  # paths / bytes, nothing decoded
+    bad: list[tuple[int, str, str]] = []
+    workers = max(1, min(8, os.cpu_count() or 1))
+    bar = tqdm(total=len(raw), desc=f"verifying {split} images", unit="img", disable=not (progress and _progress_allowed()))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(raw), batch_size):
+            entries = raw[start : start + batch_size][image_column]
+            for j, reason in enumerate(pool.map(_check_image, entries)):
+                if reason is not None:
+                    bad.append((start + j, entries[j].get("path") or f"row {start + j} of the {split} split", reason))
+            bar.update(len(entries))
+    bar.close()
+    if not bad:
+        return ds
+    listing = "; ".join(f"{where} ({reason})" for _, where, reason in bad[:20]) + (f"; ... {len(bad) - 20} more" if len(bad) > 20 else "")
+    if on_bad_image == "raise":
+        raise CorruptImageError(
+            f"{len(bad)} image(s) of the {split} split cannot be decoded: {listing}. Fix or remove them, or pass "
+            "on_bad_image='skip' to drop them with a warning (recipes: --on_bad_image skip)."
+        )
+    logger.warning("skipping %d image(s) of the %s split that cannot be decoded: %s", len(bad), split, listing)
+    drop = {i for i, _, _ in bad}
+    return ds.select([i for i in range(len(ds)) if i not in drop])
+
+
+def _describe(ds: Dataset, provenance: str) -> Dataset:
+    """Records how the split was made as the last line of its ``info.description``."""
+    lines = [ln for ln in (ds.info.description or "").splitlines() if not ln.startswith(PROVENANCE_PREFIX)]
+    ds.info.description = "\n".join([*lines, PROVENANCE_PREFIX + provenance])
+    return ds
+
+
+def split_provenance(data: DatasetDict | dict) -> dict[str, str]:
+    """How each split of a :func:`load_image_dataset` result was made, e.g.
+    ``{"train": "digits 'train' split, 10 shots per class (seed 0)", "test": "digits 'test' split"}``.
+
+    Read from each split's ``info.description`` (kept through ``select``, ``map`` and
+    ``with_transform``); a split not made by :func:`load_image_dataset` reads ``"unknown"``.
+    """
+    out = {}
+    for name, ds in data.items():
+        lines = [ln for ln in (getattr(ds.info, "description", None) or "").splitlines() if ln.startswith(PROVENANCE_PREFIX)]
+        out[name] = lines[-1][len(PROVENANCE_PREFIX) :] if lines else "unknown"
+    return out
+
+
+def _complement(n: int, taken: np.ndarray) -> np.ndarray:
+    mask = np.ones(n, dtype=bool)
+    mask[taken] = False
+    return np.flatnonzero(mask)
 
 
 def load_image_dataset(
@@ -119,12 +241,17 @@ def load_image_dataset(
     seed: int = 0,
     test_size: float | int = 0.2,
     split_seed: int = 0,
+    validation_split: float | None = None,
+    validation_shots_per_class: int | None = None,
+    verify: bool | None = None,
+    on_bad_image: Literal["raise", "skip"] = "raise",
+    progress: bool = True,
     **load_kwargs,
 ) -> DatasetDict:
-    """Load labelled images as a ``DatasetDict`` with ``train`` and ``test`` splits.
+    """Load labelled images as a ``DatasetDict`` with ``train``, ``test`` and maybe ``validation``.
 
     Every split has exactly two columns, ``image`` (``datasets.Image``) and ``label``
-    (``ClassLabel``, names kept).
+    (``ClassLabel``, names kept), and records how it was made (:func:`split_provenance`).
 
     ``name_or_path`` is one of
       - a built-in offline set: ``"digits"`` (scikit-learn's 8x8 digits, fixed stratified
@@ -133,32 +260,129 @@ def load_image_dataset(
         ``test/<class>/*.png``) or any local dataset repo ``datasets.load_dataset`` reads;
       - a Hub dataset name, passed to ``datasets.load_dataset(name, **load_kwargs)``.
 
-    Columns are detected (``image``/``img``/..., ``label``/``labels``/``fine_label``/...) unless
-    given. The test split is ``test``, else ``validation``, else a stratified split of ``train``
-    (``test_size``, ``split_seed``). Then ``classes`` keeps those classes (ids or names) in every
-    split and remaps them to ``0..k-1`` in the order given; ``shots_per_class`` draws a stratified,
-    ``seed``-ed few-shot subset of ``train`` only.
+    Splits:
+      - ``test``: the dataset's ``test`` split; else, when it has only a ``validation`` (or
+        ``valid``/``val``) split besides ``train``, that one (many datasets publish their
+        held-out set under that name; it stays the test split, so results stay comparable);
+        else a stratified ``test_size`` split of ``train`` (``split_seed``), with a warning.
+      - ``validation`` (for model selection: never select on ``test``): the dataset's own
+        ``validation`` split when it has one besides ``test`` (subsampled to
+        ``validation_shots_per_class`` per class when that is given); else, only when
+        ``validation_split`` or ``validation_shots_per_class`` is given, a seeded (``seed``)
+        stratified draw from the training images **outside** the few-shot subset: the
+        few-shot ``train`` subset is the same with and without a validation split.
+      - ``train``: the rest of the training images; with ``shots_per_class`` a stratified,
+        ``seed``-ed few-shot subset of them (the test/validation splits are not subsampled).
+    ``classes`` keeps those classes (ids or names) in every split and remaps them to
+    ``0..k-1`` in the order given, before the few-shot and validation draws.
 
-    Raises :class:`DataNotFoundError` (fast, no Hub retries when offline) if the data is missing.
+    Args:
+        name_or_path: see above.
+        image_column: the image column (detected: ``image``/``img``/... when None).
+        label_column: the label column (detected: ``label``/``labels``/``fine_label``/...).
+        shots_per_class: few-shot training subset size per class.
+        classes: class ids or names to keep.
+        seed: seed of the few-shot subset and of a validation split drawn from train.
+        test_size: fraction (or number) of ``train`` split off as ``test`` when there is no test split.
+        split_seed: seed of that test split (fixed by default, so runs share one test set).
+        validation_split: fraction of the (class-filtered) training images drawn as
+            ``validation`` (from outside the few-shot subset), in (0, 1).
+        validation_shots_per_class: ``validation`` images per class (instead of a fraction).
+        verify: decode every image once before returning (see :func:`verify_images`), so a
+            corrupt file fails now, by name, not mid-run; None (default): only for local image
+            folders / local dataset repos (files on disk); True: any source; False: never.
+        on_bad_image: ``"raise"`` (default: stop, naming every bad file) or ``"skip"`` (drop
+            them with a warning) when ``verify`` finds undecodable images.
+        progress: progress bar for the verification (main process only).
+        **load_kwargs: passed to ``datasets.load_dataset``.
+
+    Raises:
+        DataNotFoundError: the data is missing (fast, no Hub retries when offline).
+        CorruptImageError: ``verify`` found undecodable images (``on_bad_image="raise"``).
+        ValueError: inconsistent options, or too few images for the shots / validation asked.
     """
-    raw = _load_raw(name_or_path, **load_kwargs)
+    if validation_split is not None and validation_shots_per_class is not None:
+        raise ValueError("pass validation_split or validation_shots_per_class, not both")
+    if validation_split is not None and not 0.0 < float(validation_split) < 1.0:
+        raise ValueError(f"validation_split must be a fraction in (0, 1), got {validation_split!r}")
+    if validation_shots_per_class is not None and validation_shots_per_class < 1:
+        raise ValueError(f"validation_shots_per_class must be >= 1, got {validation_shots_per_class!r}")
+    raw, kind = _load_raw(name_or_path, **load_kwargs)
     if "train" not in raw:
         raise ValueError(f"'{name_or_path}' has no 'train' split (splits: {list(raw)})")
-    train = raw["train"]
-    icol = _detect(train, image_column, IMAGE_COLUMNS, "image", Image)
-    lcol = _detect(train, label_column, LABEL_COLUMNS, "label", ClassLabel)
-    train = _standardise(train, icol, lcol)
+    source = str(name_or_path)
+    icol = _detect(raw["train"], image_column, IMAGE_COLUMNS, "image", Image)
+    lcol = _detect(raw["train"], label_column, LABEL_COLUMNS, "label", ClassLabel)
     test_name = next((s for s in TEST_SPLITS if s in raw), None)
-    if test_name is not None:
-        test = _standardise(raw[test_name], icol, lcol)
-        train, test = _encode_labels(train, test)
-    else:
-        train, _ = _encode_labels(train)
+    val_name = next((s for s in VALIDATION_SPLITS if s in raw), None)
+    if test_name is None and val_name is not None:  # train + validation only: validation is the held-out set
+        test_name, val_name = val_name, None
+    names = {"train": "train", **({"test": test_name} if test_name else {}), **({"validation": val_name} if val_name else {})}
+    splits = {key: _standardise(raw[name], icol, lcol) for key, name in names.items()}
+    if verify or (verify is None and kind == "folder"):
+        splits = {key: verify_images(ds, key, on_bad_image, progress) for key, ds in splits.items()}
+    splits = _encode_labels(splits)
+    provenance = {key: f"{source} '{name}' split" for key, name in names.items()}
+    if test_name is None:
+        train = splits["train"]
         parts = train.train_test_split(test_size=test_size, seed=split_seed, stratify_by_column="label")
-        train, test = parts["train"], parts["test"]
-    data = DatasetDict(train=train, test=test)
+        splits["train"], splits["test"] = parts["train"], parts["test"]
+        share = f"{test_size:.0%}" if isinstance(test_size, float) else f"{test_size} images"
+        provenance["train"] = f"{source} 'train' split minus the {share} split off as test"
+        provenance["test"] = f"{share} stratified split of {source} 'train' (split_seed {split_seed}; the dataset has no test split)"
+        logger.warning(
+            "'%s' has no test split: %s of its training images (%d of %d, stratified, split_seed=%d) are the test split; "
+            "the rest (%d) is the training data. Give it a test/ folder (or a 'test' split) to choose the test images.",
+            source, share, len(splits["test"]), len(train), split_seed, len(splits["train"]),
+        )
+    elif names["test"] != "test":
+        provenance["test"] += " (the dataset has no 'test' split)"
+    data = DatasetDict(splits)
     if classes is not None:
         data = select_classes(data, classes)
+        kept = data["train"].features["label"].names
+        provenance = {k: f"{v}, classes {kept}" for k, v in provenance.items()}
+    train = data["train"]
+    k = train.features["label"].num_classes
+    labels = np.asarray(train["label"], dtype=np.int64)
+    # The few-shot subset is drawn first, from all training images, exactly as without a
+    # validation split: the same (data, shots, seed) trains on the same images either way.
+    keep = few_shot_indices(labels, shots_per_class, seed, num_classes=k) if shots_per_class is not None else np.arange(len(labels))
+    if "validation" in data:
+        if validation_shots_per_class is not None:
+            own = np.asarray(data["validation"]["label"], dtype=np.int64)
+            data["validation"] = data["validation"].select(few_shot_indices(own, validation_shots_per_class, seed, num_classes=k))
+            provenance["validation"] += f", {validation_shots_per_class} per class (seed {seed})"
+        elif validation_split is not None:
+            logger.info("'%s' has its own validation split: validation_split=%s is not used", source, validation_split)
+    elif validation_split is not None or validation_shots_per_class is not None:
+        pool = _complement(len(labels), keep) if shots_per_class is not None else np.arange(len(labels))
+        outside = "outside the few-shot subset" if shots_per_class is not None else ""
+        if validation_shots_per_class is not None:
+            try:
+                picked = few_shot_indices(labels[pool], validation_shots_per_class, seed, num_classes=k)
+            except ValueError as e:
+                raise ValueError(f"validation_shots_per_class={validation_shots_per_class}: too few training images {outside or 'per class'}: {e}") from e
+            size = f"{validation_shots_per_class} per class"
+        else:
+            n = max(1, round(float(validation_split) * len(labels)))
+            if n >= len(pool):
+                raise ValueError(f"validation_split={validation_split} asks for {n} images but only {len(pool)} training images are {outside or 'available'}")
+            picked = stratified_indices(labels[pool], n, seed, num_classes=k)
+            size = f"{validation_split:.0%} of the training images"
+        validation = np.sort(pool[picked])
+        data["validation"] = train.select(validation)
+        provenance["validation"] = f"{len(validation)} images ({size}) drawn stratified (seed {seed}) from the training images of {provenance['train']}" + (
+            f", {outside}" if outside else "")
+        if shots_per_class is None:
+            keep = _complement(len(labels), validation)
+            provenance["train"] += f", minus the {len(validation)} validation images"
     if shots_per_class is not None:
-        data["train"] = sample_shots(data["train"], shots_per_class, seed=seed)
-    return data
+        data["train"] = train.select(keep)
+        provenance["train"] += f", {shots_per_class} shots per class (seed {seed})"
+    elif len(keep) != len(labels):
+        data["train"] = train.select(keep)
+    for key in data:
+        _describe(data[key], provenance[key])
+    order = [s for s in ("train", "validation", "test") if s in data]
+    return DatasetDict({s: data[s] for s in order})

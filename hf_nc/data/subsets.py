@@ -145,3 +145,17 @@ def stratified_indices(labels: Sequence[int], n: int, seed: int = 0, num_classes
             take[c] += add
             left -= add
     return np.sort(np.concatenate([pools[c][: take[c]] for c in pools]))
+
+
+def stratified_subset(ds: Dataset, n: int | None, seed: int = 0, label_column: str = "label") -> Dataset:
+    """A seeded, stratified subset of ``n`` rows of ``ds`` (see :func:`stratified_indices`), in
+    the dataset's order; ``ds`` itself when ``n`` is None or ``>= len(ds)``.
+
+    The replacement for ``ds.select(range(n))``: an image folder is sorted by class, so its first
+    ``n`` rows may all be one class (e.g. ``--max_eval_samples``).
+    """
+    if n is None or n >= len(ds):
+        return ds
+    feat = ds.features[label_column]
+    k = feat.num_classes if isinstance(feat, ClassLabel) else None
+    return ds.select(stratified_indices(ds[label_column], n, seed=seed, num_classes=k))
