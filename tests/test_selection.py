@@ -68,6 +68,16 @@ def zero_final_model():
     return model
 
 
+def damped_model(factor: float = 0.95):
+    """Between good and blind: the class signal (the filters' mean) shrunk by ``factor``, the
+    noise kept, so class separation falls monotonically good > damped > blind."""
+    model = build_tiny_model("vit_cls")
+    w = model.vit.embeddings.patch_embeddings.projection.weight
+    with torch.no_grad():
+        w -= factor * w.mean(dim=(1, 2, 3), keepdim=True)
+    return model
+
+
 def blank_patch_model():
     """Patch-embedding weights zero: every image gives the same tokens, features constant up to rounding."""
     model = build_tiny_model("vit_cls")
@@ -152,6 +162,50 @@ def test_rank_models_known_answer_probe_and_json_round_trip(data, tmp_path):
     back = RankingResult.load(path)
     assert back.to_dict() == result.to_dict() and back.table() == table
     assert math.isnan(back.candidates[-1].nc1)
+
+
+SEVERAL = ["logme", "nc1", "ncti", "hscore", "hscore_shrinkage", "cdnv", "ncc_acc", "logme_thin"]
+
+
+def test_rank_models_several_scores_known_order(data):
+    """good > damped > blind by construction: every score but NC2 orders them so, whichever it
+    ranks by; given accuracies in that order give tau = 1; scores equal an independent path."""
+    from hf_nc.selection import scores as S
+
+    cands = {"blind": blind_model(), "zero_final": zero_final_model(), "good": good_model(), "damped": damped_model()}
+    acc = {"good": 0.95, "damped": 0.7, "blind": 0.4}
+    result = rank_models(cands, data, scores=SEVERAL, rank_by="logme", block_scores=["logme", "nc1"], accuracies=acc,
+                         block_accuracies={"good": {b: float(b) for b in range(LAYERS)}}, batch_size=20, progress=False)
+    assert [c.name for c in result.candidates] == ["good", "damped", "blind", "zero_final"]
+    assert result.rank_by == "logme" and "descending logme" in result.rule and result.ground_truth == "provided"
+    for name in SEVERAL:
+        corr = result.score_correlations[name]
+        assert corr["n"] == 3 and corr["top1_regret"] == 0.0, name
+        assert corr["kendall_tau"] == pytest.approx(1.0) and corr["spearman"] == pytest.approx(1.0) and corr["weighted_tau"] == pytest.approx(1.0), name
+    good = result.candidates[0]
+    zero = result.candidates[-1]
+    assert all(math.isnan(v) for k, v in zero.scores.items()) and "constant" in zero.score_errors["logme"]
+    # NCTI is normalised over the usable pool: the best candidate on every term scores 2
+    assert good.scores["ncti"] == pytest.approx(2.0) and result.candidates[2].scores["ncti"] == pytest.approx(-1.0)
+    # independent path: features extracted again, scores computed directly
+    x, y = penultimate_features(good_model(), data["train"])
+    for name in ("logme", "hscore_shrinkage", "logme_thin"):
+        assert good.scores[name] == pytest.approx(S.SCORES[name].fn(x, y, num_classes=K), rel=1e-6), name
+    assert good.scores["nc1"] == pytest.approx(S.nc1(x, y), rel=1e-6)
+    # per-block scores, and their correlation with per-block accuracies
+    assert set(good.block_scores) == set(map(str, range(LAYERS)))
+    assert set(result.block_correlations) == {"good"} and result.block_correlations["good"]["nc1"]["n"] == LAYERS
+    # ranking by another score, and strict JSON round trip
+    by_nc1 = rank_models(cands, data, scores=["nc1", "logme"], batch_size=20, progress=False)
+    assert [c.name for c in by_nc1.candidates] == ["good", "damped", "blind", "zero_final"] and by_nc1.rule.startswith("rank by ascending NC1")
+    text = result.to_json()
+    json.loads(text)
+    assert RankingResult.from_json(text).to_dict() == result.to_dict()
+    assert "logme" in result.table() and "w. tau" in result.table()
+    with pytest.raises(ValueError, match="unknown score"):
+        rank_models(cands, data, scores=["leep"], progress=False)
+    with pytest.raises(ValueError, match="unknown candidates"):
+        rank_models({"good": good_model()}, data, scores=["nc1"], accuracies={"bad": 1.0}, progress=False)
 
 
 def test_rank_models_final_only_from_paths(data, tmp_path):

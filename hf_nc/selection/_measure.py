@@ -104,26 +104,37 @@ class _LabelTap:
             yield batch
 
 
-def measure(model: nn.Module, train, num_classes: int, *, layers="all", batch_size: int = 64, keep_final: bool = False, progress: bool = True):
-    """One streamed pass over this rank's shard of ``train``: ``({layer: NCStats}, final)``.
+def measure(model: nn.Module, train, num_classes: int, *, layers="all", batch_size: int = 64, keep_final: bool = False,
+            keep_blocks: bool = False, progress: bool = True):
+    """One streamed pass over this rank's shard of ``train``: ``({layer: NCStats}, kept)``.
 
-    ``final`` is ``None`` unless ``keep_final``: then the ``(features, labels)`` of the "final"
-    features, captured by a hook in the same forward passes that feed the statistics (no
-    extra pass), gathered over ranks in rank order (numpy, float32).
+    ``kept`` is ``None`` unless ``keep_final`` or ``keep_blocks``: then ``{"labels": y,
+    "final": x, 0: x_0, ...}`` (the blocks only with ``keep_blocks``), the pooled features
+    captured by hooks in the same forward passes that feed the statistics (no extra pass),
+    gathered over ranks in rank order (numpy, float32).
     """
     batches = _LabelTap(loader(train, model, batch_size))
-    if not keep_final:
+    if not (keep_final or keep_blocks):
         return layer_nc_stats(model, batches, num_classes, layers=layers, ncc=False, progress=progress), None
-    feats: list[torch.Tensor] = []
-    with LayerFeatures(model, layers=[], include_final=True) as recorder:
-        handle = model.register_forward_hook(lambda *_: feats.append(recorder.pop()[FINAL].float().cpu()))
+    feats: dict[Any, list[torch.Tensor]] = {}
+
+    def keep(*_):
+        for key, value in recorder.pop().items():
+            feats.setdefault(key, []).append(value.float().cpu())
+
+    with LayerFeatures(model, layers=layers if keep_blocks else [], include_final=True) as recorder:
+        handle = model.register_forward_hook(keep)
         try:
             stats = layer_nc_stats(model, batches, num_classes, layers=layers, ncc=False, progress=progress)
         finally:
             handle.remove()
-    x = torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
     y = torch.cat(batches.labels).numpy() if batches.labels else np.zeros(0, np.int64)
-    return stats, gather_rows(x, y)
+    kept: dict[Any, np.ndarray] = {}
+    for key in recorder.keys:
+        x = torch.cat(feats[key]).numpy() if feats.get(key) else np.zeros((0, 0), np.float32)
+        kept[key], labels = gather_rows(x, y)
+    kept["labels"] = labels
+    return stats, kept
 
 
 def gather_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

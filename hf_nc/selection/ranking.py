@@ -1,10 +1,13 @@
-"""Rank candidate pre-trained models for a downstream task by the collapse of their frozen features.
+"""Rank candidate pre-trained models for a downstream task by transferability scores of their frozen features.
 
 The paper (Li et al., TMLR 2024) finds that a frozen pre-trained model whose penultimate
 features are MORE collapsed on the downstream TRAINING data (lower NC1) linearly probes
 better. :func:`rank_models` measures that for every candidate, in one streamed forward pass
-per model over the training data, and ranks by ascending train NC1 of the "final" features
-(what enters the classifier).
+per model over the training data, and by default ranks by ascending train NC1 of the "final"
+features (what enters the classifier). With ``scores=[...]`` it computes any scores of
+:data:`hf_nc.selection.scores.SCORES` (LogME, NCTI, H-score, ...) from that same pass, ranks by
+``rank_by`` and reports how each score's ranking agrees with probe or given fine-tuned
+accuracies (Kendall tau, weighted tau, Spearman, top-1 regret).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from ..features import FINAL
 from ..metrics.distributed import is_main_process
 from ..probe import penultimate_features
 from . import _measure
+from . import scores as _scores
+from .correlation import score_correlations
 
 RULE = ("rank by ascending NC1 of the frozen model's final (penultimate) features on the downstream "
         "TRAINING data: more collapse -> better linear probing (Li et al., TMLR 2024); candidates whose "
@@ -35,11 +40,23 @@ def _safe(v):
         return None
     if isinstance(v, dict):
         return {k: _safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_safe(x) for x in v]
     return v
 
 
 def _unsafe(metrics: Mapping) -> dict:
-    return {k: float("nan") if v is None else v for k, v in metrics.items()}
+    return {k: float("nan") if v is None else (_unsafe(v) if isinstance(v, Mapping) else v) for k, v in metrics.items()}
+
+
+def rule_for(score: str) -> str:
+    """The ranking rule's text for ``rank_by=score``."""
+    if score == "nc1":
+        return RULE
+    spec = _scores.get_score(score)
+    order = "descending" if spec.direction > 0 else "ascending"
+    return (f"rank by {order} {score} ({spec.description}) of the frozen model's final features on the downstream TRAINING "
+            f"data; candidates whose {score} is undefined rank last")
 
 
 @dataclass
@@ -54,6 +71,9 @@ class CandidateResult:
     layers: dict[str, dict]
     linear_probe: dict | None = None
     note: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    block_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    score_errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def nc1_per_layer(self) -> dict[int, float]:
@@ -88,8 +108,13 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 class RankingResult:
     """Candidates in rank order, the rule, and (with linear probes) how well NC1 predicted them.
 
-    ``rank_correlation``: Spearman's rho between -NC1 and linear-probe test accuracy (+1: the
-    NC ranking orders the candidates exactly as the probes do). Undefined NC1 counts as +inf.
+    ``rank_correlation``: Spearman's rho between the oriented ``rank_by`` score (-NC1 by
+    default) and the ground truth (+1: the ranking orders the candidates exactly as the
+    ground truth does). An undefined score ranks last.
+    ``score_correlations``: ``{score: {kendall_tau, weighted_tau, spearman, top1_regret, n}}``
+    for every requested score against ``ground_truth`` (``"linear_probe"``: the probes' test
+    accuracy; ``"provided"``: the ``accuracies`` passed in, e.g. fine-tuned accuracies).
+    ``block_correlations``: the same per candidate over its blocks (``block_accuracies``).
     """
 
     candidates: list[CandidateResult]
@@ -101,6 +126,11 @@ class RankingResult:
     rank_correlation: float | None = None
     correlation_note: str = ""
     settings: dict = field(default_factory=dict)
+    rank_by: str = "nc1"
+    score_names: list[str] = field(default_factory=lambda: ["nc1"])
+    ground_truth: str = ""
+    score_correlations: dict[str, dict] = field(default_factory=dict)
+    block_correlations: dict[str, dict] = field(default_factory=dict)
 
     @property
     def best(self) -> CandidateResult:
@@ -119,10 +149,23 @@ class RankingResult:
             if probe:
                 row += f" {c.linear_probe['test_accuracy']:>10.4f}" if c.linear_probe else f" {'-':>10}"
             lines.append(row + (f"  ({c.note})" if c.note else ""))
+        extra = [n for n in self.score_names if n not in COLUMNS]
+        if extra:
+            lines.append("")
+            lines.append(f"{'rank':>4}  {'candidate':<{width}} " + " ".join(f"{n:>16}" for n in extra))
+            for c in self.candidates:
+                lines.append(f"{c.rank:>4}  {c.label:<{width}} " + " ".join(f"{c.scores.get(n, float('nan')):>16.5g}" for n in extra))
         lines.append(f"rule: {self.rule}")
         if self.rank_correlation is not None or self.correlation_note:
             rho = "n/a" if self.rank_correlation is None or not math.isfinite(self.rank_correlation) else f"{self.rank_correlation:+.3f}"
-            lines.append(f"rank correlation (Spearman, -NC1 vs probe test accuracy): {rho}" + (f"; {self.correlation_note}" if self.correlation_note else ""))
+            truth = "given accuracy" if self.ground_truth == "provided" else "probe test accuracy"
+            sign = "-" if _scores.get_score(self.rank_by).direction < 0 else ""
+            lines.append(f"rank correlation (Spearman, {sign}{self.rank_by} vs {truth}): {rho}" + (f"; {self.correlation_note}" if self.correlation_note else ""))
+        if len(self.score_correlations) > 1 or (self.score_correlations and self.rank_by not in self.score_correlations):
+            lines.append(f"{'score':>18} {'kendall':>8} {'w. tau':>8} {'spearman':>8} {'regret':>8}")
+            for n, c in self.score_correlations.items():
+                lines.append(f"{n:>18} " + " ".join(f"{c[k]:>+8.3f}" if isinstance(c[k], float) and math.isfinite(c[k]) else f"{'n/a':>8}"
+                                                     for k in ("kendall_tau", "weighted_tau", "spearman", "top1_regret")))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -148,7 +191,11 @@ class RankingResult:
             c = dict(c)
             c["nc1"] = float("nan") if c["nc1"] is None else c["nc1"]
             c["layers"] = {k: _unsafe(v) for k, v in c["layers"].items()}
+            c["scores"] = _unsafe(c.get("scores", {}))
+            c["block_scores"] = _unsafe(c.get("block_scores", {}))
             cands.append(CandidateResult(**c))
+        for key in ("score_correlations", "block_correlations"):
+            d[key] = _unsafe(d.get(key, {}))
         return cls(candidates=cands, **d)
 
     @classmethod
@@ -160,18 +207,58 @@ class RankingResult:
         return cls.from_json(Path(path).read_text())
 
 
-def _correlation(cands: list[CandidateResult]) -> tuple[float | None, str]:
-    probed = [c for c in cands if c.linear_probe]
+def _correlation(cands: list[CandidateResult], truth: Mapping[str, float], rank_by: str) -> tuple[float | None, str]:
+    probed = [c for c in cands if c.name in truth]
     n = len(probed)
     if n < 2:
-        return None, "needs linear probes of at least 2 candidates"
-    nc1 = [c.nc1 if math.isfinite(c.nc1) else math.inf for c in probed]
-    rho = spearman([-v for v in nc1], [c.linear_probe["test_accuracy"] for c in probed])
-    note = "" if math.isfinite(rho) else "undefined (all NC1 or all accuracies equal)"
+        return None, "needs the accuracy of at least 2 candidates"
+    rho = spearman([_scores.oriented(rank_by, c.scores.get(rank_by, math.nan)) for c in probed], [truth[c.name] for c in probed])
+    note = "" if math.isfinite(rho) else f"undefined (all {rank_by} or all accuracies equal)"
     if n < 5:
         note = "; ".join(filter(None, [note, f"only {n} candidates: a perfect rank agreement happens by chance with probability "
                                                 f"1/{n}! = {1 / math.factorial(n):.3g}, so this is anecdotal, not evidence"]))
     return rho, note
+
+
+def _final_scores(names: Sequence[str], metrics: Mapping, kept, k: int, note: str) -> tuple[dict, dict, object]:
+    """Scores of the final features: NC scores from the streamed statistics (exactly the
+    ranking's NC1, with its undefined-NC1 rule), the others from the kept features. On
+    (nearly) constant features every score is undefined: they carry no information, and any
+    number would measure float rounding."""
+    out, errors, terms = {}, {}, None
+    rest = [n for n in names if n not in metrics]
+    if note and "constant" in note:
+        return {n: float("nan") for n in names}, {n: note for n in names}, None
+    if rest:
+        got = _scores.compute_scores(kept[FINAL], kept["labels"], rest, num_classes=k)
+        errors.update(got.pop("errors", {}))
+        if "ncti" in got:
+            terms = got["ncti"]
+            got["ncti"] = float("nan")  # filled in once the whole pool is measured
+        out.update(got)
+    for n in names:
+        if n in metrics:
+            out[n] = float(metrics[n])
+    return out, errors, terms
+
+
+def _block_scores(names: Sequence[str], kept, k: int) -> dict[str, dict[str, float]]:
+    blocks = sorted(key for key in kept if isinstance(key, int))
+    out: dict[str, dict[str, float]] = {}
+    terms = {}
+    for b in blocks:
+        got = _scores.compute_scores(kept[b], kept["labels"], names, num_classes=k)
+        got.pop("errors", None)
+        if "ncti" in got:
+            terms[b] = got.pop("ncti")
+        out[str(b)] = got
+    if terms:  # NCTI per block: the pool is this candidate's blocks
+        usable = [b for b, t in terms.items() if isinstance(t, _scores.NCTITerms)]
+        for b, v in zip(usable, _scores.ncti_composite([terms[b] for b in usable])):
+            out[str(b)]["ncti"] = v
+        for b in blocks:
+            out[str(b)].setdefault("ncti", float("nan"))
+    return out
 
 
 def rank_models(
@@ -181,6 +268,11 @@ def rank_models(
     num_classes: int | None = None,
     layers="all",
     linear_probe: bool = False,
+    scores: Sequence[str] | None = None,
+    rank_by: str | None = None,
+    block_scores: Sequence[str] | None = None,
+    accuracies: Mapping[str, float] | None = None,
+    block_accuracies: Mapping[str, Mapping] | None = None,
     shots_per_class: int | None = None,
     batch_size: int = 64,
     device=None,
@@ -190,22 +282,36 @@ def rank_models(
     degenerate_tol: float = 1e-10,
     progress: bool = True,
 ) -> RankingResult:
-    """Ranks frozen pre-trained models for a downstream task by NC1 on its training data.
+    """Ranks frozen pre-trained models for a downstream task by transferability scores.
 
-    Rule: ascending NC1 of each candidate's "final" features (what enters its classifier; the
-    pooled final-norm output for a bare backbone) on the downstream TRAINING split, frozen,
-    without augmentation, each with its own transforms (``build_transforms(model)``). The
-    paper finds more collapse there goes with better linear probing. Candidates whose NC1 is
-    undefined rank last, with the reason in ``note``: features (nearly) constant over the
-    data (relative variation <= ``degenerate_tol``), or coinciding class means.
+    Default rule: ascending NC1 of each candidate's "final" features (what enters its
+    classifier; the pooled final-norm output for a bare backbone) on the downstream TRAINING
+    split, frozen, without augmentation, each with its own transforms
+    (``build_transforms(model)``). The paper finds more collapse there goes with better
+    linear probing. With ``scores`` (names of :data:`hf_nc.selection.scores.SCORES`: ``nc1``,
+    ``cdnv``, ``ncc_acc``, ``nc2_etf``, ``logme``, ``logme_thin``, ``ncti``, ``hscore``,
+    ``hscore_shrinkage``) all of them are computed from the same pass and the candidates are
+    ranked by ``rank_by`` (default: the first), best first in that score's direction. On the
+    study's benchmark (``docs/SELECTION.md``) LogME predicted accuracy better than NC1: see
+    there before relying on either. Candidates whose ranking score is undefined rank last,
+    with the reason in ``note``: features (nearly) constant over the data (relative variation
+    <= ``degenerate_tol``; every score is then undefined), or coinciding class means.
+
+    Ground truth for ``score_correlations`` (Kendall tau, weighted tau, Spearman, top-1
+    regret of every requested score): ``accuracies`` ``{candidate name: accuracy}`` when
+    given (e.g. fine-tuned test accuracies), else the linear probes' test accuracy.
+    ``block_scores`` adds per-block scores (``CandidateResult.block_scores``) and, with
+    ``block_accuracies`` ``{candidate name: {block: accuracy}}``, per-candidate correlations
+    over blocks (``block_correlations``).
 
     Cost per candidate: one forward pass over the training data (all chosen blocks and
-    "final" from the same pass; no NCC pass). With ``linear_probe`` the training features
-    are taken from that same pass and kept (N x d floats); the test split costs one more pass.
-    Models given by name are loaded one at a time and released.
+    "final" from the same pass; no NCC pass). Scores other than the streamed NC1/NC2/CDNV
+    keep the final training features (N x d floats; each block's too with ``block_scores``);
+    ``linear_probe`` costs one more pass over the test split. Models given by name are loaded
+    one at a time and released.
 
     Under torch.distributed (``torchrun``, ``accelerate launch``) every rank streams a
-    contiguous shard; statistics are summed exactly and probe features gathered in order, so
+    contiguous shard; statistics are summed exactly and features gathered in order, so
     results equal a one-process run. Pass ``device`` (e.g. ``accelerator.device``).
 
     Args:
@@ -219,6 +325,11 @@ def rank_models(
             block indices.
         linear_probe: Also fit :func:`hf_nc.probe.linear_probe`'s logistic regression (``C``,
             ``max_iter``) on the frozen train features and score it on the test split.
+        scores: Scores to compute on the final features (default ``["nc1"]``).
+        rank_by: The score that orders the candidates (default: ``scores[0]``).
+        block_scores: Scores to compute on every chosen block's features.
+        accuracies: ``{name: accuracy}`` ground truth for the correlations (overrides probes).
+        block_accuracies: ``{name: {block: accuracy}}`` for per-block correlations.
         shots_per_class: Few-shot training subset (dataset given by name; ``seed``).
         device: Where to run each model (moved there); default: its own device.
         progress: Progress bars (main process only).
@@ -232,31 +343,82 @@ def rank_models(
     names = [n for n, _ in named]
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must be distinct, got {names}: pass {{name: model}}")
+    score_names = list(dict.fromkeys(scores)) if scores else ["nc1"]
+    for n in [*score_names, *(block_scores or [])]:
+        _scores.get_score(n)
+    rank_by = rank_by or score_names[0]
+    if rank_by not in score_names:
+        score_names.append(rank_by)
+    block_names = list(dict.fromkeys(block_scores or []))
+    if block_names and layers == "final":
+        raise ValueError("block_scores need blocks: pass layers='all' or block indices")
     train, test, k, description = _measure.resolve_data(dataset, shots_per_class=shots_per_class, seed=seed, need_test=linear_probe)
     k = num_classes or k
     block_layers = [] if layers == "final" else layers
-    results = []
+    nc_keys = ("nc1", "nc2_etf", "cdnv")  # streamed: from the statistics
+    keep_final = linear_probe or any(n not in nc_keys for n in score_names)
+    results, pool = [], []
     for name, cand in tqdm(named, desc="candidates", disable=not (progress and is_main_process())):
         model = _measure.load_candidate(cand, seed=seed)
         _measure.device_of(model, device)
-        stats, final = _measure.measure(model, train, k, layers=block_layers, batch_size=batch_size, keep_final=linear_probe, progress=progress)
+        stats, kept = _measure.measure(model, train, k, layers=block_layers, batch_size=batch_size, keep_final=keep_final,
+                                       keep_blocks=bool(block_names), progress=progress)
         computed = {str(key): _measure.compute(s, degenerate_tol) for key, s in stats.items()}
         metrics, note = {key: m for key, (m, _) in computed.items()}, computed[FINAL][1]
+        final_metrics = {n: metrics[FINAL][n] for n in nc_keys if n in metrics[FINAL]}
+        values, errors, terms = _final_scores(score_names, final_metrics, kept, k, note)
+        if terms is not None:
+            values.update(ncti_seli=terms.seli, ncti_ncc=terms.ncc, ncti_vc=terms.vc)
+        pool.append(terms)
+        per_block = _block_scores(block_names, kept, k) if block_names else {}
         probe = None
         if linear_probe:
             test_shard = _measure.shard(test)
             xte, yte = penultimate_features(model, test_shard, batch_size=batch_size) if len(test_shard) else (np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
             xte, yte = _measure.gather_rows(xte, yte)
-            probe = _measure.fit_probe(*final, xte, yte, C=C, max_iter=max_iter)
-        results.append(CandidateResult(name=name, rank=0, nc1=metrics[FINAL]["nc1"], layers=metrics, linear_probe=probe, note=note))
+            probe = _measure.fit_probe(kept[FINAL], kept["labels"], xte, yte, C=C, max_iter=max_iter)
+        if rank_by != "nc1" and not math.isfinite(values.get(rank_by, math.nan)) and not note and rank_by != "ncti":
+            note = f"{rank_by} undefined" + (f": {errors[rank_by]}" if rank_by in errors else "")
+        results.append(CandidateResult(name=name, rank=0, nc1=metrics[FINAL]["nc1"], layers=metrics, linear_probe=probe, note=note,
+                                       scores=values, block_scores=per_block, score_errors=errors))
+        del kept
         if not isinstance(cand, nn.Module):
             del model  # one loaded model at a time
-    order = sorted(range(len(results)), key=lambda i: (not math.isfinite(results[i].nc1), results[i].nc1 if math.isfinite(results[i].nc1) else 0.0, i))
-    ranked = [results[i] for i in order]
+    if "ncti" in score_names:  # the composite needs every candidate's terms
+        usable = [i for i, t in enumerate(pool) if isinstance(t, _scores.NCTITerms)]
+        for i, v in zip(usable, _scores.ncti_composite([pool[i] for i in usable])):
+            results[i].scores["ncti"] = v
+
+    def key(i):
+        v = _scores.oriented(rank_by, results[i].scores.get(rank_by, math.nan))
+        return (not math.isfinite(v), -v if math.isfinite(v) else 0.0, i)
+
+    ranked = [results[i] for i in sorted(range(len(results)), key=key)]
     for r, c in enumerate(ranked, 1):
         c.rank = r
-    rho, note = _correlation(ranked) if linear_probe else (None, "")
+    if accuracies is not None:
+        unknown = sorted(set(accuracies) - set(names))
+        if unknown:
+            raise ValueError(f"accuracies for unknown candidates {unknown}; candidates: {names}")
+        truth, ground = {n: float(v) for n, v in accuracies.items()}, "provided"
+    elif linear_probe:
+        truth, ground = {c.name: c.linear_probe["test_accuracy"] for c in ranked}, "linear_probe"
+    else:
+        truth, ground = {}, ""
+    rho, note = _correlation(ranked, truth, rank_by) if ground else (None, "")
+    oriented = {c.name: {n: _scores.oriented(n, c.scores.get(n, math.nan)) for n in score_names} for c in ranked}
+    correlations = score_correlations(oriented, truth) if ground else {}
+    block_corr = {}
+    for c in ranked:
+        acc = (block_accuracies or {}).get(c.name)
+        if acc and c.block_scores:
+            acc = {str(b): float(v) for b, v in acc.items()}
+            per = {b: {n: _scores.oriented(n, v) for n, v in s.items()} for b, s in c.block_scores.items()}
+            block_corr[c.name] = score_correlations(per, acc)
     settings = dict(layers=layers if isinstance(layers, str) else list(layers), linear_probe=linear_probe, shots_per_class=shots_per_class,
-                    batch_size=batch_size, seed=seed, C=C, degenerate_tol=degenerate_tol)
-    return RankingResult(candidates=ranked, dataset=description, num_classes=k, num_train=len(train),
-                         num_test=len(test) if linear_probe else None, rank_correlation=rho, correlation_note=note, settings=settings)
+                    batch_size=batch_size, seed=seed, C=C, degenerate_tol=degenerate_tol, scores=score_names, rank_by=rank_by,
+                    block_scores=block_names)
+    return RankingResult(candidates=ranked, rule=rule_for(rank_by), dataset=description, num_classes=k, num_train=len(train),
+                         num_test=len(test) if linear_probe else None, rank_correlation=rho, correlation_note=note, settings=settings,
+                         rank_by=rank_by, score_names=score_names, ground_truth=ground, score_correlations=correlations,
+                         block_correlations=block_corr)

@@ -1,0 +1,84 @@
+"""How well a score predicts accuracy: rank correlations, top-1 regret, bootstrap intervals.
+
+All functions take the ORIENTED score (higher predicts better, :func:`~hf_nc.selection.
+scores.oriented`) and the ground-truth accuracy of the same items (candidate models or
+blocks). Non-finite oriented scores (a score that could not be computed) rank last.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+KEYS = ("kendall_tau", "weighted_tau", "spearman")
+
+
+def _finite(score: Sequence[float]) -> np.ndarray:
+    s = np.asarray(score, dtype=np.float64)
+    # -inf/NaN = "could not be computed": below every real value, ties among themselves
+    low = np.nanmin(s[np.isfinite(s)]) - 1.0 if np.isfinite(s).any() else 0.0
+    return np.where(np.isfinite(s), s, low)
+
+
+def correlations(score: Sequence[float], accuracy: Sequence[float]) -> dict[str, float]:
+    """Kendall's tau-b, weighted tau (``scipy.stats.weightedtau``, hyperbolic weights on rank,
+    as NCTI and LogME report it) and Spearman's rho between score and accuracy.
+
+    NaN when fewer than 2 items or either side is constant (JSON writers turn it into null).
+    """
+    from scipy import stats
+
+    s, a = _finite(score), np.asarray(accuracy, dtype=np.float64)
+    if len(s) != len(a):
+        raise ValueError(f"score and accuracy lengths differ: {len(s)} != {len(a)}")
+    if len(s) < 2 or np.ptp(s) == 0 or np.ptp(a) == 0:
+        return {k: float("nan") for k in KEYS}
+    return {
+        "kendall_tau": float(stats.kendalltau(s, a).statistic),
+        "weighted_tau": float(stats.weightedtau(s, a).statistic),
+        "spearman": float(stats.spearmanr(s, a).statistic),
+    }
+
+
+def top1_regret(score: Sequence[float], accuracy: Sequence[float]) -> float:
+    """Best accuracy minus the accuracy of the item the score ranks first (ties: the mean of the
+    tied items' accuracies). 0 = the score picks the best item."""
+    s, a = _finite(score), np.asarray(accuracy, dtype=np.float64)
+    return float(a.max() - a[s == s.max()].mean())
+
+
+def bootstrap(score: Sequence[float], accuracy: Sequence[float], *, num_samples: int = 1000, seed: int = 0,
+              level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals (items resampled with replacement) of each correlation.
+
+    Resamples in which a side is constant are skipped; an interval is ``(nan, nan)`` when
+    fewer than half the resamples were usable. With few items (say < 10) the intervals are
+    wide: that is the honest answer.
+    """
+    s, a = _finite(score), np.asarray(accuracy, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in KEYS}
+    for _ in range(num_samples):
+        idx = rng.integers(0, len(s), len(s))
+        c = correlations(s[idx], a[idx])
+        for k in KEYS:
+            if math.isfinite(c[k]):
+                draws[k].append(c[k])
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {k: ((float(np.percentile(v, lo)), float(np.percentile(v, hi))) if len(v) >= num_samples / 2 else (float("nan"), float("nan")))
+            for k, v in draws.items()}
+
+
+def score_correlations(oriented_scores: Mapping[str, Mapping[str, float]], accuracies: Mapping[str, float]) -> dict[str, dict]:
+    """``{score: {kendall_tau, weighted_tau, spearman, top1_regret, n}}`` over the items that have
+    an accuracy. ``oriented_scores``: ``{item: {score: oriented value}}``."""
+    items = [i for i in oriented_scores if i in accuracies]
+    names = sorted({n for i in items for n in oriented_scores[i]})
+    out = {}
+    for name in names:
+        s = [oriented_scores[i].get(name, -math.inf) for i in items]
+        a = [float(accuracies[i]) for i in items]
+        out[name] = {**correlations(s, a), "top1_regret": top1_regret(s, a) if items else float("nan"), "n": len(items)}
+    return out
