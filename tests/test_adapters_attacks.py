@@ -157,3 +157,98 @@ def test_merge_of_two_layer_ft_adapters_on_one_block_is_refused():
     peft_model.add_adapter("second", A.LayerFTConfig(layers=[1]))
     with pytest.raises(ValueError, match="one adapter at a time"):
         peft_model.merge_and_unload(adapter_names=["default", "second"])
+
+
+def test_a_second_adapter_on_a_lower_block_trains_and_keeps_the_cut():
+    """The frozen-prefix cut sat at the first adapter's block only: a second adapter tuning a lower block
+    (added with add_adapter / load_adapter) got no gradient at all once active."""
+    import hf_nc.adapters as A
+
+    peft_model = get_peft_model(build_tiny_model("vit_cls"), A.LayerFTConfig(layers=[2]))
+    peft_model.add_adapter("second", A.LayerFTConfig(layers=[0]))
+    peft_model.set_adapter("second")
+    peft_model.train()
+    first_output(peft_model(pixel_values=tiny_pixels())).pow(2).mean().backward()
+    got = {n.replace(".second", ""): p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
+    # reference: the same adapter alone (copies and head start equal to the base in both)
+    alone = get_peft_model(build_tiny_model("vit_cls"), A.LayerFTConfig(layers=[0]))
+    alone.train()
+    first_output(alone(pixel_values=tiny_pixels())).pow(2).mean().backward()
+    want = {n.replace(".default", ""): p.grad for n, p in alone.named_parameters() if p.requires_grad}
+    assert set(got) == set(want)
+    assert all(got[n] is not None and (got[n] - want[n]).abs().max() < 1e-6 for n in want)
+
+    # back to the first adapter: the cut moves up to its block
+    peft_model.set_adapter("default")
+    backbone = resolve_backbone(peft_model)
+    seen = {}
+    hook = backbone.blocks[2].register_forward_pre_hook(lambda m, a: seen.__setitem__("in", a[0]))
+    x = tiny_pixels().requires_grad_(True)
+    first_output(peft_model(pixel_values=x)).sum().backward()
+    hook.remove()
+    assert seen["in"].grad_fn is None and x.grad is None
+
+
+# -- partial, empty and corrupt adapter files (issue 9 item 13) -------------------------------------
+
+
+def _corrupt(kind: str, path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = path / "adapter_model.safetensors"
+    if kind == "no-classifier":
+        save_file({k: v for k, v in load_file(weights).items() if "classifier" not in k}, weights)
+    elif kind == "empty-safetensors":
+        save_file({}, weights)
+    elif kind == "zero-bytes":
+        weights.write_bytes(b"")
+    elif kind == "truncated":
+        blob = weights.read_bytes()
+        weights.write_bytes(blob[: len(blob) // 2])
+    elif kind == "garbage":
+        weights.write_bytes(b"\x00not a safetensors file" * 10)
+
+
+BAD_FILES = {
+    "no-classifier": "refusing a partial load",
+    "empty-safetensors": "refusing a partial load",
+    "zero-bytes": "not a valid safetensors file",
+    "truncated": "not a valid safetensors file",
+    "garbage": "not a valid safetensors file",
+}
+
+
+@pytest.mark.parametrize("method", ["layer_ft", "scl", "head_ft"])
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+@pytest.mark.parametrize("how", ["PeftModel.from_pretrained", "load_adapter"])
+def test_bad_adapter_files_fail_with_a_clear_error_naming_the_file(method, kind, how, tmp_path):
+    """A file lacking the classifier's tensors (or holding none) raised a bare KeyError from PEFT; a truncated
+    one an error that named no file."""
+    from peft import PeftModel
+
+    peft_model = get_peft_model(build_tiny_model("vit_cls"), METHOD_CONFIGS[method]())
+    peft_model.save_pretrained(tmp_path)
+    _corrupt(kind, tmp_path)
+    with pytest.raises(ValueError, match=BAD_FILES[kind]) as info:
+        if how == "PeftModel.from_pretrained":
+            PeftModel.from_pretrained(build_tiny_model("vit_cls"), tmp_path)
+        else:
+            peft_model.load_adapter(tmp_path, adapter_name="other")
+    assert str(tmp_path / "adapter_model.safetensors") in str(info.value)
+    if kind == "no-classifier":
+        assert "classifier.weight" in str(info.value)
+
+
+def test_bad_file_check_does_not_reject_a_complete_adapter(tmp_path):
+    from peft import PeftModel
+
+    peft_model = get_peft_model(build_tiny_model("vit_cls"), METHOD_CONFIGS["head_ft"]())
+    perturb_trainables(peft_model)
+    peft_model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        want = first_output(peft_model(pixel_values=tiny_pixels()))
+        loaded = PeftModel.from_pretrained(build_tiny_model("vit_cls"), tmp_path)
+        assert (first_output(loaded(pixel_values=tiny_pixels())) - want).abs().max() < 1e-6
+        loaded.load_adapter(tmp_path, adapter_name="again")
+        loaded.set_adapter("again")
+        assert (first_output(loaded(pixel_values=tiny_pixels())) - want).abs().max() < 1e-6

@@ -25,6 +25,7 @@ own ``ln_tuning`` (module copies) and ``ia3`` (per-adapter parameter dicts). Wha
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
@@ -94,6 +95,22 @@ class NCAdapterConfig(PeftConfig):
         self.peft_type = NCPeftType(self.PEFT_TYPE)
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """PEFT's ``from_pretrained``, remembering where the config came from.
+
+        ``PeftModel.from_pretrained`` / ``load_adapter`` load the config through this method, then
+        inject the adapter, then load its weights. The tuner uses the remembered source to check
+        the weights file right after injection, before PEFT reads it (see
+        :meth:`NCTuner.inject_adapter`): PEFT would otherwise fail with a bare ``KeyError`` on a
+        file that lacks the head's tensors, and with an error that names no file on a truncated one.
+        """
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only", "repo_type")
+                      if kwargs.get(k) is not None}
+        config._nc_weights_source = (str(pretrained_model_name_or_path), subfolder, hub_kwargs)
+        return config
 
     # -- fingerprint -------------------------------------------------------------------------
     _FINGERPRINT = ("base_model_type", "base_backbone", "base_num_layers", "base_hidden_size", "base_num_heads")
@@ -276,31 +293,66 @@ class NCTuner(BaseTuner):
     def _post_injection_hook(self, model: nn.Module, config: NCAdapterConfig, adapter_name: str) -> None:
         self._install_prefix_cut(model)
 
+    def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
+                       low_cpu_mem_usage: bool = False, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+        """PEFT's injection, then: the frozen-prefix cut for the new adapter too (PEFT runs
+        ``_post_injection_hook`` only for the first adapter, not for ``add_adapter`` /
+        ``load_adapter``), and, when the config was read by ``from_pretrained``, a check of the
+        weights file PEFT is about to load (see :func:`check_adapter_weights_file`)."""
+        super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+                               low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+        self._install_prefix_cut(model)
+        config = self.peft_config[adapter_name]
+        source = getattr(config, "_nc_weights_source", None)
+        if source is not None and state_dict is None:
+            config._nc_weights_source = None  # one check per load
+            check_adapter_weights_file(model, config, adapter_name, *source)
+
     # -- frozen-prefix cut ---------------------------------------------------------------
-    def first_tuned_block(self) -> int | None:
-        """Index of the lowest block that holds a tuner layer of this tuner (any adapter)."""
+    def first_tuned_block(self, adapter_names: Optional[list[str]] = None) -> int | None:
+        """Index of the lowest block that holds a tuner layer of this tuner.
+
+        Args:
+            adapter_names: Count only layers holding one of these adapters (default: any adapter).
+        """
         backbone = resolve_backbone(self.model)
         for i, block in enumerate(backbone.blocks):
-            if isinstance(block, BaseTunerLayer) or any(isinstance(m, BaseTunerLayer) for m in block.modules()):
+            layers = [m for m in block.modules() if isinstance(m, BaseTunerLayer)]
+            if adapter_names is None and layers:
+                return i
+            if adapter_names is not None and any(_holds(m, a) for m in layers for a in adapter_names):
                 return i
         return None
 
     def _install_prefix_cut(self, model: nn.Module) -> None:
-        handle = getattr(self, "_nc_cut_handle", None)
-        if handle is not None:
-            handle.remove()
-        self._nc_cut_handle = None
-        first = self.first_tuned_block()
-        if first is None:
-            return
-        block = resolve_backbone(model).blocks[first]
-        self._nc_cut_handle = block.register_forward_pre_hook(_detach_hidden_states, with_kwargs=True)
+        """Puts a cut hook on each adapter's first tuned block; at run time only the hook at the
+        lowest block tuned by the *active* adapters cuts (a cut above a tuned block would starve it
+        of gradient, one below it would keep a graph through frozen blocks)."""
+        self._remove_prefix_cut()
+        self.__dict__.pop("_nc_first_cache", None)
+        blocks = resolve_backbone(model).blocks
+        firsts = sorted({i for a in self.peft_config if (i := self.first_tuned_block([a])) is not None})
+        self._nc_cut_handles = []
+        for i in firsts:
+            hook = _PrefixCut(self, i)
+            self._nc_cut_handles.append(blocks[i].register_forward_pre_hook(hook, with_kwargs=True))
 
     def _remove_prefix_cut(self) -> None:
-        handle = getattr(self, "_nc_cut_handle", None)
+        for handle in getattr(self, "_nc_cut_handles", None) or []:
+            handle.remove()
+        self._nc_cut_handles = []
+        handle = getattr(self, "_nc_cut_handle", None)  # (single hook of earlier versions)
         if handle is not None:
             handle.remove()
             self._nc_cut_handle = None
+
+    def _active_first_block(self) -> int | None:
+        key = (tuple(self.active_adapters), bool(getattr(self, "_nc_disabled", False)))
+        cache = self.__dict__.setdefault("_nc_first_cache", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = self.first_tuned_block(list(self.active_adapters))
+        return cache[key]
 
     def _replace_module(self, parent, child_name, new_module, child) -> None:
         if not isinstance(new_module, BaseTunerLayer):
@@ -347,14 +399,99 @@ class NCTuner(BaseTuner):
         missing = sorted(expected - loaded)
         unexpected = sorted(k for k in loaded if k not in model_sd)
         if missing or unexpected:
-            raise ValueError(
-                f"The {config.peft_type} checkpoint does not match the adapter built on this model "
-                f"({len(missing)} tensors missing, {len(unexpected)} unknown), refusing a partial load. "
-                f"Missing: {missing[:5]}{' ...' if len(missing) > 5 else ''}. "
-                f"Unknown: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}. "
-                "Is the adapter file truncated, or made for another base model?"
-            )
+            raise _partial_load_error(config, missing, unexpected)
         return remapped
+
+
+def _partial_load_error(config, missing: list[str], unexpected: list[str], file: str | None = None) -> ValueError:
+    where = f" {file}" if file else ""
+    return ValueError(
+        f"The {config.peft_type} checkpoint{where} does not match the adapter built on this model "
+        f"({len(missing)} tensors missing, {len(unexpected)} unknown), refusing a partial load. "
+        f"Missing: {missing[:5]}{' ...' if len(missing) > 5 else ''}. "
+        f"Unknown: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}. "
+        "Is the adapter file truncated, or made for another base model?"
+    )
+
+
+def _adapter_weights_file(model_id: str, subfolder: Optional[str], hub_kwargs: dict) -> str | None:
+    """The ``adapter_model.safetensors`` PEFT's ``load_peft_weights`` will read, or ``None`` when there
+    is none to check (a ``.bin`` adapter, or a Hub file that cannot be fetched: PEFT then raises its own
+    error)."""
+    from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME
+
+    local = os.path.join(model_id, subfolder) if subfolder else model_id
+    if os.path.isdir(local):
+        path = os.path.join(local, SAFETENSORS_WEIGHTS_NAME)
+        return path if os.path.isfile(path) else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(model_id, SAFETENSORS_WEIGHTS_NAME, subfolder=subfolder, **hub_kwargs)
+    except Exception:  # noqa: BLE001 - not found / offline: PEFT's own loader reports it
+        return None
+
+
+def check_adapter_weights_file(model: nn.Module, config, adapter_name: str, model_id: str,
+                               subfolder: Optional[str] = None, hub_kwargs: Optional[dict] = None) -> None:
+    """Checks the adapter's safetensors file before PEFT loads it.
+
+    Raises:
+        ValueError: naming the file, if it is not a readable safetensors file (truncated or corrupt
+            download), or if it lacks tensors of the modules saved with the adapter (e.g. the
+            classifier): PEFT itself would raise a bare ``KeyError`` for those. Missing or unknown
+            tuner tensors are caught later, by ``NCTuner._remap_adapter_state_dict_for_load``.
+    """
+    from safetensors import safe_open
+
+    path = _adapter_weights_file(model_id, subfolder, hub_kwargs or {})
+    if path is None:
+        return
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError / OSError types
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise ValueError(
+            f"The adapter weights file {path} ({size} bytes) is not a valid safetensors file: {err}. "
+            "It is probably truncated or corrupt (an interrupted download or copy): delete it and fetch or save "
+            "the adapter again."
+        ) from err
+    needed = []
+    for name, module in model.named_modules():
+        if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+            needed += [f"{PEFT_PREFIX}{name}.{k}" for k in module.adapter_state_dict_load_map(adapter_name)]
+    missing = sorted(k for k in needed if k not in keys and k.removeprefix(PEFT_PREFIX) not in keys)
+    if missing:
+        raise _partial_load_error(config, missing, [], file=path)
+
+
+def _holds(layer: BaseTunerLayer, adapter_name: str) -> bool:
+    """Whether a tuner layer holds tensors (or a copy) of ``adapter_name``."""
+    for attr in getattr(layer, "adapter_layer_names", ()):
+        container = getattr(layer, attr, None)
+        if container is not None and adapter_name in container:
+            return True
+    return False
+
+
+class _PrefixCut:
+    """Forward pre-hook on one adapter's first tuned block; cuts only when that block is the lowest
+    block tuned by the active adapters (a plain class, not a closure, so models stay picklable)."""
+
+    def __init__(self, tuner: "NCTuner", index: int):
+        self.tuner = tuner
+        self.index = index
+
+    def __deepcopy__(self, memo):
+        # Copying the whole PeftModel maps the tuner to its copy; copying one module alone must not
+        # drag the whole model along.
+        return _PrefixCut(memo.get(id(self.tuner), self.tuner), self.index)
+
+    def __call__(self, module, args, kwargs):
+        if self.tuner._active_first_block() != self.index:
+            return None
+        return _detach_hidden_states(module, args, kwargs)
 
 
 def _reentrant_checkpointing(block: nn.Module) -> bool:
