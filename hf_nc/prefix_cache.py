@@ -340,7 +340,7 @@ class PrefixCache(Dataset):
         self._storage, self._labels, self.layout = storage, labels, layout
         self.input_key, self.label_key = input_key, label_key
         self._tmpdir = tmpdir
-        self._finalizer = weakref.finalize(self, shutil.rmtree, tmpdir, True) if tmpdir else None
+        self._finalizer = weakref.finalize(self, _remove_files, tmpdir, storage.path) if storage.path else None
 
     # -- Dataset --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -411,8 +411,9 @@ class PrefixCache(Dataset):
             block: The cut; default :func:`first_tuned_block`.
             memory_budget: Largest cache kept in RAM (bytes or "4GB"); larger ones go to a
                 memory-mapped ``.npy`` file in ``cache_dir``.
-            cache_dir: Folder of the memory-mapped file; default a new temporary folder,
-                deleted with the cache. A given folder is kept (the file is deleted on ``close``).
+            cache_dir: Folder of the memory-mapped file; default a new temporary folder. The file
+                (and a temporary folder) is deleted on ``close()`` or when the cache is garbage
+                collected; a given folder is kept.
             device: Where the prefix runs; default the model's device.
             num_workers: DataLoader workers of the pre-pass.
             progress: Show a progress bar and print the cache size before building (main process).
@@ -515,6 +516,13 @@ class PrefixCache(Dataset):
                 already attached to a cache of another layout.
         """
         return PrefixCacheHandle.install(model, self.layout)
+
+
+def _remove_files(tmpdir: Optional[str], path: Optional[str]) -> None:
+    if tmpdir:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    elif path and os.path.exists(path):
+        os.remove(path)
 
 
 def _dist_rank_world() -> tuple[int, int]:
