@@ -227,6 +227,48 @@ def test_suggest_layer_follows_choose_block(data, tmp_path):
         assert s.reason and s.rule
 
 
+def test_choose_block_by_score_direction_ties_and_nan():
+    from hf_nc.selection import choose_block_by_score
+
+    assert choose_block_by_score([0.1, 0.5, 0.3], "logme").block == 1  # higher is better
+    assert choose_block_by_score([3.0, 1.0, 2.0], "nc1").block == 1  # lower is better
+    assert choose_block_by_score([0.5, math.nan, 0.5], "probe").block == 2  # ties: the later block
+    s = choose_block_by_score([0.2, 0.9], "probe", method="layer")
+    assert s.method == "layer" and s.extra["probe_per_layer"] == [0.2, 0.9] and "validation" in s.rule
+    with pytest.raises(ValueError, match="finite"):
+        choose_block_by_score([math.nan], "logme")
+    with pytest.raises(ValueError, match="unknown score"):
+        choose_block_by_score([1.0], "leep")
+
+
+def test_suggest_layer_score_and_probe_rules(data):
+    from hf_nc.selection import scores as S
+    from hf_nc.features import extract_features
+
+    model = good_model()
+    s = suggest_layer(model, data, rule="logme", progress=False)
+    # independent: per-block features extracted directly, LogME per block, argmax
+    labels = np.asarray(data["train"]["label"])
+    from hf_nc.data import build_transforms, collate_fn
+
+    batch = collate_fn([*data["train"].with_transform(build_transforms(model, train=False))])
+    feats = extract_features(model.eval(), batch["pixel_values"])
+    per_block = [S.logme(feats[b].numpy(), labels) for b in range(LAYERS)]
+    assert s.extra["logme_per_layer"] == pytest.approx(per_block, rel=1e-6)
+    assert s.block == int(np.argmax(per_block)) and len(s.nc1_per_layer) == LAYERS
+    # the probe rule reads the validation split, never the test split: poisoned test labels change nothing
+    poisoned = DatasetDict(train=data["train"], test=data["test"].map(lambda e: {"label": (e["label"] + 1) % K}))
+    a = suggest_layer(model, data, rule="probe", progress=False)
+    b = suggest_layer(model, poisoned, rule="probe", progress=False)
+    assert a.block == b.block and a.extra == b.extra and 0 <= a.block < LAYERS
+    with_val = DatasetDict(train=data["train"], validation=data["test"])
+    v = suggest_layer(model, with_val, rule="probe", progress=False)
+    assert v.extra["probe_per_layer"][-1] == pytest.approx(1.0)  # the separable classes probe perfectly on validation
+    assert suggest_layer(model, data, rule="ncti", progress=False).extra["ncti_per_layer"]
+    with pytest.raises(ValueError, match="rule"):
+        suggest_layer(model, data, rule="leep", progress=False)
+
+
 # ---------------------------------------------------------------------- the recipe
 def _recipe_args(tmp_path, data):
     data.save_to_disk(tmp_path / "data")

@@ -9,12 +9,19 @@
   H-score and its shrinkage variant, the NC family), each with a stated direction.
 """
 
-from .layers import METHODS, LayerSuggestion, choose_block, suggest_layer
+from .correlation import bootstrap, correlations, score_correlations, top1_regret
+from .layers import METHODS, RULE_NAMES, LayerSuggestion, choose_block, choose_block_by_score, suggest_layer
 from .scores import SCORES, NCTITerms, ScoreSpec, hscore, hscore_shrinkage, logme, ncti, ncti_composite, ncti_terms
 from .ranking import RULE, CandidateResult, RankingResult, rank_models, spearman
 
 __all__ = [
     "METHODS",
+    "RULE_NAMES",
+    "bootstrap",
+    "choose_block_by_score",
+    "correlations",
+    "score_correlations",
+    "top1_regret",
     "SCORES",
     "NCTITerms",
     "ScoreSpec",

@@ -19,6 +19,13 @@ largest log-NC1 over the blocks and ``threshold = lo + tolerance * (hi - lo)``:
 
 A flat curve (``hi - lo < min_log_range``) carries no signal: both methods then return the
 last block. Blocks with a non-finite NC1 (constant features) are never chosen.
+
+Other rules (:func:`suggest_layer`'s ``rule``): any score of
+:data:`hf_nc.selection.scores.SCORES` computed on each block's pooled training features
+(the block with the best oriented score, e.g. ``rule="logme"``), or ``rule="probe"``: the
+block whose frozen features linearly probe best on a validation split (never the test split).
+``docs/SELECTION.md`` measures these rules against the study's per-block fine-tuned
+accuracies and against fixed blocks; read it before trusting any of them.
 """
 
 from __future__ import annotations
@@ -27,11 +34,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
+import numpy as np
 from torch import nn
 
 from . import _measure
+from . import scores as _scores
 
 METHODS = ("scl", "layer")
+RULE_NAMES = ("nc1", "probe", *_scores.SCORES)
 
 RULES = {
     "scl": ("earliest block whose log10(NC1) on the downstream training data is within `tolerance` of the "
@@ -121,11 +131,53 @@ def choose_block(nc1_per_layer: Sequence[float] | Mapping, method: str = "scl", 
     return LayerSuggestion(block=block, reason=reason, **base)
 
 
+def choose_block_by_score(values: Sequence[float], score: str, method: str = "scl") -> LayerSuggestion:
+    """The block with the best oriented ``score`` (higher is better after the registry's
+    direction; ties: the later block, which puts more of the backbone in the trained graph's
+    reach only when the evidence is equal). Non-finite values are never chosen.
+
+    ``values`` is the per-block score (blocks 0..n-1); ``score`` a name of
+    :data:`hf_nc.selection.scores.SCORES` or ``"probe"`` (validation accuracy, higher is better).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    direction = 1 if score == "probe" else _scores.get_score(score).direction
+    vals = [float(v) for v in values]
+    valid = [i for i, v in enumerate(vals) if math.isfinite(v)]
+    if not valid:
+        raise ValueError(f"no block has a finite {score}: {vals}")
+    best = max(direction * vals[i] for i in valid)
+    block = max(i for i in valid if direction * vals[i] == best)
+    what = "validation probe accuracy" if score == "probe" else score
+    rule = f"block with the {'highest' if direction > 0 else 'lowest'} {what} of its frozen pooled features"
+    return LayerSuggestion(block=block, method=method, nc1_per_layer=[], rule=rule, tolerance=0.0,
+                           reason=f"{'highest' if direction > 0 else 'lowest'} {what} ({vals[block]:.4g}) of {len(vals)} blocks",
+                           extra={"rule": score, f"{score}_per_layer": [v if math.isfinite(v) else None for v in vals]})
+
+
+def _validation_split(dataset, train, fraction: float, seed: int):
+    """``(fit, validation)``: the dataset's own ``validation`` split when it has one, else a
+    seeded stratified ``fraction`` of the training split held out (the probe is fitted on
+    the rest). The test split is never read."""
+    if hasattr(dataset, "keys") and "validation" in dataset:
+        return train, dataset["validation"]
+    from ..data import stratified_indices
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}")
+    labels = np.asarray(train["label"])
+    held = stratified_indices(labels, max(int(round(fraction * len(labels))), len(np.unique(labels))), seed=seed)
+    rest = np.setdiff1d(np.arange(len(labels)), held)
+    return train.select(rest.tolist()), train.select(held.tolist())
+
+
 def suggest_layer(
     model: nn.Module | str,
     dataset,
     *,
     method: str = "scl",
+    rule: str = "nc1",
+    validation_fraction: float = 0.2,
     tolerance: float = 0.1,
     min_log_range: float = 0.05,
     num_classes: int | None = None,
@@ -138,26 +190,77 @@ def suggest_layer(
 ) -> LayerSuggestion:
     """The block to tune with SCL FT (``method="scl"``) or Layer FT (``"layer"``).
 
-    Streams the frozen model over the downstream TRAINING split once (per-block NC1, no NCC
-    pass; exact under torch.distributed, each rank its shard) and applies
-    :func:`choose_block` (see there and this module's docstring for the rule; a heuristic).
+    Streams the frozen model over the downstream TRAINING split once (per-block pooled
+    features; exact under torch.distributed, each rank its shard) and applies ``rule``:
+
+    - ``"nc1"`` (default): :func:`choose_block` on the per-block NC1 curve (the knee for SCL,
+      the minimum for Layer FT; a heuristic, see this module's docstring);
+    - a score name of :data:`hf_nc.selection.scores.SCORES` (``"logme"``, ``"hscore_shrinkage"``,
+      ``"ncti"`` pooled over the blocks, ...): :func:`choose_block_by_score`, the block whose
+      frozen training features score best;
+    - ``"probe"``: the block whose frozen features linearly probe best (the standardised
+      logistic regression of :func:`hf_nc.probe.linear_probe`) on a validation split: the
+      dataset's ``validation`` split, else a stratified ``validation_fraction`` of the
+      training split (the probe is fitted on the rest). The test split is never read.
+
+    Cost, relative to one fine-tuning run: every rule is one forward pass over the training
+    data (``"probe"``: plus one over the validation split and one small logistic regression
+    per block; ``"logme"``: one d x d eigendecomposition per block). One fine-tuning run of
+    the study's protocol is 30 epochs of forward + backward passes (about 3 forward passes
+    each), i.e. ~90 forward passes over the same data: a rule costs ~1-2% of one run, and
+    nothing like the n runs of a block sweep it replaces.
 
     Args:
         model: A supported model object, a local path / Hub id, or ``"random:<path>"``.
         dataset: A name or path for :func:`hf_nc.data.load_image_dataset`, a ``DatasetDict``
-            (its ``train`` split is used) or a ``Dataset`` with ``image``/``label`` columns.
-        method, tolerance, min_log_range: The rule's parameters (:func:`choose_block`).
+            (its ``train`` split is used; ``validation`` for ``rule="probe"`` when present) or
+            a ``Dataset`` with ``image``/``label`` columns.
+        method: ``"scl"`` or ``"layer"``.
+        rule: ``"nc1"``, ``"probe"`` or a score name (see above).
+        validation_fraction: Share of the training split held out for ``rule="probe"`` when
+            the dataset has no validation split.
+        tolerance, min_log_range: The NC1 rule's parameters (:func:`choose_block`).
         num_classes: K; default: from the ``label`` column.
         shots_per_class, seed: Few-shot subset (dataset given by name only).
         device: Where to run (the model is moved there); default: the model's device.
         degenerate_tol: Blocks whose features barely vary (relative variation at most this)
             get NC1 = NaN and are never chosen.
     """
+    if rule not in RULE_NAMES:
+        raise ValueError(f"rule must be one of {RULE_NAMES}, got {rule!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     net = _measure.load_candidate(model, seed=seed)
+    if isinstance(dataset, str) and rule == "probe":
+        from ..data import load_image_dataset
+
+        dataset = load_image_dataset(dataset, shots_per_class=shots_per_class, seed=seed)
+        shots_per_class = None
     train, _, k, _ = _measure.resolve_data(dataset, shots_per_class=shots_per_class, seed=seed)
+    k = num_classes or k
     _measure.device_of(net, device)
-    stats, _ = _measure.measure(net, train, num_classes or k, layers="all", batch_size=batch_size, progress=progress)
+    fit, val = _validation_split(dataset, train, validation_fraction, seed) if rule == "probe" else (train, None)
+    keep_blocks = rule != "nc1"
+    stats, kept = _measure.measure(net, fit, k, layers="all", batch_size=batch_size, keep_blocks=keep_blocks, progress=progress)
     curve = {key: _measure.compute(s, degenerate_tol)[0]["nc1"] for key, s in stats.items() if isinstance(key, int)}
-    suggestion = choose_block(curve, method, tolerance=tolerance, min_log_range=min_log_range)
+    blocks = sorted(curve)
+    if rule == "nc1":
+        suggestion = choose_block(curve, method, tolerance=tolerance, min_log_range=min_log_range)
+    else:
+        if rule == "probe":
+            _, vkept = _measure.measure(net, val, k, layers="all", batch_size=batch_size, keep_blocks=True, progress=progress)
+            values = [_measure.fit_probe(kept[b], kept["labels"], vkept[b], vkept["labels"])["test_accuracy"] for b in blocks]
+        else:
+            got = [_scores.compute_scores(kept[b], kept["labels"], [rule], num_classes=k) for b in blocks]
+            if rule == "ncti":  # pooled over this model's blocks
+                usable = [i for i, g in enumerate(got) if isinstance(g["ncti"], _scores.NCTITerms)]
+                composite = dict(zip(usable, _scores.ncti_composite([got[i]["ncti"] for i in usable])))
+                values = [composite.get(i, float("nan")) for i in range(len(blocks))]
+            else:
+                values = [float(g[rule]) for g in got]
+            # constant features: no information, never chosen (as for NC1)
+            values = [v if math.isfinite(curve[b]) or rule == "ncti" else float("nan") for b, v in zip(blocks, values)]
+        suggestion = choose_block_by_score(values, rule, method)
+        suggestion.nc1_per_layer = [float(curve[b]) for b in blocks]
     suggestion.model = _measure.candidate_name(model)
     return suggestion
