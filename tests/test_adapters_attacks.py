@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -252,3 +253,54 @@ def test_bad_file_check_does_not_reject_a_complete_adapter(tmp_path):
         loaded.load_adapter(tmp_path, adapter_name="again")
         loaded.set_adapter("again")
         assert (first_output(loaded(pixel_values=tiny_pixels())) - want).abs().max() < 1e-6
+
+
+# -- config values that are not integers (issue 9 item 19) -----------------------------------------
+
+NOT_INTEGERS = {
+    "layers string": (lambda A: A.LayerFTConfig(layers="12"), "LayerFTConfig.layers"),
+    "layers float": (lambda A: A.LayerFTConfig(layers=[1.7]), "LayerFTConfig.layers"),
+    "layers integral float": (lambda A: A.LayerFTConfig(layers=[2.0]), "LayerFTConfig.layers"),
+    "layers bool": (lambda A: A.LayerFTConfig(layers=[True]), "LayerFTConfig.layers"),
+    "layers scalar bool": (lambda A: A.LayerFTConfig(layers=False), "LayerFTConfig.layers"),
+    "layers numpy bool": (lambda A: A.LayerFTConfig(layers=[np.bool_(True)]), "LayerFTConfig.layers"),
+    "layers digit string in list": (lambda A: A.LayerFTConfig(layers=["1"]), "LayerFTConfig.layers"),
+    "layers None inside": (lambda A: A.LayerFTConfig(layers=[None]), "LayerFTConfig.layers"),
+    "scl float": (lambda A: A.SCLConfig(layer=1.5), "SCLConfig.layer"),
+    "scl bool": (lambda A: A.SCLConfig(layer=True), "SCLConfig.layer"),
+    "scl string": (lambda A: A.SCLConfig(layer="1"), "SCLConfig.layer"),
+    "heads float head": (lambda A: A.HeadFTConfig(heads={0: [1.9]}), r"HeadFTConfig.heads\[0\]"),
+    "heads bool head": (lambda A: A.HeadFTConfig(heads={0: [True]}), r"HeadFTConfig.heads\[0\]"),
+    "heads scalar bool": (lambda A: A.HeadFTConfig(heads={0: True}), r"HeadFTConfig.heads\[0\]"),
+    "heads string head list": (lambda A: A.HeadFTConfig(heads={0: "12"}), r"HeadFTConfig.heads\[0\]"),
+    "heads float key": (lambda A: A.HeadFTConfig(heads={1.5: [0]}), "HeadFTConfig.heads keys"),
+    "heads bool key": (lambda A: A.HeadFTConfig(heads={True: [0]}), "HeadFTConfig.heads keys"),
+    "heads non-numeric key": (lambda A: A.HeadFTConfig(heads={"last": [0]}), "HeadFTConfig.heads keys"),
+    "heads float-string key": (lambda A: A.HeadFTConfig(heads={"1.5": [0]}), "HeadFTConfig.heads keys"),
+    "heads not a dict": (lambda A: A.HeadFTConfig(heads=[0, 1]), "HeadFTConfig.heads"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_INTEGERS))
+def test_non_integer_indices_are_rejected_naming_the_field(case):
+    """They were silently coerced: layers="12" -> [1, 2], [1.7] -> [1], [True] -> [1], heads={0: [1.9]} -> [1]."""
+    import hf_nc.adapters as A
+
+    build, field_name = NOT_INTEGERS[case]
+    with pytest.raises(ValueError, match=field_name):
+        build(A)
+
+
+def test_real_integers_numpy_integers_and_json_round_trips_are_accepted(tmp_path):
+    import hf_nc.adapters as A
+    from peft import PeftConfig
+
+    assert A.LayerFTConfig(layers=np.int64(-1)).layers == [-1]
+    assert A.LayerFTConfig(layers=(0, np.int32(2))).layers == [0, 2]
+    assert A.LayerFTConfig(layers=range(2)).layers == [0, 1]
+    assert A.SCLConfig(layer=np.int64(1)).layer == 1 and type(A.SCLConfig(layer=np.int64(1)).layer) is int
+    assert A.HeadFTConfig(heads={np.int64(0): [np.int16(1)], "-1": "all", " 2": 3}).heads == {0: [1], -1: "all", 2: [3]}
+    for config in (A.LayerFTConfig(layers=[0, -1], part="mlp"), A.SCLConfig(layer=-2), A.HeadFTConfig(heads={-1: [0, 2]})):
+        config.save_pretrained(tmp_path / config.peft_type)
+        loaded = PeftConfig.from_pretrained(tmp_path / config.peft_type)
+        assert type(loaded) is type(config) and loaded.to_dict() == config.to_dict()

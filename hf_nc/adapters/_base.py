@@ -25,11 +25,15 @@ own ``ln_tuning`` (module copies) and ``ia3`` (per-adapter parameter dicts). Wha
 from __future__ import annotations
 
 import copy
+import numbers
 import os
+import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
+import numpy as np
 import torch
 from peft.config import PeftConfig
 from peft.tuners.tuners_utils import (
@@ -540,6 +544,32 @@ def _detach_hidden_states(module, args, kwargs):
     if isinstance(hidden, torch.Tensor) and (hidden.requires_grad or leaf):
         return args, {**kwargs, "hidden_states": _cut(hidden, leaf)}
     return None
+
+
+def as_index(value: Any, what: str, allow_str: bool = False) -> int:
+    """``value`` as a block / head index, refusing anything that is not an integer.
+
+    Accepts Python and NumPy integers (anything ``numbers.Integral`` but ``bool``), and, with
+    ``allow_str``, decimal strings such as ``"-1"`` (JSON turns dict keys into strings).
+
+    Raises:
+        ValueError: naming ``what`` and the value, for bools, floats (even ``2.0``: an index written
+            as a float is more likely a mistake than a choice), other strings and other types.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if allow_str and isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    raise ValueError(f"{what} must be an integer index, got {value!r} ({type(value).__name__})")
+
+
+def as_index_list(value: Any, what: str) -> list[int]:
+    """A single index or an iterable of indices (not a string) as a list of ints; see :func:`as_index`."""
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{what} must be an integer index or a list of them, got the string {value!r}")
+    if isinstance(value, numbers.Integral) or not isinstance(value, Iterable):
+        return [as_index(value, what)]
+    return [as_index(v, what) for v in value]
 
 
 def resolve_layers(backbone: Backbone, layers, what: str) -> list[int]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from .._base import NCAdapterConfig
+from .._base import NCAdapterConfig, as_index, as_index_list
 
 PEFT_TYPE = "HFNC_HEAD_FT"
 PROJECTIONS = ("q", "k", "v", "o")
@@ -46,21 +47,18 @@ class HeadFTConfig(NCAdapterConfig):
         super().__post_init__()
         if not self.heads:
             raise ValueError('HeadFTConfig needs heads={layer: [head, ...] or "all"}')
+        if not isinstance(self.heads, Mapping):
+            raise ValueError(f'HeadFTConfig.heads must be a dict {{layer: [head, ...] or "all"}}, got {self.heads!r}')
         heads = {}
         for layer, chosen in dict(self.heads).items():
-            try:
-                layer = int(layer)
-            except (TypeError, ValueError):
-                raise ValueError(f"HeadFTConfig.heads keys must be block indices, got {layer!r}") from None
+            layer = as_index(layer, "HeadFTConfig.heads keys (block indices)", allow_str=True)
             if isinstance(chosen, str):
                 if chosen != "all":
-                    raise ValueError(f'heads[{layer}] must be a list of head indices or "all", got {chosen!r}')
-            elif isinstance(chosen, int) and not isinstance(chosen, bool):
-                chosen = [chosen]
+                    raise ValueError(f'HeadFTConfig.heads[{layer}] must be a list of head indices or "all", got {chosen!r}')
             else:
-                chosen = [int(h) for h in chosen]
+                chosen = as_index_list(chosen, f"HeadFTConfig.heads[{layer}]")
                 if not chosen:
-                    raise ValueError(f"heads[{layer}] is empty")
+                    raise ValueError(f"HeadFTConfig.heads[{layer}] is empty")
             if layer in heads:
                 raise ValueError(f"block {layer} is given twice in HeadFTConfig.heads")
             heads[layer] = chosen

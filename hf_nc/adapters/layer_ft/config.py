@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from .._base import NCAdapterConfig
+from .._base import NCAdapterConfig, as_index_list
 
 PEFT_TYPE = "HFNC_LAYER_FT"
 
@@ -41,8 +41,6 @@ class LayerFTConfig(NCAdapterConfig):
         super().__post_init__()
         if self.layers is None:
             raise ValueError("LayerFTConfig needs layers=[...] (block indices, negative from the end)")
-        if isinstance(self.layers, int):
-            self.layers = [self.layers]
-        self.layers = [int(i) for i in self.layers]
+        self.layers = as_index_list(self.layers, "LayerFTConfig.layers")
         if self.part not in ("block", "attention", "mlp"):
             raise ValueError(f"part must be 'block', 'attention' or 'mlp', got {self.part!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from .._base import NCAdapterConfig
+from .._base import NCAdapterConfig, as_index
 
 PEFT_TYPE = "HFNC_SCL"
 
@@ -70,9 +70,9 @@ class SCLConfig(NCAdapterConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.layer is None or isinstance(self.layer, bool):
+        if self.layer is None:
             raise ValueError("SCLConfig needs layer=<block index> (negative counts from the end)")
-        self.layer = int(self.layer)
+        self.layer = as_index(self.layer, "SCLConfig.layer")
         for name, allowed in (("combine", ("add", "concat")), ("position", ("pre_norm", "post_norm")),
                               ("skip_source", ("delta", "features"))):
             if getattr(self, name) not in allowed:
