@@ -3,20 +3,23 @@
 Each chosen block (and the ``"final"`` classifier input) gets its own :class:`NCStats`, fed
 by :class:`~hf_nc.features.LayerFeatures` hooks; features are never kept. Under
 ``torch.distributed`` every rank streams its own shard and the statistics are summed
-exactly, so the numbers equal a single-process run over all the data.
+exactly, so the numbers equal a single-process run over all the data. A rank whose shard
+is empty (fewer batches than ranks) contributes zeros and still joins every collective.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Iterable, Mapping
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
 from .features import FINAL, LayerFeatures, LayerKey, Layers, Pooling
 from .metrics import NCStats
-from .metrics.distributed import is_main_process
+from .metrics.distributed import default_device, is_distributed, is_main_process
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,14 +30,53 @@ def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return pixel_values, labels
 
 
+def _model_image_size(model: nn.Module) -> tuple[int, int] | None:
+    config = getattr(model, "config", None)
+    config = getattr(config, "vision_config", None) or config
+    size = getattr(config, "image_size", None)
+    if isinstance(size, int):
+        return size, size
+    return tuple(size) if isinstance(size, (tuple, list)) and len(size) == 2 else None
+
+
+def forward_pixels(model: nn.Module, pixel_values: torch.Tensor):
+    """``model(pixel_values=...)``, with ``interpolate_pos_encoding=True`` when the inputs are not
+    the model's own ``image_size`` and its forward takes that flag (ViT, CLIP/SigLIP towers);
+    so ``--image_size`` works for them (DINOv2 always interpolates)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {}
+    if "interpolate_pos_encoding" in inspect.signature(inner.forward).parameters:
+        size = _model_image_size(inner)
+        if size is not None and tuple(pixel_values.shape[-2:]) != size:
+            kwargs["interpolate_pos_encoding"] = True
+    return model(pixel_values=pixel_values, **kwargs)
+
+
 @torch.no_grad()
 def _stream(model: nn.Module, recorder: LayerFeatures, batches: Iterable, on_features, progress: bool, desc: str) -> None:
     device = next(model.parameters()).device
-    for batch in tqdm(batches, desc=desc, disable=not (progress and is_main_process()), leave=False):
+    total = len(batches) if hasattr(batches, "__len__") else None
+    for batch in tqdm(batches, desc=desc, total=total, unit="batch", disable=not (progress and is_main_process()), leave=False):
         pixel_values, labels = unpack_batch(batch)
-        model(pixel_values=pixel_values.to(device))
+        forward_pixels(model, pixel_values.to(device))
         for key, feats in recorder.pop().items():
             on_features(key, feats, labels.to(feats.device))
+
+
+def _fill_empty_shard(stats: dict, keys: list, num_classes: int) -> dict:
+    """Agree on every layer's feature size across ranks; a rank that saw no batch gets empty
+    statistics of that size (it contributes zeros to the sums). Raises, on every rank alike,
+    when no rank saw any data."""
+    dims = torch.tensor([stats[k].dim if k in stats else 0 for k in keys], dtype=torch.int64, device=default_device())
+    if is_distributed():
+        dist.all_reduce(dims, op=dist.ReduceOp.MAX)  # every rank calls it, with or without data
+    if int(dims.min()) == 0:
+        where = " on every process" if is_distributed() else ""
+        raise ValueError(f"no batches: the dataset is empty{where}")
+    for key, dim in zip(keys, dims.tolist()):
+        if key not in stats:
+            stats[key] = NCStats(num_classes=num_classes, dim=int(dim))
+    return {key: stats[key] for key in keys}  # one order on every rank: the collectives pair up
 
 
 def layer_nc_stats(
@@ -56,7 +98,7 @@ def layer_nc_stats(
         layers: ``"all"`` or block indices (negative count from the end).
         pooling: See :class:`~hf_nc.features.LayerFeatures`.
         ncc: Also run the second pass needed for ``ncc_acc`` (a second forward pass).
-        progress: Show progress bars (main process only).
+        progress: Show progress bars over the batches (on by default; main process only).
 
     Returns:
         ``{layer: NCStats}``, reduced across processes.
@@ -73,8 +115,7 @@ def layer_nc_stats(
     try:
         with LayerFeatures(model, layers=layers, pooling=pooling) as recorder:
             _stream(model, recorder, batches, update, progress, "NC statistics")
-            if not stats:
-                raise ValueError("no batches: the dataset is empty")
+            stats = _fill_empty_shard(stats, recorder.keys, num_classes)
             for s in stats.values():
                 s.all_reduce()
             if ncc:

@@ -2,11 +2,13 @@
 
     python recipes/nc_report.py                                   # built-in ViT on digits
     python recipes/nc_report.py --model_name_or_path facebook/dinov2-small --dataset cifar10
+    python recipes/nc_report.py --model_name_or_path facebook/dinov2-small --dataset fashion_mnist --image_size 56
     torchrun --standalone --nproc_per_node 2 recipes/nc_report.py # same numbers, 2 processes
 
 Prints the NC table (one row per block, then ``final``: the features entering the
 classifier), writes ``nc_report.json`` and ``nc1_per_layer.png`` (log scale) to
-``--output_dir``. Each process streams its own shard; the statistics are summed exactly.
+``--output_dir``. Each process streams its own shard; the statistics are summed exactly (a
+process whose shard is empty, e.g. fewer batches than processes, contributes zeros).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from accelerate.utils import DataLoaderConfiguration
@@ -25,7 +27,7 @@ from transformers import AutoModel, HfArgumentParser
 from transformers.utils import logging as hf_logging
 
 from hf_nc.accelerate_utils import build_accelerator
-from hf_nc.data import build_transforms, collate_fn, load_image_dataset
+from hf_nc.data import build_transforms, collate_fn, load_image_dataset, split_provenance
 from hf_nc.layer_nc import layer_nc
 from hf_nc.plots import plot_layer_curve
 
@@ -36,7 +38,7 @@ COLUMNS = ("nc1", "nc2_etf", "nc2_equinorm", "nc2_equiangle", "ncc_acc", "cdnv")
 class ReportArguments:
     model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Local folder or Hub id; default: the built-in tiny ViT."})
     dataset: str = field(default="digits", metadata={"help": "Built-in set (digits, fashion_mnist), local folder or Hub dataset."})
-    split: str = field(default="train", metadata={"help": "Split to measure (train or test)."})
+    split: str = field(default="train", metadata={"help": "Split to measure (train, test, or validation when the dataset has one)."})
     shots_per_class: Optional[int] = field(default=None, metadata={"help": "Measure on a stratified few-shot subset."})
     layers: str = field(default="all", metadata={"help": "'all' or comma-separated block indices (negative from the end)."})
     pooling: Optional[str] = field(default=None, metadata={"help": "cls or mean; default: the family's convention."})
@@ -44,6 +46,12 @@ class ReportArguments:
     ncc: bool = field(default=True, metadata={"help": "Also compute ncc_acc (a second pass over the data)."})
     output_dir: str = field(default="outputs/nc_report", metadata={"help": "Where the JSON and the plot go."})
     seed: int = field(default=0, metadata={"help": "Seed of the few-shot subset."})
+    image_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Feed the model image_size px inputs instead of its own size (e.g. 56 for a 224 px model on 28 px images: ~16x faster); default: the model's."},
+    )
+    progress: bool = field(default=True, metadata={"help": "Progress bars over the feature passes (main process only)."})
+    on_bad_image: Literal["raise", "skip"] = field(default="raise", metadata={"help": "A local image folder is verified up front: 'raise' stops naming each undecodable file, 'skip' drops them with a warning."})
 
 
 def format_table(results: dict) -> str:
@@ -65,21 +73,28 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = build_accelerator(dataloader_config=DataLoaderConfiguration(even_batches=False))
 
     model = AutoModel.from_pretrained(args.model_name_or_path).to(accelerator.device)
-    data = load_image_dataset(args.dataset, shots_per_class=args.shots_per_class, seed=args.seed)[args.split]
+    splits = load_image_dataset(args.dataset, shots_per_class=args.shots_per_class, seed=args.seed, on_bad_image=args.on_bad_image, progress=args.progress)
+    if args.split not in splits:
+        raise ValueError(f"--split {args.split!r}: '{args.dataset}' has the splits {list(splits)}")
+    data, provenance = splits[args.split], split_provenance(splits)[args.split]
     num_classes = data.features["label"].num_classes
-    loader = DataLoader(data.with_transform(build_transforms(model, train=False)), batch_size=args.batch_size, collate_fn=collate_fn)
+    transform = build_transforms(model, train=False, image_size=args.image_size)
+    loader = DataLoader(data.with_transform(transform), batch_size=args.batch_size, collate_fn=collate_fn)
     loader = accelerator.prepare_data_loader(loader)
 
     layers = "all" if args.layers == "all" else [int(i) for i in args.layers.split(",")]
-    results = layer_nc(model, loader, num_classes, layers=layers, pooling=args.pooling, ncc=args.ncc, progress=True)
+    results = layer_nc(model, loader, num_classes, layers=layers, pooling=args.pooling, ncc=args.ncc, progress=args.progress)
     results = {str(k): v for k, v in results.items()}
 
     if accelerator.is_main_process:
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        print(f"\nNC of {args.model_name_or_path} on {args.dataset}/{args.split} ({len(data)} images, {num_classes} classes)")
+        size = "x".join(map(str, transform.image_transform.spec.size))
+        print(f"\nNC of {args.model_name_or_path} on {args.dataset}/{args.split} ({len(data)} images, {num_classes} classes, {size} px)")
+        print(f"split: {provenance}")
         print(format_table(results))
-        (out / "nc_report.json").write_text(json.dumps({"args": asdict(args), "layers": results}, indent=2))
+        record = {"args": asdict(args), "split": provenance, "image_size": list(transform.image_transform.spec.size), "layers": results}
+        (out / "nc_report.json").write_text(json.dumps(record, indent=2))
         blocks = {k: v["nc1"] for k, v in results.items() if k != "final"}
         plot_layer_curve({args.split: blocks}, out / "nc1_per_layer.png", title=f"NC1 per block: {Path(args.model_name_or_path).name} on {args.dataset}")
         print(f"\nwrote {out / 'nc_report.json'} and {out / 'nc1_per_layer.png'}")

@@ -47,14 +47,48 @@ def test_report_matches_nc_of_the_extracted_features(tiny_checkpoint, tmp_path, 
 
 
 @pytest.mark.slow
-def test_two_processes_report_the_same_numbers(tiny_checkpoint, tmp_path):
-    one = nc_report.main(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path / "one"), "--batch_size", "64", "--shots_per_class", "15"])
+@pytest.mark.parametrize(
+    "shots, batch_two",
+    [
+        (15, 32),  # 150 images: 3 uneven batches on one rank, 2 on the other
+        (10, 128),  # 100 images in ONE batch: rank 1's shard is empty (issue 9, item 6)
+    ],
+)
+def test_two_processes_report_the_same_numbers(tiny_checkpoint, tmp_path, shots, batch_two):
+    one = nc_report.main(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path / "one"), "--batch_size", "64",
+                          "--shots_per_class", str(shots), "--no_progress"])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "recipes" / "nc_report.py"),
-           "--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path / "two"), "--batch_size", "32", "--shots_per_class", "15"]
+           "--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path / "two"), "--batch_size", str(batch_two),
+           "--shots_per_class", str(shots)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "nc_report.json").read_text())["layers"]
+    assert two["final"]["num_samples"] == 10 * shots
     for key in one:
         for metric, value in one[key].items():
             assert two[key][metric] == pytest.approx(value, rel=1e-9), (key, metric)
+
+
+def test_image_size_override_and_split_record(tiny_checkpoint, tmp_path, capsys):
+    """--image_size 8 on a 16 px ViT: positions interpolated; equals features of 8 px inputs."""
+    from hf_nc.features import LayerFeatures
+
+    results = nc_report.main(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path), "--shots_per_class", "6",
+                              "--image_size", "8", "--no_progress"])
+    printed = capsys.readouterr().out
+    assert "8x8 px" in printed and "split: digits 'train' split, 6 shots per class (seed 0)" in printed
+    saved = json.loads((tmp_path / "nc_report.json").read_text())
+    assert saved["image_size"] == [8, 8] and saved["split"] == "digits 'train' split, 6 shots per class (seed 0)"
+    model = build_tiny_model("vit_cls")
+    data = load_image_dataset("digits", shots_per_class=6)["train"]
+    batch = collate_fn([data.with_transform(build_transforms(model, train=False, image_size=8))[i] for i in range(len(data))])
+    assert batch["pixel_values"].shape[-2:] == (8, 8)
+    with LayerFeatures(model, layers=[0]) as recorder, torch.no_grad():
+        model(pixel_values=batch["pixel_values"], interpolate_pos_encoding=True)
+        feats = recorder.pop()
+    for key in (0, FINAL):
+        want = nc_metrics(feats[key], batch["labels"], num_classes=10)
+        assert results[str(key)]["nc1"] == pytest.approx(want["nc1"], rel=1e-6), key
+    with pytest.raises(ValueError, match="has the splits"):
+        nc_report.main(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path), "--split", "validation", "--no_progress"])
