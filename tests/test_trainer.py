@@ -12,7 +12,7 @@ import hf_nc
 from hf_nc.data import build_transforms, collate_fn, load_image_dataset
 from hf_nc.features import FINAL, extract_features
 from hf_nc.metrics import nc_metrics
-from hf_nc.trainer import NCTrainer, metric_direction, read_history
+from hf_nc.trainer import TRAIN_SUBSET_NC1, TRAIN_SUBSET_PREFIX, NCTrainer, metric_direction, read_history
 
 CLASSES = [0, 1, 2]  # the tiny models have 3 labels
 
@@ -67,7 +67,7 @@ def test_metrics_equal_offline_recomputation(kind, digits, tmp_path):
     weight = classifier.weight.detach()
     train_subset = trainer.nc_train_dataset.select(trainer.nc_train_indices())
     assert len(train_subset) == 20
-    for prefix, dataset in (("eval", trainer.eval_dataset), ("train", train_subset)):
+    for prefix, dataset in (("eval", trainer.eval_dataset), (TRAIN_SUBSET_PREFIX, train_subset)):
         feats, labels = _features(model, dataset)
         want = nc_metrics(feats[FINAL], labels, num_classes=3, classifier_weight=weight)
         for name in ("nc1", "nc2_etf", "nc2_equinorm", "nc2_equiangle", "nc3", "cdnv"):
@@ -76,7 +76,8 @@ def test_metrics_equal_offline_recomputation(kind, digits, tmp_path):
             want_block = nc_metrics(feats[block], labels, num_classes=3)["nc1"]
             assert metrics[f"{prefix}_nc1_block{block}"] == pytest.approx(want_block, rel=1e-6), (prefix, block)
     logged = [e for e in trainer.state.log_history if "eval_nc1" in e][-1]
-    assert logged["train_nc1"] == metrics["train_nc1"] and logged["eval_nc2_etf"] == metrics["eval_nc2_etf"]
+    assert logged[TRAIN_SUBSET_NC1] == metrics[TRAIN_SUBSET_NC1] and logged["eval_nc2_etf"] == metrics["eval_nc2_etf"]
+    assert metrics["train_nc1"] == metrics[TRAIN_SUBSET_NC1]  # legacy alias, returned by evaluate() only
 
 
 def test_metric_for_best_model_train_nc1_loads_the_minimum(digits, tmp_path):
@@ -96,6 +97,7 @@ def test_metric_for_best_model_train_nc1_loads_the_minimum(digits, tmp_path):
 def test_metric_direction():
     assert metric_direction("train_nc1") is False and metric_direction("eval_nc2_etf") is False
     assert metric_direction("eval_train_ncc_acc") is True and metric_direction("train_nc1_block3") is False
+    assert metric_direction("eval_train_subset_nc1") is False and metric_direction("eval_train_subset_ncc_acc") is True
     assert metric_direction("accuracy") is None and metric_direction("loss") is None and metric_direction(None) is None
 
 

@@ -5,17 +5,28 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from typing import Iterable, Literal, Optional, Union
+import os
+from typing import Any, Iterable, Literal, Optional, Union
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..backbones import resolve_backbone
-from ..features import LayerFeatures
-from ..layer_nc import layer_nc_stats
-from .collect import LayerStats, flatten, metric_direction
+from ..data import stratified_indices
+from ..features import FINAL, LayerFeatures
+from ..layer_nc import unpack_batch
+from ..metrics.validation import check_num_classes
+from .collect import (
+    LEGACY_TRAIN_PREFIX,
+    TRAIN_SUBSET_PREFIX,
+    LayerStats,
+    canonical_metric_name,
+    flatten,
+    metric_direction,
+)
 from .history import plot_history, restore_history, save_history, upsert
 
 logger = logging.getLogger(__name__)
@@ -31,14 +42,54 @@ class _NCHistoryCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:
-            import os
-
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if os.path.isdir(folder):
                 save_history(self.trainer.nc_history, folder)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer.plot_nc_history()
+
+
+def dataset_labels(dataset: Any, read_items: bool = False) -> Optional[np.ndarray]:
+    """The integer labels of a map-style dataset, read without loading its images when possible.
+
+    A ``datasets.Dataset`` gives its ``label``/``labels`` column (any ``with_transform`` is
+    bypassed), a ``torch.utils.data.Subset`` its parent's labels at its indices, a dataset with a
+    ``targets`` attribute (torchvision style) that. Otherwise, with ``read_items``, every item
+    is read once (``item["label"]``, ``item["labels"]`` or ``item[1]``); without it, ``None``.
+    """
+    if isinstance(dataset, Subset):
+        parent = dataset_labels(dataset.dataset, read_items=False)
+        if parent is not None:
+            return parent[np.asarray(dataset.indices, dtype=np.int64)]
+    columns = getattr(dataset, "column_names", None)
+    if isinstance(columns, list) and hasattr(dataset, "with_format"):
+        for name in ("label", "labels"):
+            if name in columns:
+                return np.asarray(dataset.with_format(None)[name], dtype=np.int64)
+    targets = getattr(dataset, "targets", None)
+    if targets is not None and len(targets) == len(dataset):
+        return np.asarray(targets, dtype=np.int64)
+    if not read_items:
+        return None
+    logger.info("reading the labels of all %d items of nc_train_dataset once (give it a 'label' column or a "
+                "'targets' attribute to skip this)", len(dataset))
+    labels = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if isinstance(item, dict):
+            key = "labels" if "labels" in item else "label"
+            labels.append(int(item[key]))
+        else:
+            labels.append(int(item[1]))
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        outside = sorted({int(v) for v in labels if v < 0 or v >= num_classes})
+        raise ValueError(f"{what} has labels {outside[:10]} outside 0..{num_classes - 1}, but nc_num_classes is "
+                         f"{num_classes}: pass the number of classes of the data as nc_num_classes")
 
 
 class NCTrainer(Trainer):
@@ -51,39 +102,60 @@ class NCTrainer(Trainer):
 
     * the evaluation data: collected by hooks during the Trainer's own evaluation loop (no
       extra forward pass), logged as ``eval_nc1``, ... (``test_nc1`` for ``predict``);
-    * a fixed, seeded subset of the training data (``nc_train_samples`` images of
-      ``nc_train_dataset``, which should be the training data *without* augmentation): one extra
-      forward pass, logged as ``train_nc1``, ...;
+    * a fixed, seeded, stratified subset of the training data (``nc_train_samples`` images of
+      ``nc_train_dataset``, which should be the training data *without* augmentation, every class
+      present): one extra forward pass, logged as ``eval_train_subset_nc1``, ...
+      (:data:`~hf_nc.trainer.TRAIN_SUBSET_PREFIX`; the name keeps transformers' auto model
+      card and the TensorBoard / W&B callbacks apart from eval NC: "Train Subset Nc1",
+      ``eval/train_subset_nc1``). ``evaluate()`` also returns them under the short names of
+      earlier releases (``train_nc1``, ...), which are not logged;
 
-    and, with ``nc_layers``, NC1 of every block's pooled output (``eval_nc1_block3``, ...).
-    The metrics go through ``Trainer.log`` (console, TensorBoard, W&B, ...) and are returned by
-    ``evaluate()``. Statistics are streamed per batch (:class:`~hf_nc.metrics.NCStats`) and
-    summed across processes; features are never gathered. Under DDP each sample counts once:
-    the duplicates Accelerate pads the last evaluation batch with are dropped, and the train
-    subset is split into disjoint per-rank shards without padding.
+    and, with ``nc_layers``, NC1 of every block's pooled output (``eval_nc1_block3``,
+    ``eval_train_subset_nc1_block3``, ...). The metrics go through ``Trainer.log`` (console,
+    TensorBoard, W&B, ...) and are returned by ``evaluate()``. Statistics are streamed per batch
+    (:class:`~hf_nc.metrics.NCStats`) and summed across processes; features are never gathered.
+    Under DDP each sample counts once: the duplicates Accelerate pads the last evaluation batch
+    with are dropped, and the train subset is split into disjoint per-rank shards without
+    padding (a rank whose shard is empty contributes zeros).
 
-    ``metric_for_best_model`` may name an NC metric, e.g. ``"train_nc1"`` or ``"eval_nc1"``:
-    ``greater_is_better`` is then set from the metric (lower is better, except ``ncc_acc``),
-    and since the Trainer looks a name up with an ``eval_`` prefix, ``evaluate()`` also returns
-    ``eval_train_nc1`` for it.
+    Undefined NC never stops training: non-finite features (a diverged model) or a class
+    without samples in the evaluation data log every NC metric as NaN, with a warning that
+    says why. The model (a supported backbone), ``nc_layers``, ``nc_num_classes`` against the
+    labels of the data and ``nc_train_samples`` are checked when the trainer is built.
+
+    ``metric_for_best_model`` may name an NC metric, e.g. ``"eval_train_subset_nc1"`` (or
+    ``"train_subset_nc1"``, or the legacy alias ``"train_nc1"``, rewritten to it) or
+    ``"eval_nc1"``: ``greater_is_better`` is then set from the metric (lower is better, except
+    ``ncc_acc``).
 
     The history of all evaluations is kept in ``output_dir/nc_history.json`` and in every
     checkpoint (``resume_from_checkpoint`` restores it, up to the resumed step); when training
     ends (and after an ``evaluate()`` outside training) ``nc1_history.png`` (train and eval NC1
     against steps, log scale) and ``nc1_per_layer.png`` (last per-block curve) are drawn there.
+    ``push_to_hub()`` / ``create_model_card()`` write the hf-nc card of a PEFT adapter
+    (:mod:`hf_nc.cards`: base model, method, trainable share, accuracy and NC as model-index,
+    the ``import hf_nc`` loading snippet) instead of PEFT's blank template.
 
     Args:
         nc_train_dataset: Training data for the train-subset NC (default: ``train_dataset``;
             pass the same data with evaluation transforms when training uses augmentation).
-        nc_train_samples: Size of the seeded (``args.seed``) subset; ``None`` or <= 0: all of it.
+        nc_train_samples: Size of the seeded (``args.seed``), stratified subset: every class gets
+            ``n // K`` or one more images (fewer only where a class has fewer). ``None`` or a
+            negative number: all of ``nc_train_dataset``; ``0``: no train-subset NC. A positive
+            value must be at least K.
         nc_eval: Also measure NC on the evaluation data.
         nc_layers: ``False``, ``True``/``"all"`` (every block) or block indices, for per-block NC1.
-        nc_ncc: Also compute ``train_ncc_acc`` (a second forward pass over the train subset).
+        nc_ncc: Also compute the train subset's ``ncc_acc`` (a second forward pass over it).
         nc_num_classes: K; default: the ClassLabel of the dataset, else ``config.num_labels``.
         nc_plots: Draw the PNG plots.
         nc_cache_mb: Keep this rank's collated train-subset batches in memory (CPU) when they fit
             in this many MiB, so later evaluations skip loading and transforming them again.
         Everything else goes to :class:`transformers.Trainer`.
+
+    Raises:
+        ValueError: an unsupported model, a bad ``nc_layers``, labels outside
+            ``0..nc_num_classes - 1``, a class of ``nc_num_classes`` absent from
+            ``nc_train_dataset``, or ``0 < nc_train_samples < K``.
     """
 
     def __init__(
@@ -101,6 +173,8 @@ class NCTrainer(Trainer):
     ):
         super().__init__(*args, **kwargs)
         self.nc_train_dataset = nc_train_dataset if nc_train_dataset is not None else self.train_dataset
+        if nc_train_samples is not None and (isinstance(nc_train_samples, bool) or not isinstance(nc_train_samples, (int, np.integer))):
+            raise ValueError(f"nc_train_samples must be an int or None, got {nc_train_samples!r}")
         self.nc_train_samples = nc_train_samples
         self.nc_eval = nc_eval
         self.nc_layers = "all" if nc_layers is True else ([] if nc_layers is False else nc_layers)
@@ -108,15 +182,23 @@ class NCTrainer(Trainer):
         self.nc_plots = nc_plots
         self.nc_cache_mb = nc_cache_mb
         self._nc_train_batches: Optional[list] = None
-        self.nc_num_classes = nc_num_classes or self._infer_num_classes()
+        self.nc_num_classes = check_num_classes(nc_num_classes or self._infer_num_classes())
         self.nc_history: list[dict] = []
         self._nc_recorder: Optional[LayerFeatures] = None
         self._nc_eval_stats: Optional[LayerStats] = None
-        self._nc_train_cache: Optional[dict] = None
+        self._nc_train_cache: Optional[tuple] = None  # (fingerprint of the weights, metrics)
+        self._nc_evaluate_calls = 0
         self._nc_depth = 0
-        direction = metric_direction(self.args.metric_for_best_model)
+        self._nc_train_indices: list[int] = []
+        self._nc_check_setup()
+        name = self.args.metric_for_best_model
+        canonical = canonical_metric_name(name)
+        if canonical != name:
+            logger.info("metric_for_best_model=%s is read as %s", name, canonical)
+            self.args.metric_for_best_model = canonical
+        direction = metric_direction(canonical)
         if direction is not None and self.args.greater_is_better != direction:
-            logger.info("metric_for_best_model=%s: greater_is_better set to %s", self.args.metric_for_best_model, direction)
+            logger.info("metric_for_best_model=%s: greater_is_better set to %s", canonical, direction)
             self.args.greater_is_better = direction
         self.add_callback(_NCHistoryCallback(self))
 
@@ -130,24 +212,64 @@ class NCTrainer(Trainer):
         return int(resolve_backbone(self.model).model.config.num_labels)
 
     @property
+    def nc_train_enabled(self) -> bool:
+        """Whether the train subset is measured (``nc_train_samples != 0`` and there is data)."""
+        return self.nc_train_dataset is not None and self.nc_train_samples != 0
+
+    def _nc_check_setup(self) -> None:
+        """Everything that would otherwise fail only at the first evaluation, checked now."""
+        if not (self.nc_eval or self.nc_train_enabled):
+            return
+        try:
+            resolve_backbone(self.model)
+        except ValueError as e:
+            raise ValueError(f"NCTrainer cannot measure NC of this model: {e} "
+                             "(pass nc_eval=False and nc_train_samples=0 to train it without NC)") from e
+        try:
+            LayerFeatures(self.model, layers=self.nc_layers)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"nc_layers={self.nc_layers!r}: {e}") from e
+        K = self.nc_num_classes
+        evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
+        for name, ds in evals.items():
+            labels = dataset_labels(ds) if ds is not None and self.nc_eval else None
+            if labels is not None:
+                _check_labels(labels, K, name if name == "eval_dataset" else f"eval_dataset[{name!r}]")
+        if not self.nc_train_enabled:
+            return
+        labels = dataset_labels(self.nc_train_dataset, read_items=True)
+        _check_labels(labels, K, "nc_train_dataset")
+        missing = sorted(set(range(K)) - {int(v) for v in np.unique(labels)})
+        if missing:
+            raise ValueError(f"nc_train_dataset has no images of class(es) {missing[:10]} of nc_num_classes={K}: "
+                             "train-subset NC needs every class (fix nc_num_classes, or pass nc_train_samples=0 to "
+                             "switch train-subset NC off)")
+        n = self.nc_train_samples
+        if n is None or n < 0 or n >= len(labels):
+            self._nc_train_indices = list(range(len(labels)))
+            return
+        if n < K:
+            raise ValueError(f"nc_train_samples={n} cannot hold one image of each of the {K} classes: use "
+                             f"nc_train_samples >= {K}, None (all images) or 0 (no train-subset NC)")
+        self._nc_train_indices = stratified_indices(labels, n, seed=self.args.seed, num_classes=K).tolist()
+
+    @property
     def _nc_backbone(self):
         return resolve_backbone(self.model)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """``Trainer.evaluate`` plus NC metrics (see the class docstring)."""
-        top = self._nc_depth == 0
-        if top:
-            self._nc_train_cache = None  # one train-subset pass per evaluate() call
+        if self._nc_depth == 0:
+            self._nc_evaluate_calls += 1  # a dict of eval sets recurses: one train-subset pass for all
         self._nc_depth += 1
         try:
             metrics = super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         finally:
             self._nc_depth -= 1
-        name = self.args.metric_for_best_model
-        if top and name and not name.startswith("eval_") and name in metrics:
-            metrics.setdefault(f"eval_{name}", metrics[name])  # the Trainer looks up "eval_" + name
-        if top:
+        for key in [k for k in metrics if k.startswith(TRAIN_SUBSET_PREFIX + "_")]:
+            metrics.setdefault(LEGACY_TRAIN_PREFIX + key[len(TRAIN_SUBSET_PREFIX):], metrics[key])  # unlogged alias
+        if not isinstance(eval_dataset, dict):  # a dict recurses into this method once per data set
             if self.args.should_save:
                 save_history(self.nc_history, self.args.output_dir)
             if not self.is_in_train:
@@ -157,8 +279,8 @@ class NCTrainer(Trainer):
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
         if not self.nc_eval and description != "Evaluation":
             return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        self._nc_eval_stats = LayerStats(self.nc_num_classes) if self.nc_eval else None
         recorder = LayerFeatures(self.model, layers=self.nc_layers, include_final=True) if self.nc_eval else None
+        self._nc_eval_stats = LayerStats(self.nc_num_classes, recorder.keys) if self.nc_eval else None
         try:
             if recorder is not None:
                 self._nc_recorder = recorder.__enter__()
@@ -169,14 +291,13 @@ class NCTrainer(Trainer):
             self._nc_recorder = None
         records = {}
         if self._nc_eval_stats is not None:
-            records[metric_key_prefix] = self._nc_eval_stats.reduce().metrics(self._nc_backbone.classifier, metric_key_prefix)
+            records[metric_key_prefix] = self._nc_eval_stats.reduce().metrics(
+                self._nc_backbone.classifier, f"the evaluation data ({metric_key_prefix})")
             self._nc_eval_stats = None
-        if description == "Evaluation" and self.nc_train_samples != 0:
-            if self._nc_train_cache is None:
-                self._nc_train_cache = self.train_nc_metrics()
-            records["train"] = self._nc_train_cache
+        if description == "Evaluation" and self.nc_train_enabled:
+            records["train"] = self.train_nc_metrics()
         for prefix, values in records.items():
-            output.metrics.update(flatten(prefix, values))
+            output.metrics.update(flatten(TRAIN_SUBSET_PREFIX if prefix == "train" else prefix, values))
             if description == "Evaluation":
                 upsert(self.nc_history, self.state.global_step, self.state.epoch, prefix, values)
         return output
@@ -205,19 +326,19 @@ class NCTrainer(Trainer):
 
     # ------------------------------------------------------------------ train subset
     def nc_train_indices(self) -> list[int]:
-        """The seeded subset of ``nc_train_dataset`` measured at every evaluation (all ranks agree)."""
-        n = len(self.nc_train_dataset)
-        k = n if not self.nc_train_samples or self.nc_train_samples < 0 else min(n, self.nc_train_samples)
-        if k == n:
-            return list(range(n))
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed))
-        return sorted(perm[:k].tolist())
+        """The seeded, stratified subset of ``nc_train_dataset`` measured at every evaluation
+        (all ranks agree); empty when train-subset NC is off."""
+        return list(self._nc_train_indices)
+
+    def nc_train_shard(self) -> list[int]:
+        """This rank's share of :meth:`nc_train_indices`: disjoint across ranks, nothing repeated
+        (possibly empty when the subset is smaller than the world size)."""
+        return self._nc_train_indices[self.args.process_index :: self.args.world_size]
 
     def get_nc_train_dataloader(self) -> DataLoader:
-        """This rank's shard of the train subset: disjoint across ranks, nothing repeated."""
-        indices = self.nc_train_indices()[self.args.process_index :: self.args.world_size]
+        """This rank's shard of the train subset (see :meth:`nc_train_shard`)."""
         return DataLoader(
-            Subset(self.nc_train_dataset, indices),
+            Subset(self.nc_train_dataset, self.nc_train_shard()),
             batch_size=self.args.per_device_eval_batch_size,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
@@ -240,17 +361,56 @@ class NCTrainer(Trainer):
         self._nc_train_batches = batches
         return batches
 
+    def _nc_fingerprint(self) -> tuple:
+        """Names the weights the train subset is measured with: during training the global step
+        (weights change only at optimizer steps), outside it one ``evaluate()`` call (the user may
+        change the model between calls). Tensor version counters cannot serve: fused optimizers
+        (transformers' default ``adamw_torch_fused``) update parameters without bumping them."""
+        if self.is_in_train:
+            return ("step", id(self.model), self.state.global_step)
+        return ("call", id(self.model), self._nc_evaluate_calls)
+
+    @torch.no_grad()
+    def _nc_stream_train(self, stats: LayerStats, recorder: LayerFeatures, batches, ncc: bool) -> None:
+        device = next(self.model.parameters()).device
+        for batch in batches:
+            pixel_values, labels = unpack_batch(batch)
+            self.model(pixel_values=pixel_values.to(device))
+            feats = recorder.pop()
+            if ncc:
+                stats.ncc_pass(feats, labels)
+            else:
+                stats.update(feats, labels)
+
     def train_nc_metrics(self) -> dict:
-        """NC of the train subset (an extra forward pass in eval mode), reduced across processes."""
-        if self.nc_train_dataset is None:
+        """NC of the train subset (an extra forward pass in eval mode), reduced across processes.
+
+        Collective under torch.distributed: every rank calls it (a rank with an empty shard too).
+        The result is reused while the weights cannot have changed (see :meth:`_nc_fingerprint`):
+        at the same training step, and within one ``evaluate()`` of a dict ``eval_dataset``.
+        """
+        if not self.nc_train_enabled:
             return {}
-        stats = LayerStats(self.nc_num_classes)
-        with self.accelerator.autocast():
-            stats.stats = layer_nc_stats(
-                self.model, self._nc_train_batches_or_loader(), self.nc_num_classes,
-                layers=self.nc_layers, ncc=self.nc_ncc, progress=False,
-            )
-        return stats.metrics(self._nc_backbone.classifier, "the train subset")
+        fingerprint = self._nc_fingerprint()
+        if self._nc_train_cache is not None and self._nc_train_cache[0] == fingerprint:
+            return self._nc_train_cache[1]
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            with self.accelerator.autocast(), LayerFeatures(model, layers=self.nc_layers) as recorder:
+                stats = LayerStats(self.nc_num_classes, recorder.keys)
+                batches = self._nc_train_batches_or_loader()
+                self._nc_stream_train(stats, recorder, batches, ncc=False)
+                stats.reduce()
+                if self.nc_ncc and not stats.nonfinite.get(FINAL):  # agreed on every rank by reduce()
+                    self._nc_stream_train(stats, recorder, batches, ncc=True)
+                    stats.second_reduce()
+        finally:
+            model.train(was_training)
+        metrics = stats.metrics(self._nc_backbone.classifier, "the train subset", ncc=self.nc_ncc)
+        self._nc_train_cache = (self._nc_fingerprint(), metrics)
+        return metrics
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:

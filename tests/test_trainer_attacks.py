@@ -1,0 +1,251 @@
+"""NCTrainer under attack: many classes, bad settings, diverged models, key names and cards.
+
+Each test is one way a user can break the trainer; it must end in a clear error at
+construction or in correct numbers (checked against an offline dense recomputation), never in
+a silent drop or a crash an epoch later. To add one: build the data with ``_dataset``, the
+trainer with ``_trainer``, and assert what the user should see.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+from datasets import ClassLabel, Dataset, Features, Sequence, Value
+from tiny_models import _VISION, build_tiny_model
+from transformers import TrainingArguments
+
+import hf_nc
+from hf_nc.features import FINAL, extract_features
+from hf_nc.metrics import nc_metrics
+from hf_nc.trainer import (
+    TRAIN_SUBSET_NC1,
+    TRAIN_SUBSET_PREFIX,
+    NCTrainer,
+    canonical_metric_name,
+    train_subset_key,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+SIDE = 16  # the tiny models' image size
+
+
+def _dataset(counts: list[int], seed: int = 0) -> Dataset:
+    """``counts[k]`` images of class k; class k's images are a class pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([np.full(n, k) for k, n in enumerate(counts)])
+    rng.shuffle(labels)
+    patterns = rng.normal(size=(len(counts), 3 * SIDE * SIDE)).astype(np.float32)
+    pixels = patterns[labels] + 0.5 * rng.normal(size=(len(labels), 3 * SIDE * SIDE)).astype(np.float32)
+    features = Features({"pixels": Sequence(Value("float32")), "label": ClassLabel(num_classes=len(counts))})
+    ds = Dataset.from_dict({"pixels": pixels.tolist(), "label": labels.tolist()}, features=features)
+
+    def transform(batch):
+        return {"pixel_values": [torch.tensor(p).view(3, SIDE, SIDE) for p in batch["pixels"]], "labels": batch["label"]}
+
+    return ds.with_transform(transform)
+
+
+def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
+            "labels": torch.tensor([int(i["labels"]) for i in items])}
+
+
+def _model(num_labels: int, seed: int = 0) -> torch.nn.Module:
+    """The tiny ViT; wider than K so that NC1 is well posed (with K > d the class means span every
+    direction the final LayerNorm leaves, and NC1 then hinges on the pseudo-inverse's cut-off)."""
+    torch.manual_seed(seed)
+    sizes = dict(_VISION, hidden_size=192, intermediate_size=384) if num_labels > 16 else _VISION
+    return tf.ViTForImageClassification(tf.ViTConfig(**sizes, num_labels=num_labels)).eval()
+
+
+def _args(tmp_path, **kw) -> TrainingArguments:
+    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=16, per_device_eval_batch_size=128,
+                remove_unused_columns=False, report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no",
+                learning_rate=5e-3, seed=0)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _trainer(model, tmp_path, train, test=None, nc_kwargs=None, **kw) -> NCTrainer:
+    return NCTrainer(model=model, args=_args(tmp_path, **kw), train_dataset=train, eval_dataset=test if test is not None else train,
+                     data_collator=collate, **{"nc_plots": False, **(nc_kwargs or {})})
+
+
+def _dense(model, dataset, indices, num_classes):
+    batch = collate([dataset[int(i)] for i in indices])
+    with torch.no_grad():
+        feats = extract_features(model.eval(), batch["pixel_values"], layers=[])[FINAL]
+    weight = hf_nc.LayerFeatures(model, layers=[]).backbone.classifier.weight.detach()
+    return nc_metrics(feats, batch["labels"], num_classes=num_classes, classifier_weight=weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 4: 150 classes, 512 train-subset images: stratified, every class present, metrics defined
+# ---------------------------------------------------------------------------------------------
+MANY = [2] * 50 + [6] * 100  # 700 images of 150 classes; a plain random 512 misses a 2-image class
+
+
+@pytest.fixture(scope="module")
+def many():
+    return _dataset(MANY)
+
+
+def test_150_classes_train_subset_is_stratified_and_measured(many, tmp_path):
+    model = _model(150)
+    trainer = _trainer(model, tmp_path, many)
+    idx = trainer.nc_train_indices()
+    labels = np.asarray(many.with_format(None)["label"])[idx]
+    counts = np.bincount(labels, minlength=150)
+    assert len(idx) == 512 and len(set(idx)) == 512
+    assert (counts[:50] == 2).all() and counts[50:].min() >= 512 // 150  # every class, at least its quota
+    metrics = trainer.evaluate()
+    want = _dense(model, many, idx, 150)
+    for name in ("nc1", "nc2_etf", "nc3", "cdnv"):
+        assert metrics[train_subset_key(name)] == pytest.approx(want[name], rel=1e-6), name
+
+
+def test_150_classes_best_model_by_train_nc1_saves(many, tmp_path):
+    """``metric_for_best_model="train_nc1"`` (the README's line) selects and saves, no KeyError."""
+    trainer = _trainer(_model(150), tmp_path, many, max_steps=2, eval_strategy="steps", eval_steps=1,
+                       save_strategy="steps", save_steps=1, metric_for_best_model="train_nc1", load_best_model_at_end=True)
+    assert trainer.args.metric_for_best_model == TRAIN_SUBSET_NC1 and trainer.args.greater_is_better is False
+    trainer.train()
+    values = {r["step"]: r["train"]["nc1"] for r in trainer.nc_history}
+    assert len(values) == 2 and all(math.isfinite(v) for v in values.values())
+    assert trainer.state.best_metric == pytest.approx(min(values.values()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Items 4, 11, 15: what cannot work is refused when the trainer is built
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("nc_kwargs, match", [
+    (dict(nc_train_samples=100), r"nc_train_samples=100 cannot hold one image of each of the 150 classes"),
+    (dict(nc_num_classes=151), r"no images of class\(es\) \[150\] of nc_num_classes=151"),
+    (dict(nc_num_classes=100), r"labels \[100, 101.*outside 0..99.*nc_num_classes is 100"),
+    (dict(nc_layers=[99]), r"nc_layers=\[99\].*out of range"),
+    (dict(nc_train_samples="512"), r"nc_train_samples must be an int or None"),
+])
+def test_bad_settings_fail_at_construction(many, tmp_path, nc_kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _trainer(_model(150), tmp_path, many, nc_kwargs=nc_kwargs)
+
+
+def test_eval_labels_beyond_nc_num_classes_fail_at_construction(tmp_path):
+    train, test = _dataset([4, 4, 4]), _dataset([4, 4, 4, 4])
+    with pytest.raises(ValueError, match=r"eval_dataset has labels \[3\] outside 0..2"):
+        _trainer(_model(3), tmp_path, train, test, nc_kwargs=dict(nc_num_classes=3, nc_train_samples=0))
+
+
+def test_unsupported_model_fails_at_construction(tmp_path):
+    model = tf.ResNetForImageClassification(tf.ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_labels=3))
+    with pytest.raises(ValueError, match="NCTrainer cannot measure NC of this model.*nc_eval=False and nc_train_samples=0"):
+        _trainer(model, tmp_path, _dataset([4, 4, 4]))
+    _trainer(model, tmp_path, _dataset([4, 4, 4]), nc_kwargs=dict(nc_eval=False, nc_train_samples=0))  # NC off: fine
+
+
+@pytest.mark.parametrize("n, size", [(None, 18), (-1, 18), (0, 0), (12, 12), (100, 18)])
+def test_nc_train_samples_semantics(tmp_path, n, size):
+    """None or negative: all images; 0: no train-subset NC; n >= K: a stratified n (all when n >= N)."""
+    data = _dataset([6, 6, 6])
+    trainer = _trainer(_model(3), tmp_path, data, nc_kwargs=dict(nc_train_samples=n))
+    assert len(trainer.nc_train_indices()) == size
+    metrics = trainer.evaluate()
+    assert (TRAIN_SUBSET_NC1 in metrics) == (size > 0) and "eval_nc1" in metrics
+    if size:
+        assert metrics[TRAIN_SUBSET_NC1] == pytest.approx(_dense(trainer.model, data, trainer.nc_train_indices(), 3)["nc1"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 9: a diverged model logs NaN NC with a warning; training goes on
+# ---------------------------------------------------------------------------------------------
+class _Diverge(tf.TrainerCallback):
+    """Puts NaN into the final norm after the second step (as a diverged run would)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            with torch.no_grad():
+                self.model.vit.layernorm.weight.fill_(float("nan"))
+
+
+def test_nan_features_log_nan_and_training_goes_on(tmp_path, caplog):
+    data = _dataset([6, 6, 6])
+    model = _model(3)
+    trainer = _trainer(model, tmp_path, data, max_steps=3, eval_strategy="steps", eval_steps=1,
+                       nc_kwargs=dict(nc_layers=True, nc_ncc=True))
+    trainer.add_callback(_Diverge(model))
+    with caplog.at_level(logging.WARNING, logger="hf_nc.trainer.collect"):
+        trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    assert [e["step"] for e in evals] == [1, 2, 3]
+    assert math.isfinite(evals[0]["eval_nc1"]) and math.isfinite(evals[0][TRAIN_SUBSET_NC1])
+    for e in evals[1:]:
+        for key in ("eval_nc1", "eval_nc2_etf", "eval_nc3", "eval_cdnv", TRAIN_SUBSET_NC1, train_subset_key("ncc_acc")):
+            assert math.isnan(e[key]), key
+    # step 2: only the final norm is poisoned, the blocks before it are still measured; step 3: all NaN
+    assert math.isfinite(evals[1]["eval_nc1_block3"]) and math.isfinite(evals[1][train_subset_key("nc1_block0")])
+    assert math.isnan(evals[2]["eval_nc1_block0"]) and math.isnan(evals[2][train_subset_key("nc1_block3")])
+    assert "not finite" in caplog.text and "the train subset" in caplog.text and "evaluation data" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 10 §4: key names that transformers' card, TensorBoard and W&B read right
+# ---------------------------------------------------------------------------------------------
+def test_key_names_in_card_table_and_tensorboard(tmp_path):
+    from transformers.integrations.integration_utils import rewrite_logs
+    from transformers.modelcard import parse_log_history
+
+    data = _dataset([6, 6, 6])
+    trainer = _trainer(_model(3), tmp_path, data, max_steps=2, eval_strategy="steps", eval_steps=1)
+    trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    assert "train_nc1" not in evals[-1] and TRAIN_SUBSET_NC1 in evals[-1]
+    _, lines, final = parse_log_history(trainer.state.log_history)
+    assert lines[-1]["Nc1"] == evals[-1]["eval_nc1"] and lines[-1]["Train Subset Nc1"] == evals[-1][TRAIN_SUBSET_NC1]
+    assert final["Nc1"] == evals[-1]["eval_nc1"] and final["Train Subset Nc1"] == evals[-1][TRAIN_SUBSET_NC1]
+    tb = rewrite_logs(evals[-1])
+    assert tb["eval/train_subset_nc1"] == evals[-1][TRAIN_SUBSET_NC1] and tb["eval/nc1"] == evals[-1]["eval_nc1"]
+    assert not any(k.startswith("train/") and "nc" in k for k in tb)  # only epoch/step stay there
+    metrics = trainer.evaluate()
+    assert metrics["train_nc1"] == metrics[TRAIN_SUBSET_NC1]  # the legacy alias, returned but not logged
+    assert "train_nc1" not in trainer.state.log_history[-1]
+
+
+def test_canonical_metric_names():
+    assert TRAIN_SUBSET_PREFIX == "eval_train_subset" and TRAIN_SUBSET_NC1 == "eval_train_subset_nc1"
+    for old in ("train_nc1", "eval_train_nc1", "train_subset_nc1", "eval_train_subset_nc1"):
+        assert canonical_metric_name(old) == "eval_train_subset_nc1"
+    assert canonical_metric_name("train_ncc_acc_block2") == "eval_train_subset_ncc_acc_block2"
+    for keep in ("eval_nc1", "accuracy", "train_loss", "eval_loss", None):
+        assert canonical_metric_name(keep) == keep
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 13 §2c: an unchanged model is not measured twice
+# ---------------------------------------------------------------------------------------------
+def test_train_subset_measured_once_per_evaluation(tmp_path):
+    """One train-subset pass per evaluate(), also with a dict of eval sets; a later call measures the
+    weights as they are then (here changed in place, as a user or a fused optimizer would)."""
+    data = _dataset([6, 6, 6])
+    model = _model(3)
+    trainer = _trainer(model, tmp_path, data, test={"a": data, "b": data})
+    calls = []
+    handle = model.vit.embeddings.register_forward_hook(lambda *a: calls.append(a[2].shape[0]))
+    first = trainer.evaluate()
+    assert sum(calls) == 18 + 2 * 18  # the train subset once, each eval set once
+    assert first["eval_a_nc1"] == pytest.approx(first[TRAIN_SUBSET_NC1], rel=1e-9)  # the same images
+    with torch.no_grad():
+        model.vit.layernorm.weight.mul_(torch.linspace(0.5, 1.5, 32))
+    calls.clear()
+    again = trainer.evaluate()
+    handle.remove()
+    assert sum(calls) == 3 * 18 and again[TRAIN_SUBSET_NC1] != first[TRAIN_SUBSET_NC1]
+    assert again[TRAIN_SUBSET_NC1] == pytest.approx(_dense(model, data, range(18), 3)["nc1"], rel=1e-6)
