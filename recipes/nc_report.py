@@ -27,7 +27,7 @@ from transformers import AutoModel, HfArgumentParser
 from transformers.utils import logging as hf_logging
 
 from hf_nc.accelerate_utils import build_accelerator
-from hf_nc.data import build_transforms, collate_fn, load_image_dataset, split_provenance
+from hf_nc.data import build_transforms, collate_fn, load_image_dataset, split_provenance, stratified_subset
 from hf_nc.layer_nc import layer_nc
 from hf_nc.plots import plot_layer_curve
 
@@ -40,6 +40,7 @@ class ReportArguments:
     dataset: str = field(default="digits", metadata={"help": "Built-in set (digits, fashion_mnist), local folder or Hub dataset."})
     split: str = field(default="train", metadata={"help": "Split to measure (train, test, or validation when the dataset has one)."})
     shots_per_class: Optional[int] = field(default=None, metadata={"help": "Measure on a stratified few-shot subset."})
+    max_samples: Optional[int] = field(default=None, metadata={"help": "Measure on a seeded, stratified subset of this many images of the split (every class kept)."})
     layers: str = field(default="all", metadata={"help": "'all' or comma-separated block indices (negative from the end)."})
     pooling: Optional[str] = field(default=None, metadata={"help": "cls or mean; default: the family's convention."})
     batch_size: int = field(default=128, metadata={"help": "Batch size per process."})
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.split not in splits:
         raise ValueError(f"--split {args.split!r}: '{args.dataset}' has the splits {list(splits)}")
     data, provenance = splits[args.split], split_provenance(splits)[args.split]
+    if args.max_samples is not None and args.max_samples < len(data):
+        data = stratified_subset(data, args.max_samples, seed=args.seed)
+        provenance += f", {len(data)} of them (stratified, seed {args.seed})"
     num_classes = data.features["label"].num_classes
     transform = build_transforms(model, train=False, image_size=args.image_size)
     loader = DataLoader(data.with_transform(transform), batch_size=args.batch_size, collate_fn=collate_fn)

@@ -90,5 +90,9 @@ def test_image_size_override_and_split_record(tiny_checkpoint, tmp_path, capsys)
     for key in (0, FINAL):
         want = nc_metrics(feats[key], batch["labels"], num_classes=10)
         assert results[str(key)]["nc1"] == pytest.approx(want["nc1"], rel=1e-6), key
+    capped = nc_report.main(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path / "cap"), "--split", "test",
+                             "--max_samples", "30", "--no_progress"])
+    assert capped["final"]["num_samples"] == 30
+    assert json.loads((tmp_path / "cap" / "nc_report.json").read_text())["split"] == "digits 'test' split, 30 of them (stratified, seed 0)"
     with pytest.raises(ValueError, match="has the splits"):
         nc_report.main(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path), "--split", "validation", "--no_progress"])

@@ -68,7 +68,7 @@ class ImageSpec:
     # The transformers image processor these settings come from (None: a bare config). Without
     # augmentation it does the whole preprocessing, called with `processor_kwargs` (size overrides).
     processor: Any = field(default=None, compare=False, repr=False)
-    processor_kwargs: tuple = ()
+    processor_kwargs: tuple = field(default=(), compare=False)
 
     def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         def fit(v):
