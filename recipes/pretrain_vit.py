@@ -253,49 +253,10 @@ def image_processor_for(config):
 
 
 def write_card(path: Path, title: str, record: dict) -> None:
-    a, h = record["args"], record["history"]
-    last = h[-1]
-    rows = "\n".join(
-        "| {} | {} | {:.4f} | {:.4f} | {} |".format(
-            e["epoch"], e.get("step", 0), e["nc"]["nc1"], e["nc"]["nc2_etf"],
-            "-" if e.get("test_accuracy") is None else f"{e['test_accuracy']:.4f}",
-        )
-        for e in h
-    )
-    text = f"""---
-library_name: transformers
-pipeline_tag: image-classification
-tags: [hf-nc, vit, neural-collapse, image-classification]
----
+    """The checkpoint's README.md: ``hf_nc.cards.pretrained_card`` (ModelCard + template, model-index)."""
+    from hf_nc.cards import pretrained_card
 
-# {title}
-
-A ViT pre-trained from scratch with `recipes/pretrain_vit.py` (hf-nc) on `{a['data']['dataset']}`
-(classes: {a['data']['classes'] or 'all'}), loss `{a['train']['loss']}`, augmentation
-`{a['data']['augment']}`, projection head: {a['model']['projection_head']}.
-
-- Classes: {", ".join(record['class_names'])}
-- Train / test images: {record['num_train']} / {record['num_test']}
-- Optimizer steps: {record['steps']}, processes: {record['num_processes']}, wall time: {record['wall_time_s']:.0f} s
-- Final test accuracy: {record['test_accuracy']:.4f}
-- Final source NC1 (penultimate features, {record['num_nc_samples']} fixed training images): {last['nc']['nc1']:.4f}
-
-## Source neural collapse while training
-
-| epoch | step | NC1 | NC2 (ETF) | test acc |
-|---|---|---|---|---|
-{rows}
-
-## Reproduce
-
-```
-{record['command']}
-```
-
-Versions: {", ".join(f"{k} {v}" for k, v in record['versions'].items())}.
-All arguments are in `history.json`.
-"""
-    path.write_text(text)
+    pretrained_card(record, title).save(path)
 
 
 def main(argv: list[str] | None = None) -> dict:

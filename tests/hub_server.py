@@ -109,6 +109,9 @@ class FakeHub:
         self.uploads: list[tuple[str, str]] = []
         self.lock = threading.RLock()
         self._counter = 0
+        #: a regex: requests whose path matches it are accepted and never answered (a Hub that hangs mid-push)
+        self.hang: str | None = None
+        self._stopping = threading.Event()
         hub = self
 
         class Handler(_Handler):
@@ -132,6 +135,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # releases the hung requests
         self.server.shutdown()
         self.server.server_close()
         if self._thread is not None:
@@ -148,23 +152,7 @@ class FakeHub:
 
         ``huggingface_hub`` reads these at import time, so they only take effect in a new process.
         """
-        env = dict(os.environ if base is None else base)
-        for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH", "HF_HUB_ETAG_TIMEOUT"):
-            env.pop(key, None)
-        env.update(
-            HF_ENDPOINT=self.url,
-            HF_HUB_OFFLINE="0",
-            HF_HUB_DISABLE_XET="1",
-            HF_HUB_DISABLE_TELEMETRY="1",
-            HF_HUB_DISABLE_PROGRESS_BARS="1",
-            HF_HUB_DISABLE_IMPLICIT_TOKEN="0",
-            HF_TOKEN=self.token,
-            HF_HOME=str(hf_home),
-            TRANSFORMERS_OFFLINE="0",
-            NO_PROXY="127.0.0.1,localhost",
-            no_proxy="127.0.0.1,localhost",
-        )
-        return env
+        return client_env(self.url, hf_home, self.token, base)
 
     # -- inspection (tests) ------------------------------------------------------------------------
 
@@ -210,6 +198,27 @@ class FakeHub:
         repo.commits[oid] = commit
         repo.branches[branch] = oid
         return commit
+
+
+def client_env(url: str, hf_home: str | os.PathLike, token: str = TOKEN, base: dict | None = None) -> dict[str, str]:
+    """Environment for a fresh process whose ``huggingface_hub`` talks to the server at ``url``."""
+    env = dict(os.environ if base is None else base)
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH", "HF_HUB_ETAG_TIMEOUT"):
+        env.pop(key, None)
+    env.update(
+        HF_ENDPOINT=url,
+        HF_HUB_OFFLINE="0",
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_DISABLE_IMPLICIT_TOKEN="0",
+        HF_TOKEN=token,
+        HF_HOME=str(hf_home),
+        TRANSFORMERS_OFFLINE="0",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
+    return env
 
 
 def _card_data(readme: bytes | None) -> dict | None:
@@ -309,6 +318,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, head: bool = False) -> None:
         url = urlsplit(self.path)
         path, query = url.path, parse_qs(url.query)
+        if self.hub.hang and re.search(self.hub.hang, path):
+            with self.hub.lock:
+                self.hub.requests.append((self.command, self.path, 0))
+            self.hub._stopping.wait()  # never answer; the client must give up on its own
+            self.close_connection = True
+            return
         try:
             body = self._body() if self.command == "POST" else b""
             with self.hub.lock:
@@ -501,6 +516,76 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             return self._send(206, data[start:end + 1], ctype, headers)
         return self._send(200, data, ctype, headers, head=head)
+
+
+class SilentServer:
+    """A TCP server on ``127.0.0.1`` that accepts every connection and never answers (a hung Hub endpoint).
+
+    It reads and discards what the client sends, so the client blocks waiting for a response, not on a full
+    socket buffer. ``connections`` counts the accepted connections. A context manager, like ``FakeHub``.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        import socket
+
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self._sock.listen(16)
+        self._address = self._sock.getsockname()[:2]
+        self._stop = threading.Event()
+        self._clients: list = []
+        self.connections = 0
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._address
+        return f"http://{host}:{port}"
+
+    def _serve(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._sock, *self._clients], [], [], 0.1)
+            for s in ready:
+                if s is self._sock:
+                    try:
+                        conn, _ = self._sock.accept()
+                    except OSError:
+                        return
+                    self._clients.append(conn)
+                    self.connections += 1
+                else:
+                    try:
+                        data = s.recv(65536)
+                    except OSError:
+                        data = b""
+                    if not data:  # the client gave up
+                        self._clients.remove(s)
+                        s.close()
+
+    def start(self) -> "SilentServer":
+        self._thread = threading.Thread(target=self._serve, name="silent-hub", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for s in [*self._clients, self._sock]:
+            s.close()
+
+    def __enter__(self) -> "SilentServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def client_env(self, hf_home: str | os.PathLike, base: dict | None = None) -> dict[str, str]:
+        """Environment for a fresh process whose ``huggingface_hub`` talks to this (silent) endpoint."""
+        return client_env(self.url, hf_home, TOKEN, base)
 
 
 if __name__ == "__main__":  # serve by hand: python tests/hub_server.py [port]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_server import FakeHub
+from hub_server import FakeHub, SilentServer
 
 pytestmark = pytest.mark.slow
 
@@ -24,18 +24,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
 METRICS = {"eval_accuracy": 0.8125, "train_nc1": 0.0421, "eval_nc1": 0.6180, "eval_nc2_etf": 0.25,
            "eval_runtime": 1.5}
+# per split, as a recipe reports them: selection on validation, test once at the end
+METRICS_SPLIT = {"validation": {"eval_accuracy": 0.75, "eval_nc1": 0.5, "eval_train_subset_nc1": 0.0421},
+                 "test": {"test_accuracy": 0.8125, "test_nc1": 0.6180, "test_nc2_etf": 0.25}}
 
 # Side 1: build a seeded tiny ViT, save it locally and push it as "user/tiny-vit" (so the card's own loading
 # snippet can run against the fake Hub); adapt it with SCL FT and head FT, move the trainable weights, push
 #   - SCL:  peft's model.push_to_hub + card.push_to_hub (two commits, what a user may do by hand)
-#   - head: hf_nc.cards.push_adapter (adapter + card in one commit, card's repo-id placeholder filled in)
+#   - head: hf_nc.cards.push_adapter (adapter + card in one commit, card's repo-id placeholder filled in),
+#           metrics per split (validation and test in the model-index)
 PUSH = r"""
 import json, sys, torch, transformers as tf
 import hf_nc
 from hf_nc.cards import adapter_card_from_model, push_adapter
 from peft import get_peft_model
 
-out, metrics = sys.argv[1], json.loads(sys.argv[2])
+out, metrics, metrics_split = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 torch.manual_seed(0)
 config = tf.ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
                       image_size=16, patch_size=8, num_labels=3)
@@ -60,7 +64,7 @@ for repo, config in [("user/tiny-scl", hf_nc.SCLConfig(layer=1)),
         card = adapter_card_from_model(model, "user/tiny-vit", metrics, "user/tiny-data", repo_id=repo)
         result["urls"] = [str(model.push_to_hub(repo)), str(card.push_to_hub(repo))]
     else:
-        card = adapter_card_from_model(model, "user/tiny-vit", metrics, "user/tiny-data")
+        card = adapter_card_from_model(model, "user/tiny-vit", metrics_split, "user/tiny-data")
         result["urls"].append(str(push_adapter(model, repo, card)))
     result[repo + ":counts"] = list(model.get_nb_trainable_parameters())
 torch.save(result, f"{out}/expected.pt")
@@ -68,8 +72,9 @@ print(json.dumps({"urls": [str(u) for u in result["urls"]]}))
 """
 
 # Side 2, a fresh process with an empty cache: without `import hf_nc` PEFT cannot load the adapter; with it,
-# the adapter on the (local) base reproduces the pushing side's logits; the card's own snippet, run
-# verbatim, loads base and adapter from the Hub and gives the same logits.
+# the adapter on the (local) base reproduces the pushing side's logits; hf_nc.AutoPeftModelForImageClassification
+# loads base and adapter from the repo id alone; the card's own snippets (hf-nc's loader and plain PEFT), run
+# verbatim, load base and adapter from the Hub and give the same logits.
 LOAD = r"""
 import json, sys, torch
 from peft import PeftModel
@@ -93,6 +98,10 @@ for repo in ["user/tiny-scl", "user/tiny-head"]:
     with torch.no_grad():
         logits = model(pixel_values=expected["pixels"]).logits
     r["diff"] = (logits - expected[repo]).abs().max().item()
+    if hasattr(hf_nc, "AutoPeftModelForImageClassification"):
+        auto = hf_nc.AutoPeftModelForImageClassification.from_pretrained(repo).eval()
+        with torch.no_grad():
+            r["auto_diff"] = (auto(pixel_values=expected["pixels"]).logits - expected[repo]).abs().max().item()
     r["moved"] = (expected[repo] - expected[repo + ":base"]).abs().max().item()
     card = ModelCard.load(repo)
     d = card.data
@@ -100,21 +109,23 @@ for repo in ["user/tiny-scl", "user/tiny-head"]:
                  "datasets": d.datasets, "hf_nc": d.get("hf_nc"),
                  "eval": [[e.dataset_split, e.metric_type, e.metric_value] for e in d.eval_results or []]}
     r["counts"] = expected[repo + ":counts"]
-    snippet = loading_snippet(card)
-    r["snippet"] = snippet
-    scope = {}
-    exec(snippet, scope)
-    with torch.no_grad():
-        r["snippet_diff"] = (scope["model"](pixel_values=expected["pixels"]).logits - expected[repo]).abs().max().item()
+    r["snippet"] = {}
+    for which in (["auto", "peft"] if hasattr(hf_nc, "AutoPeftModelForImageClassification") else ["peft"]):
+        snippet = r["snippet"][which] = loading_snippet(card, which)
+        scope = {}
+        exec(snippet, scope)
+        with torch.no_grad():
+            logits = scope["model"](pixel_values=expected["pixels"]).logits
+        r[which + "_snippet_diff"] = (logits - expected[repo]).abs().max().item()
 print(json.dumps(report))
 """
 
 
-def _run(script: str, args: list[str], env: dict, tmp_path: Path, name: str) -> dict:
+def _run(script: str, args: list[str], env: dict, tmp_path: Path, name: str, timeout: float = 120) -> dict:
     path = tmp_path / f"{name}.py"
     path.write_text(textwrap.dedent(script))
     proc = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, env=env,
-                          cwd=str(REPO_ROOT), timeout=120)
+                          cwd=str(REPO_ROOT), timeout=timeout)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -122,7 +133,8 @@ def _run(script: str, args: list[str], env: dict, tmp_path: Path, name: str) -> 
 def test_push_adapters_and_cards_then_load_in_fresh_process(tmp_path):
     t0 = time.time()
     with FakeHub() as hub:
-        pushed = _run(PUSH, [str(tmp_path), json.dumps(METRICS)], hub.client_env(tmp_path / "hf_home_push"),
+        pushed = _run(PUSH, [str(tmp_path), json.dumps(METRICS), json.dumps(METRICS_SPLIT)],
+                      hub.client_env(tmp_path / "hf_home_push"),
                       tmp_path, "push")
         n_push_requests = len(hub.requests)
         loaded = _run(LOAD, [str(tmp_path)], hub.client_env(tmp_path / "hf_home_load"), tmp_path, "load")
@@ -138,6 +150,7 @@ def test_push_adapters_and_cards_then_load_in_fresh_process(tmp_path):
         assert len(hub.repos[("model", "user/tiny-head")].commits) == 2
         head_card = hub.files("user/tiny-head")["README.md"].decode()
         assert 'PeftModel.from_pretrained(base, "user/tiny-head")' in head_card  # placeholder filled in
+        assert 'AutoPeftModelForImageClassification.from_pretrained("user/tiny-head")' in head_card
         head_config = json.loads(hub.files("user/tiny-head")["adapter_config.json"])
         assert head_config["base_model_name_or_path"] == "user/tiny-vit"  # not the local dir it was loaded from
         scl_card = hub.files("user/tiny-scl")["README.md"].decode()
@@ -153,8 +166,11 @@ def test_push_adapters_and_cards_then_load_in_fresh_process(tmp_path):
         r = loaded[repo]
         assert r["moved"] > 1e-3, "the pushed adapter must differ from the base"
         assert r["diff"] < 1e-6, r["diff"]
-        assert r["snippet_diff"] < 1e-6, r["snippet_diff"]
-        assert 'PeftModel.from_pretrained(base, "%s")' % repo in r["snippet"]
+        assert r["peft_snippet_diff"] < 1e-6, r["peft_snippet_diff"]
+        assert 'PeftModel.from_pretrained(base, "%s")' % repo in r["snippet"]["peft"]
+        if "auto" in r["snippet"]:  # hf_nc.AutoPeftModelForImageClassification (hf_nc/auto.py)
+            assert r["auto_diff"] < 1e-6 and r["auto_snippet_diff"] < 1e-6, r
+            assert 'AutoPeftModelForImageClassification.from_pretrained("%s")' % repo in r["snippet"]["auto"]
         card = r["card"]
         assert card["base_model"] == "user/tiny-vit"
         assert card["library_name"] == "peft"
@@ -163,8 +179,73 @@ def test_push_adapters_and_cards_then_load_in_fresh_process(tmp_path):
         assert ["test", "accuracy", METRICS["eval_accuracy"]] in card["eval"]
         assert ["train", "nc1", METRICS["train_nc1"]] in card["eval"]
         assert ["test", "nc1", METRICS["eval_nc1"]] in card["eval"]
+        if repo == "user/tiny-head":  # per split: validation and test results in the model-index
+            assert ["validation", "accuracy", 0.75] in card["eval"] and ["validation", "nc1", 0.5] in card["eval"]
         assert not any(m == "runtime" for _, m, _ in card["eval"])
         assert card["hf_nc"]["peft_type"] == peft_type
         assert [card["hf_nc"]["trainable_params"], card["hf_nc"]["total_params"]] == r["counts"]
     assert loaded["user/tiny-scl"]["without_import"] == "KeyError: 'HFNC_SCL'"
     assert time.time() - t0 < 60
+
+
+# A Hub endpoint that accepts the connection and never answers: push_adapter must give up within its timeout
+# (from the argument or HF_NC_HUB_TIMEOUT) with an error naming the endpoint and the timeout, not hang.
+HUNG = r"""
+import json, os, sys, time, torch, transformers as tf
+import hf_nc
+from hf_nc.cards import adapter_card_from_model, push_adapter
+from peft import get_peft_model
+
+kwargs = json.loads(sys.argv[1])
+config = tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                      image_size=16, patch_size=8, num_labels=3)
+model = get_peft_model(tf.ViTForImageClassification(config), hf_nc.SCLConfig(layer=0))
+t0 = time.monotonic()
+try:
+    push_adapter(model, "user/hung", adapter_card_from_model(model, "user/tiny-vit"), **kwargs)
+    out = {"error": None}
+except Exception as err:
+    out = {"error": type(err).__name__, "mro": [c.__name__ for c in type(err).__mro__], "message": str(err)}
+out["elapsed"] = time.monotonic() - t0
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("how", ["env", "argument"])
+def test_push_adapter_times_out_on_a_hub_that_never_answers(tmp_path, how):
+    with SilentServer() as server:
+        env = server.client_env(tmp_path / "hf_home")
+        env.pop("HF_NC_HUB_TIMEOUT", None)
+        if how == "env":
+            env["HF_NC_HUB_TIMEOUT"] = "1.5"
+            kwargs, shown = {}, "1.5 s"
+        else:
+            kwargs, shown = {"timeout": 0.75}, "0.75 s"
+        t0 = time.time()
+        try:
+            out = _run(HUNG, [json.dumps(kwargs)], env, tmp_path, "hung", timeout=45)
+        except subprocess.TimeoutExpired:
+            pytest.fail("push_adapter hung on a Hub endpoint that never answers")
+        assert server.connections >= 1  # it really reached the silent endpoint
+    assert out["error"] == "HubTimeoutError" and "TimeoutError" in out["mro"], out
+    assert server.url in out["message"] and shown in out["message"], out["message"]
+    assert "HF_NC_HUB_TIMEOUT" in out["message"] and "timeout=" in out["message"]
+    assert out["elapsed"] < 15, out  # one request's timeout (plus a few retries at most), not forever
+    assert time.time() - t0 < 60
+
+
+def test_push_adapter_times_out_when_the_hub_hangs_mid_push(tmp_path):
+    """The repo is created, then the pre-upload call never returns: huggingface_hub retries it (5 times, with
+    backoff), each try bounded by the timeout, so push_adapter still fails in bounded time, naming the call."""
+    with FakeHub() as hub:
+        hub.hang = r"/preupload/"
+        env = hub.client_env(tmp_path / "hf_home")
+        try:
+            out = _run(HUNG, [json.dumps({"timeout": 0.5})], env, tmp_path, "hung", timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("push_adapter hung on a Hub that stops answering after create_repo")
+        tries = [p for m, p, status in hub.requests if "/preupload/" in p]
+    assert out["error"] == "HubTimeoutError", out
+    assert "/preupload/" in out["message"] and "0.5 s" in out["message"], out["message"]
+    assert len(tries) == 6, tries  # the first try and huggingface_hub's 5 retries, each bounded
+    assert out["elapsed"] < 60, out
