@@ -2,11 +2,15 @@
 
     python recipes/rank_models.py                       # built-in ViT vs the same ViT randomly initialised, on digits
     python recipes/rank_models.py --linear_probe        # ... and check the ranking against linear probes
+    python recipes/rank_models.py --linear_probe --scores logme,nc1,ncti,hscore_shrinkage --rank_by logme
     python recipes/rank_models.py --candidates facebook/dinov2-small,google/vit-base-patch16-224 --dataset cifar10 --shots_per_class 50
     torchrun --standalone --nproc_per_node 2 recipes/rank_models.py --linear_probe   # same numbers, 2 processes
 
 Rule (Li et al., TMLR 2024): the frozen model whose final features are more collapsed (lower
-NC1) on the downstream TRAINING data should linearly probe better. Prints the ranking table and
+NC1) on the downstream TRAINING data should linearly probe better. ``--scores`` adds any of
+``hf_nc.selection.SCORES`` (LogME, NCTI, H-score, ...) from the same forward pass and
+``--rank_by`` picks the one that orders the candidates; with ``--linear_probe`` every score's
+Kendall / weighted tau and Spearman against the probes is printed. Prints the ranking table and
 the block to tune (SCL FT or Layer FT) for the top model; writes ``ranking.json`` and
 ``nc1_per_layer.png`` (per-block NC1 of every candidate, log scale) to ``--output_dir``.
 A candidate ``random:<path>`` is that checkpoint's architecture, randomly initialised.
@@ -35,6 +39,8 @@ class RankArguments:
     shots_per_class: Optional[int] = field(default=None, metadata={"help": "Rank on a stratified few-shot training subset."})
     linear_probe: bool = field(default=False, metadata={"help": "Also linear-probe every candidate (test split) and report the rank correlation."})
     layers: str = field(default="all", metadata={"help": "'all' (per-block NC and a suggested block) or 'final'."})
+    scores: Optional[str] = field(default=None, metadata={"help": "Comma-separated scores of hf_nc.selection.SCORES (default: nc1)."})
+    rank_by: Optional[str] = field(default=None, metadata={"help": "The score that orders the candidates (default: the first of --scores)."})
     method: str = field(default="scl", metadata={"help": "Fine-tuning method to suggest a block for: scl or layer."})
     tolerance: float = field(default=0.1, metadata={"help": "SCL knee: share of the log-NC1 range above the minimum that counts as reached."})
     batch_size: int = field(default=128, metadata={"help": "Batch size per process."})
@@ -55,8 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = build_accelerator()  # one process per rank; rank_models shards the data itself
 
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    scores = [x.strip() for x in args.scores.split(",") if x.strip()] if args.scores else None
     ranking = rank_models(candidates, args.dataset, layers=args.layers, linear_probe=args.linear_probe, shots_per_class=args.shots_per_class,
-                          batch_size=args.batch_size, device=accelerator.device, seed=args.seed)
+                          batch_size=args.batch_size, device=accelerator.device, seed=args.seed, scores=scores, rank_by=args.rank_by)
     suggestion = None
     if args.layers == "all":
         suggestion = choose_block(ranking.best.nc1_per_layer, args.method, tolerance=args.tolerance)

@@ -291,6 +291,16 @@ def test_recipe_writes_ranking_plot_and_suggestion(data, tmp_path, capsys):
     assert (tmp_path / "out" / "nc1_per_layer.png").stat().st_size > 1000
 
 
+def test_recipe_scores_and_rank_by(data, tmp_path, capsys):
+    out = recipe.main(_recipe_args(tmp_path, data) + ["--scores", "nc1,logme,hscore_shrinkage", "--rank_by", "logme", "--layers", "final",
+                                                      "--output_dir", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    ranking = out["ranking"]
+    assert ranking["rank_by"] == "logme" and set(ranking["score_correlations"]) == {"nc1", "logme", "hscore_shrinkage"}
+    assert ranking["candidates"][0]["name"].endswith("good") and not ranking["candidates"][0]["name"].startswith("random:")
+    assert "descending logme" in printed and "w. tau" in printed
+
+
 @pytest.mark.slow
 def test_recipe_two_processes_give_the_same_ranking(data, tmp_path):
     args = _recipe_args(tmp_path, data)
