@@ -346,3 +346,12 @@ def test_image_size_override(family, want_resize):
     assert build_transforms(processor, train=True, augment="crop", image_size=56)({"image": [img]})["pixel_values"][0].shape == (3, 56, 56)
     with pytest.raises(ValueError, match="positive"):
         build_transforms(config, train=False, image_size=0)
+
+
+def test_builtin_stable_name_resolves_to_its_processor():
+    from hf_nc.checkpoints import DEFAULT_MODEL
+
+    img = PILImage.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8))
+    want = build_transforms(DEFAULT_MODEL, train=False)({"image": [img]})["pixel_values"][0]
+    got = build_transforms("hf-nc/tiny-vit-fmnist", train=False)({"image": [img]})["pixel_values"][0]
+    assert got.shape == (1, 28, 28) and torch.equal(got, want)

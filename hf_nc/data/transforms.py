@@ -182,11 +182,20 @@ def with_image_size(spec: ImageSpec, image_size: int | tuple[int, int] | dict) -
     return replace(spec, size=(h, w), shortest_edge=shortest, processor_kwargs=tuple(kwargs.items()))
 
 
+def _local_path(name_or_path: str) -> str:
+    """A built-in checkpoint's stable name (e.g. ``"hf-nc/tiny-vit-fmnist"``) as its folder."""
+    try:
+        from ..checkpoints import resolve_builtin
+    except ImportError:  # pragma: no cover - older installs without stable names
+        return str(name_or_path)
+    return resolve_builtin(name_or_path)
+
+
 def _load_processor(path: str):
     from transformers import AutoImageProcessor
 
     try:
-        return AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        return AutoImageProcessor.from_pretrained(_local_path(path), local_files_only=True)
     except Exception:
         return None
 
@@ -204,7 +213,7 @@ def resolve_image_spec(model_or_config_or_path) -> ImageSpec:
     if isinstance(obj, (str, bytes)) or hasattr(obj, "__fspath__"):
         from transformers import AutoConfig
 
-        path = str(obj)
+        path = _local_path(str(obj))
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True)
         except Exception as e:
