@@ -33,3 +33,14 @@ def test_layer_nc_restores_training_mode_and_rejects_empty_data():
     with pytest.raises(ValueError, match="empty"):
         layer_nc(model, [], num_classes=2, progress=False)
     assert model.training
+
+
+def test_progress_bar_on_by_default_and_off_with_the_flag(capsys):
+    model = build_tiny_model("vit")
+    batches = [(tiny_pixels(batch=4, seed=s), torch.arange(4) % 2) for s in range(3)]
+    on = layer_nc(model, batches, num_classes=2)
+    err = capsys.readouterr().err
+    assert "NC statistics" in err and "nearest class centre" in err and "/3 [" in err  # total known
+    off = layer_nc(model, batches, num_classes=2, progress=False)
+    assert capsys.readouterr().err == ""
+    assert on == off
