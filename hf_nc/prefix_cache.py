@@ -51,6 +51,7 @@ import random
 import re
 import shutil
 import tempfile
+import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -368,6 +369,12 @@ class PrefixCache(Dataset):
     def labels(self) -> Optional[torch.Tensor]:
         return self._labels
 
+    @property
+    def targets(self) -> Optional[np.ndarray]:
+        """The labels as a numpy array (torchvision style), so that label readers such as NCTrainer's
+        stratified train subset get them without reading the cached rows."""
+        return None if self._labels is None else self._labels.numpy()
+
     def close(self) -> None:
         """Drops the hidden states (and deletes a memory-mapped file the cache created)."""
         self._storage.tensor = None
@@ -503,6 +510,16 @@ class PrefixCache(Dataset):
         finally:
             model.train(was_training)
         return cls(storage, labels if has_labels else None, layout, input_key, label_key, tmpdir)
+
+    @classmethod
+    def build_or_none(cls, *args, **kwargs) -> Optional["PrefixCache"]:
+        """:meth:`build`, or ``None`` with a warning naming the reason where the cache would not be
+        exact (augmentation, dropout in the prefix, an unfrozen prefix): then train uncached."""
+        try:
+            return cls.build(*args, **kwargs)
+        except PrefixCacheError as err:
+            warnings.warn(f"{err} Training without the prefix cache.", stacklevel=2)
+            return None
 
     # -- running the model from the cache ---------------------------------------------------
     def attach(self, model: nn.Module) -> "PrefixCacheHandle":

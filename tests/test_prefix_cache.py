@@ -362,3 +362,52 @@ def test_two_processes_each_compute_a_shard_and_train_exactly(tmp_path):
         assert r["cache_equals_single_process"], r
         np.testing.assert_allclose(r["cached_losses"], r["uncached_losses"], rtol=1e-5, atol=1e-6)
     assert ranks[0]["cached_losses"] != ranks[1]["cached_losses"]  # the ranks saw different batches
+
+
+# -- NCTrainer: training, evaluation and NC logging from caches ----------------------------------
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_nctrainer_with_nc_logging_cached_equals_uncached(name, tmp_path):
+    """Train, eval and train-subset data all served from caches: the same losses, eval metrics and
+    NC metrics (eval and train subset) as the run on images."""
+    from transformers import TrainingArguments
+
+    from hf_nc.trainer import NCTrainer
+
+    train, test = _dataset(12, seed=1), _dataset(6, seed=2)
+
+    def run(out, cached):
+        model = get_peft_model(build_tiny_model(name), hf_nc.SCLConfig(layer=1))
+        tr, te = train, test
+        if cached:
+            tr = PrefixCache.build(model, train, collate_fn, progress=False)
+            te = PrefixCache.build(model, test, collate_fn, progress=False)
+            tr.attach(model)
+            assert te.attach(model) is tr.attach(model)  # one set of patches serves both caches
+        args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                                 num_train_epochs=2, learning_rate=5e-2, logging_steps=1, eval_strategy="epoch",
+                                 save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+        trainer = NCTrainer(model=model, args=args, train_dataset=tr, eval_dataset=te, data_collator=collate_fn,
+                            nc_train_dataset=tr, nc_train_samples=-1, nc_num_classes=NUM_LABELS)
+        trainer.train()
+        return trainer.state.log_history
+
+    ref, got = run(tmp_path / "a", False), run(tmp_path / "b", True)
+    assert len(ref) == len(got)
+    compared = 0
+    for a, b in zip(ref, got):
+        for key, value in a.items():
+            if isinstance(value, float) and "runtime" not in key and "per_second" not in key and "flos" not in key:
+                np.testing.assert_allclose(b[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+                compared += "nc1" in key
+    assert compared >= 4, "the NC metrics (eval and train subset, 2 evaluations) were not compared"
+
+
+def test_build_or_none_warns_and_falls_back():
+    model = _with_config("vit_cls", hidden_dropout_prob=0.1)
+    with pytest.warns(UserWarning, match="Training without the prefix cache"):
+        assert PrefixCache.build_or_none(model, _dataset(4), collate_fn, progress=False) is None
+    ok = get_peft_model(build_tiny_model("vit_cls"), hf_nc.LayerFTConfig(layers=[2]))
+    cache = PrefixCache.build_or_none(ok, _dataset(4), collate_fn, progress=False)
+    assert cache is not None and list(cache.targets) == [0, 1, 2, 0]

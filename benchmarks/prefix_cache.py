@@ -1,0 +1,159 @@
+"""Step and whole-run time with the frozen-prefix cache, side by side, as multiples of a full-FT step.
+
+Run: .venv/bin/python benchmarks/prefix_cache.py [--quick] [--steps 20 --images 160 --epochs 10]
+
+One ViT with 12 blocks (width 192, 3 heads, 96 px / 16 = 37 tokens, batch 16 by default). Every
+method gets a fresh copy of the same base: full FT, and Layer FT / SCL FT (default delta skip) at
+blocks 2, 6 and 10, each uncached (the model runs on images) and cached (the model runs from
+``PrefixCache`` rows of the same batch). One training step = forward, cross-entropy, backward and
+an AdamW step; steps are interleaved round-robin across all methods so that machine noise hits
+them alike; the step time is the median.
+
+Whole run (``--epochs`` epochs over ``--images`` images): uncached = epochs x steps/epoch x the
+uncached step; cached, as the goal counts it ("first epoch uncached") = one uncached epoch +
+(epochs - 1) cached epochs; and, as hf-nc actually runs it, the measured ``PrefixCache.build``
+pre-pass + epochs cached epochs (the pre-pass is forward-only through the prefix, so it is cheaper
+than an uncached epoch). The spread (max/min over the interleaved rounds of the full-FT step) is
+printed so that noise on a shared machine is visible.
+
+Goals (issue 13): cached Layer FT and SCL FT at block 10 <= 0.15x a full-FT step; a 10-epoch run
+>= 2x faster than uncached at block 10, >= 1.3x at block 6. The blocks after the tuned one still
+run forward and backward, so the cache cannot help much at early blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+import transformers as tf
+from peft import get_peft_model
+
+import hf_nc
+from hf_nc.data import collate_fn
+from hf_nc.prefix_cache import PrefixCache
+
+warnings.filterwarnings("ignore")
+
+
+def build(args):
+    config = tf.ViTConfig(hidden_size=args.hidden, num_hidden_layers=12, num_attention_heads=args.heads,
+                          intermediate_size=4 * args.hidden, image_size=args.image, patch_size=16,
+                          num_labels=args.labels, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    return tf.ViTForImageClassification(config)
+
+
+def step(model, optimizer, x, y) -> float:
+    start = time.perf_counter()
+    loss = F.cross_entropy(model(pixel_values=x).logits, y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=192)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--image", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--labels", type=int, default=10)
+    parser.add_argument("--blocks", default="2,6,10", help="tuned blocks to compare")
+    parser.add_argument("--steps", type=int, default=20, help="timed interleaved steps per method (after 1 warm-up)")
+    parser.add_argument("--images", type=int, default=160, help="training images of the whole-run estimate")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="5 steps, 32 images, blocks 6,10: a smoke run")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: leave as is)")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.images, args.blocks = 5, 32, "6,10"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    blocks = [int(b) for b in args.blocks.split(",")]
+    base = build(args)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(args.images, 3, args.image, args.image, generator=g)
+    labels = torch.randint(0, args.labels, (args.images,), generator=g)
+    dataset = [{"pixel_values": images[i], "labels": int(labels[i])} for i in range(args.images)]
+    x, y = images[: args.batch].to(device), labels[: args.batch].to(device)
+
+    configs = {"full FT": None}
+    for b in blocks:
+        configs[f"Layer FT @{b}"] = lambda b=b: hf_nc.LayerFTConfig(layers=[b])
+        configs[f"SCL FT @{b}"] = lambda b=b: hf_nc.SCLConfig(layer=b)
+
+    runs = {}
+    for name, make in configs.items():
+        for cached in ((False,) if make is None else (False, True)):
+            model = copy.deepcopy(base)
+            if make is not None:
+                model = get_peft_model(model, make())
+            model.to(device)
+            run = dict(model=model, times=[], build_s=0.0, inp=x)
+            if cached:
+                start = time.perf_counter()
+                cache = PrefixCache.build(model, dataset, collate_fn, batch_size=64, device=device, progress=False)
+                run["build_s"] = time.perf_counter() - start
+                cache.attach(model)
+                run["inp"] = torch.stack([cache[i]["pixel_values"] for i in range(args.batch)]).to(device)
+                run["bytes"] = cache.nbytes
+            model.train()
+            run["opt"] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+            step(model, run["opt"], run["inp"], y)  # warm-up
+            runs[(name, cached)] = run
+    for _ in range(args.steps):
+        for run in runs.values():
+            run["times"].append(step(run["model"], run["opt"], run["inp"], y))
+
+    med = {k: statistics.median(r["times"]) for k, r in runs.items()}
+    t_full = med[("full FT", False)]
+    full_times = runs[("full FT", False)]["times"]
+    steps_per_epoch = -(-args.images // args.batch)
+    E = args.epochs
+    print(f"ViT: 12 blocks, width {args.hidden}, {args.heads} heads, {args.image}px/16 ({(args.image // 16) ** 2 + 1} "
+          f"tokens), batch {args.batch}, {args.device}, {torch.get_num_threads()} threads, median of {args.steps} "
+          f"interleaved steps; whole run: {E} epochs x {steps_per_epoch} steps ({args.images} images)")
+    print(f"full-FT step {1000 * t_full:.1f} ms (spread over rounds: min {1000 * min(full_times):.1f}, "
+          f"max {1000 * max(full_times):.1f} ms)")
+    head = (f"{'method':<15}{'uncached':>10}{'cached':>9}{'step gain':>10}{'pre-pass s':>11}"
+            f"{'run gain (1st epoch uncached)':>31}{'run gain (pre-pass)':>21}{'cache MiB':>11}")
+    print("step times as multiples of a full-FT step; run gain = uncached run time / cached run time")
+    print(head)
+    print(f"{'full FT':<15}{1.0:>10.2f}{'-':>9}")
+    verdicts = []
+    for name in configs:
+        if name == "full FT":
+            continue
+        u, c = med[(name, False)], med[(name, True)]
+        build_s = runs[(name, True)]["build_s"]
+        run_u = E * steps_per_epoch * u
+        run_first = steps_per_epoch * u + (E - 1) * steps_per_epoch * c
+        run_pre = build_s + E * steps_per_epoch * c
+        print(f"{name:<15}{u / t_full:>10.2f}{c / t_full:>9.2f}{u / c:>9.2f}x{build_s:>11.2f}"
+              f"{run_u / run_first:>30.2f}x{run_u / run_pre:>20.2f}x{runs[(name, True)]['bytes'] / 2**20:>11.1f}")
+        block = int(name.split("@")[1])
+        if block == 10:
+            verdicts.append((f"{name} cached step <= 0.15x full FT", c / t_full, c / t_full <= 0.15))
+            verdicts.append((f"{name} {E}-epoch run >= 2x faster (1st epoch uncached)", run_u / run_first, run_u / run_first >= 2))
+        if block == 6:
+            verdicts.append((f"{name} {E}-epoch run >= 1.3x faster (1st epoch uncached)", run_u / run_first, run_u / run_first >= 1.3))
+    if verdicts:
+        print("goals:")
+        for what, value, ok in verdicts:
+            print(f"  {'MET ' if ok else 'MISS'} {what}: {value:.2f}")
+    print("The blocks after the tuned one still run forward and backward: at early blocks the cache saves little.")
+
+
+if __name__ == "__main__":
+    main()
