@@ -44,6 +44,7 @@ rank, in a different split every epoch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -405,6 +406,7 @@ class PrefixCache(Dataset):
         check_dataset: bool = True,
         input_key: str = "pixel_values",
         label_key: str = "labels",
+        autocast_dtype: Optional[torch.dtype] = None,
     ) -> "PrefixCache":
         """Runs the frozen prefix once over ``dataset`` and keeps its output.
 
@@ -426,6 +428,10 @@ class PrefixCache(Dataset):
             progress: Show a progress bar and print the cache size before building (main process).
             check_dataset: Refuse datasets whose items change between reads (augmentation).
             input_key, label_key: Batch keys of the images and labels.
+            autocast_dtype: Run the pre-pass under ``torch.autocast`` with this dtype, as the
+                training run does with mixed precision (Trainer ``bf16=True`` -> ``torch.bfloat16``,
+                ``fp16=True`` -> ``torch.float16``), so the cached states are the ones training
+                would compute. ``None``: no autocast.
 
         Raises:
             PrefixCacheError: If the cache would not be exact (see :func:`prefix_cache_problems`,
@@ -458,7 +464,9 @@ class PrefixCache(Dataset):
         model.eval()
         capture = _Capture(backbone, block)
         try:
-            with _preserved_rng(), torch.no_grad(), capture:
+            amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                   else contextlib.nullcontext())
+            with _preserved_rng(), torch.no_grad(), amp, capture:
                 probe = collate_fn([dataset[0]])
                 hidden, ref = capture.run(model, probe[input_key].to(device))
                 layout = PrefixLayout(block=block, num_tokens=hidden.shape[1], hidden_size=hidden.shape[2],

@@ -411,3 +411,22 @@ def test_build_or_none_warns_and_falls_back():
     ok = get_peft_model(build_tiny_model("vit_cls"), hf_nc.LayerFTConfig(layers=[2]))
     cache = PrefixCache.build_or_none(ok, _dataset(4), collate_fn, progress=False)
     assert cache is not None and list(cache.targets) == [0, 1, 2, 0]
+
+
+def test_mixed_precision_cache_matches_autocast_training():
+    """Under bf16 autocast the prefix computes other states than in float32: built under the same
+    autocast, the cache reproduces the autocast run."""
+
+    def train_amp(model, dataset):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return _train(model, dataset, epochs=2)
+
+    data = _dataset(8)
+    ref_losses = train_amp(_adapt("vit_cls", "layer_ft"), data)
+    model = _adapt("vit_cls", "layer_ft")
+    cache = PrefixCache.build(model, data, collate_fn, progress=False, autocast_dtype=torch.bfloat16)
+    plain = PrefixCache.build(model, data, collate_fn, progress=False)
+    assert not torch.equal(cache[0]["pixel_values"], plain[0]["pixel_values"])
+    with cache.attach(model):
+        losses = train_amp(model, cache)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
