@@ -1,22 +1,29 @@
 """Shared by ``finetune_vit.py`` and ``finetune_clip.py``: arguments, methods, data, run, summary.
 
 Each recipe only says how to load its model; everything else (``--method`` and its options, the
-data, ``NCTrainer``, the summary table and JSON, ``--push_to_hub``) lives here.
+data and its validation split, ``NCTrainer``, the summary table and JSON, ``--push_to_hub``)
+lives here.
+
+Model selection never sees the test split: evaluation during training (and so
+``--load_best_model_at_end``, ``--metric_for_best_model``, early stopping) runs on the
+``validation`` split, and the test split is evaluated once, after training.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
-from dataclasses import Field, asdict, dataclass, field
+import typing
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Literal, Optional, Union
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import Dataset
 from torch import nn
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
@@ -24,43 +31,103 @@ from transformers.utils import logging as hf_logging
 
 import hf_nc  # noqa: F401  (registers the hf-nc PEFT methods)
 from hf_nc.backbones import resolve_backbone
-from hf_nc.data import build_transforms, collate_fn, load_image_dataset, stratified_indices
+from hf_nc.data import build_transforms, collate_fn, load_image_dataset
 from hf_nc.trainer import NCTrainer
+
+try:  # the train-subset NC keys: eval_train_subset_nc1, ... (train_nc1 before the rename)
+    from hf_nc.trainer import TRAIN_SUBSET_PREFIX
+except ImportError:
+    TRAIN_SUBSET_PREFIX = "train"
 
 logger = hf_logging.get_logger("hf_nc.recipes")
 
-METHODS = ("linear_probe", "full", "lora", "layer", "scl", "heads")
+Method = Literal["linear_probe", "full", "lora", "layer", "scl", "heads"]
+METHODS: tuple[str, ...] = typing.get_args(Method)
+Augment = Literal["none", "crop", "flip", "crop,flip"]
+Part = Literal["block", "attention", "mlp"]
+SCLCombine = Literal["add", "concat"]
+SCLPosition = Literal["pre_norm", "post_norm"]
+SCLSkipSource = Literal["delta", "features"]
+
+#: Default learning rate per method (``--learning_rate`` unset). From the transfer study's pilot
+#: (``recipes/study/plan.py``, tiny ViT, 10-shot digits): the new head and small adapters want a
+#: high LR, the whole pre-trained backbone a 10x lower one. For large pre-trained backbones
+#: (ViT-B, DINOv2) pass ~10-30x lower values (the study used 3e-5 for DINOv2-S full FT).
+DEFAULT_LEARNING_RATES = {"linear_probe": 1e-2, "full": 1e-3, "lora": 3e-3, "layer": 3e-3, "scl": 3e-3, "heads": 3e-3}
+#: ``full`` with a new head: the head's learning rate is this times ``--learning_rate`` (a new,
+#: randomly initialised head next to a pre-trained backbone), unless ``--head_learning_rate`` is set.
+FULL_NEW_HEAD_LR_FACTOR = 10.0
+#: ``--num_train_epochs`` unset: at least this many epochs, and more when needed for ``--min_train_steps``.
+DEFAULT_MIN_EPOCHS = 6
+
+HELP_INTRO = (
+    "hf-nc options come first (groups 'hf-nc model', 'hf-nc data', 'hf-nc method and budget'); then come "
+    "transformers' TrainingArguments (--learning_rate, --num_train_epochs, --bf16, ...). A single .json or "
+    ".yaml/.yml argument is read as a config file with the same keys."
+)
+
+
+class _Validated:
+    """Checks ``Literal`` fields in ``__post_init__``: JSON/YAML configs skip argparse's ``choices``."""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            kind = hints[f.name]
+            if typing.get_origin(kind) is Union:  # Optional[Literal[...]]
+                kind = next((a for a in typing.get_args(kind) if typing.get_origin(a) is Literal), kind)
+            if typing.get_origin(kind) is Literal:
+                value, allowed = getattr(self, f.name), typing.get_args(kind)
+                if value is not None and value not in allowed:
+                    raise ValueError(f"{f.name}={value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(_Validated):
+    _argument_group_name = "hf-nc model"
+
     model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Local folder or Hub id; default: the recipe's built-in model."})
-    reset_head: Optional[bool] = field(default=None, metadata={"help": "Re-initialise the classifier (default: when the checkpoint's labels differ from the data's)."})
+    reset_head: Optional[bool] = field(default=None, metadata={"help": "Re-initialise the classifier (default: when the checkpoint's own labels differ from the data's)."})
 
 
 @dataclass
-class DataArguments:
+class DataArguments(_Validated):
+    _argument_group_name = "hf-nc data"
+
     dataset: str = field(default="digits", metadata={"help": "Built-in set (digits, fashion_mnist), local folder or Hub dataset."})
     image_column: Optional[str] = field(default=None, metadata={"help": "Image column (detected if unset)."})
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column (detected if unset)."})
     classes: Optional[str] = field(default=None, metadata={"help": "Comma-separated classes (ids or names) to keep."})
     shots_per_class: Optional[int] = field(default=None, metadata={"help": "Few-shot: a stratified, seeded subset of the training split."})
+    train_val_split: float = field(default=0.15, metadata={"help": (
+        "Fraction of the training images held out as the validation split (seeded, stratified) when the dataset has "
+        "none; with --shots_per_class they come from the training images OUTSIDE the few-shot subset, so the "
+        "few-shot training set is unchanged. Evaluation during training and all model selection use validation; "
+        "the test split is evaluated once, at the end. 0: no validation split (no evaluation during training).")})
+    validation_shots_per_class: Optional[int] = field(default=None, metadata={"help": (
+        "Validation images per class instead of --train_val_split (drawn like it; a dataset's own validation "
+        "split is subsampled to this).")})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Seeded, stratified subset of this many training images (after --shots_per_class)."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Seeded, stratified subset of this many test images (and validation images)."})
-    augment: str = field(default="none", metadata={"help": "Training augmentation: none | crop | flip | crop,flip."})
-    nc_train_samples: int = field(default=512, metadata={"help": "Training images (seeded subset, no augmentation) measured for train NC; <= 0: all."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Seeded, stratified subset of this many images of the validation and of the test split."})
+    augment: Augment = field(default="none", metadata={"help": "Training augmentation."})
+    image_size: Optional[int] = field(default=None, metadata={"help": (
+        "Feed the model IMAGE_SIZE px images instead of its own size (e.g. 56 for a 224 px backbone on 28 px "
+        "images: ~16x cheaper); position embeddings are interpolated.")})
+    nc_train_samples: Optional[int] = field(default=512, metadata={"help": "Training images (seeded, stratified subset, no augmentation) measured for train NC; see NCTrainer's nc_train_samples for 0 / negative values."})
     nc_layers: bool = field(default=False, metadata={"help": "Also log NC1 of every block at each evaluation."})
 
 
 @dataclass
-class MethodArguments:
-    method: str = field(default="scl", metadata={"help": f"One of {', '.join(METHODS)}."})
+class MethodArguments(_Validated):
+    _argument_group_name = "hf-nc method and budget"
+
+    method: Method = field(default="scl", metadata={"help": "What to train."})
     layers: str = field(default="-1", metadata={"help": "layer: comma-separated blocks to tune (negative from the end)."})
-    part: str = field(default="block", metadata={"help": "layer: block | attention | mlp."})
+    part: Part = field(default="block", metadata={"help": "layer: the part of each block to tune."})
     layer: int = field(default=-6, metadata={"help": "scl: the tuned block with the skip connection (default: the middle block of 12)."})
-    scl_combine: str = field(default="add", metadata={"help": "scl: add | concat."})
-    scl_position: str = field(default="pre_norm", metadata={"help": "scl: pre_norm | post_norm."})
-    scl_skip_source: str = field(default="delta", metadata={"help": "scl: delta | features."})
+    scl_combine: SCLCombine = field(default="add", metadata={"help": "scl: how the skip joins the final features."})
+    scl_position: SCLPosition = field(default="pre_norm", metadata={"help": "scl: before or after the final norm."})
+    scl_skip_source: SCLSkipSource = field(default="delta", metadata={"help": "scl: what the skip carries."})
     heads: str = field(default="-1:all", metadata={"help": "heads: 'block:h,h;block:all', e.g. '11:0,1' or '-1:all;-2:0,3'."})
     head_projections: str = field(default="q,k,v,o", metadata={"help": "heads: projections that get deltas."})
     lora_r: int = field(default=8, metadata={"help": "lora: rank."})
@@ -68,11 +135,21 @@ class MethodArguments:
     lora_dropout: float = field(default=0.0, metadata={"help": "lora: dropout."})
     lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "lora: comma-separated module names."})
     train_head: bool = field(default=True, metadata={"help": "Train the classifier too (all methods but full train it anyway)."})
+    head_learning_rate: Optional[float] = field(default=None, metadata={"help": (
+        f"Learning rate of the classifier (its own optimizer param group). Default: --learning_rate, except "
+        f"for full with a new head: {FULL_NEW_HEAD_LR_FACTOR:g} x --learning_rate.")})
+    min_train_steps: int = field(default=200, metadata={"help": (
+        f"With --num_train_epochs unset: train max({DEFAULT_MIN_EPOCHS}, enough epochs for this many optimizer steps) "
+        "epochs, so a few-shot run gets a real budget (10 shots x 10 classes at batch 64 would be 2 steps per "
+        "epoch). 0: just the minimum epochs. --max_steps overrides both.")})
 
 
-def training_default(name: str, value) -> Field:
+def training_default(name: str, value, help: Optional[str] = None) -> Field:
     """A ``TrainingArguments`` field with another default (same help text on the command line)."""
-    return field(default=value, metadata=TrainingArguments.__dataclass_fields__[name].metadata)
+    metadata = dict(TrainingArguments.__dataclass_fields__[name].metadata)
+    if help is not None:
+        metadata["help"] = help
+    return field(default=value, metadata=metadata)
 
 
 @dataclass
@@ -80,12 +157,19 @@ class RecipeTrainingArguments(TrainingArguments):
     """``TrainingArguments`` whose defaults suit a short CPU run of a recipe.
 
     A real module-level class (each recipe subclasses it with its own ``output_dir``): the Trainer
-    pickles the arguments into every checkpoint (``training_args.bin``).
+    pickles the arguments into every checkpoint (``training_args.bin``). ``learning_rate`` and
+    ``num_train_epochs`` default to ``None``: the recipe then picks them from the method and the
+    data (:data:`DEFAULT_LEARNING_RATES`, ``--min_train_steps``) and records them in ``summary.json``.
     """
 
+    _argument_group_name = "TrainingArguments (transformers)"
+
     output_dir: Optional[str] = training_default("output_dir", "outputs/finetune")
-    num_train_epochs: float = training_default("num_train_epochs", 6.0)
-    learning_rate: float = training_default("learning_rate", 3e-3)
+    num_train_epochs: Optional[float] = training_default("num_train_epochs", None, help=(
+        "Epochs. Default: chosen from the data (see --min_train_steps)."))
+    learning_rate: Optional[float] = training_default("learning_rate", None, help=(
+        "Peak learning rate (AdamW, cosine schedule). Default per --method: "
+        + ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LEARNING_RATES.items()) + "."))
     per_device_train_batch_size: int = training_default("per_device_train_batch_size", 64)
     per_device_eval_batch_size: int = training_default("per_device_eval_batch_size", 256)
     eval_strategy: Union[IntervalStrategy, str] = training_default("eval_strategy", "epoch")
@@ -96,23 +180,35 @@ class RecipeTrainingArguments(TrainingArguments):
     weight_decay: float = training_default("weight_decay", 0.0)
     remove_unused_columns: bool = training_default("remove_unused_columns", False)
     report_to: Union[None, str, list[str]] = training_default("report_to", "none")
-    disable_tqdm: Optional[bool] = training_default("disable_tqdm", True)
     dataloader_num_workers: int = training_default("dataloader_num_workers", 0)
     dataloader_pin_memory: bool = training_default("dataloader_pin_memory", torch.cuda.is_available())
     use_cpu: bool = training_default("use_cpu", not torch.cuda.is_available())
     seed: int = training_default("seed", 0)
 
 
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
 def parse(training_cls: type, argv: Optional[list[str]]):
+    """The four argument dataclasses from the command line, or from one ``.json`` / ``.yaml`` file.
+
+    Raises:
+        ValueError: a config file with an unknown key or a value outside a field's choices (the
+            command line reports those through argparse, with the choices).
+    """
     if not torch.cuda.is_available():  # CPU: Accelerate/Trainer go multi-process (gloo) only with use_cpu
         os.environ["ACCELERATE_USE_CPU"] = "true"  # also over a launcher's "False"
-    parser = HfArgumentParser((ModelArguments, DataArguments, MethodArguments, training_cls))
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(sys.argv[1]))
-    margs, dargs, method, targs = parser.parse_args_into_dataclasses(args=argv)
-    if method.method not in METHODS:
-        parser.error(f"--method must be one of {METHODS}, got {method.method!r}")
-    return margs, dargs, method, targs
+    parser = HfArgumentParser((ModelArguments, DataArguments, MethodArguments, training_cls), description=HELP_INTRO)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if len(args) == 1 and args[0].endswith(CONFIG_SUFFIXES):
+        path = os.path.abspath(args[0])
+        try:
+            if path.endswith(".json"):
+                return tuple(parser.parse_json_file(path))
+            return tuple(parser.parse_yaml_file(path))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"config {args[0]}: {e}") from e
+    return tuple(parser.parse_args_into_dataclasses(args=args))
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -127,43 +223,50 @@ class RecipeData:
     provenance: dict[str, str] = field(default_factory=dict)
 
 
-def stratified_subset(ds: Dataset, n: Optional[int], seed: int, flag: str) -> Dataset:
-    """A seeded, stratified ``n`` of ``ds`` (all of it when ``n`` is unset or not smaller)."""
-    if not n or n >= len(ds):
-        return ds
+def subset(ds: Dataset, n: Optional[int], seed: int, flag: str) -> Dataset:
+    """``hf_nc.data.stratified_subset`` (seeded, stratified ``n`` of ``ds``), errors naming ``flag``."""
+    from hf_nc.data import stratified_subset
+
     try:
-        return ds.select(stratified_indices(ds["label"], n, seed=seed))
+        return stratified_subset(ds, n or None, seed=seed)
     except ValueError as e:
         raise ValueError(f"{flag} {n}: {e}") from e
 
 
-def _provenance(data: DatasetDict, dataset: str) -> dict[str, str]:
-    """How each split was made, from ``hf_nc.data.split_provenance`` when the data module has it."""
-    import hf_nc.data
-
-    if hasattr(hf_nc.data, "split_provenance"):
-        return dict(hf_nc.data.split_provenance(data))
-    return {split: ds.info.description for split, ds in data.items() if getattr(ds.info, "description", None)}
-
-
 def load_data(dargs: DataArguments, seed: int) -> RecipeData:
-    """The splits of ``--dataset`` after ``--classes``, ``--shots_per_class`` and the ``--max_*_samples`` subsets.
+    """The splits of ``--dataset`` after ``--classes``, ``--shots_per_class``, the validation draw and ``--max_*_samples``.
 
-    ``--max_train_samples`` / ``--max_eval_samples`` take seeded, stratified subsets (an image
-    folder is sorted by class: its first N images are one or two classes).
+    The validation split is the dataset's own, else (``--train_val_split`` /
+    ``--validation_shots_per_class``) a seeded, stratified draw of training images outside the
+    few-shot subset. ``--max_train_samples`` / ``--max_eval_samples`` take seeded, stratified
+    subsets (an image folder is sorted by class: its first N images are one or two classes).
     """
+    from hf_nc.data import split_provenance
+
     classes = [c.strip() for c in dargs.classes.split(",")] if dargs.classes else None
+    if dargs.train_val_split and not 0.0 <= dargs.train_val_split < 1.0:
+        raise ValueError(f"--train_val_split must be in [0, 1), got {dargs.train_val_split}")
+    validation = {}
+    if dargs.validation_shots_per_class:
+        validation["validation_shots_per_class"] = dargs.validation_shots_per_class
+    elif dargs.train_val_split:
+        validation["validation_split"] = dargs.train_val_split
     data = load_image_dataset(dargs.dataset, image_column=dargs.image_column, label_column=dargs.label_column,
-                              shots_per_class=dargs.shots_per_class, classes=classes, seed=seed)
-    provenance = _provenance(data, dargs.dataset)
-    train = stratified_subset(data["train"], dargs.max_train_samples, seed, "--max_train_samples")
-    test = stratified_subset(data["test"], dargs.max_eval_samples, seed, "--max_eval_samples")
-    for split, note in provenance.items():
-        if "split off" in note or "split from" in note:
-            logger.warning("%s split: %s", split, note)
-    return RecipeData(train=train, test=test, names=list(train.features["label"].names), provenance=provenance)
+                              shots_per_class=dargs.shots_per_class, classes=classes, seed=seed, **validation)
+    provenance = dict(split_provenance(data))
+    splits = {}
+    for split, flag, n in (("train", "--max_train_samples", dargs.max_train_samples), ("validation", "--max_eval_samples", dargs.max_eval_samples),
+                           ("test", "--max_eval_samples", dargs.max_eval_samples)):
+        if split in data:
+            splits[split] = subset(data[split], n, seed, flag)
+            if len(splits[split]) < len(data[split]):
+                provenance[split] = f"{provenance.get(split, split)}; {flag} {n}: seeded (seed {seed}) stratified subset"
+    train, test, val = splits["train"], splits["test"], splits.get("validation")
+    # a train-only folder split off into test is logged by load_image_dataset; every split's origin is in the summary
+    return RecipeData(train=train, test=test, names=list(train.features["label"].names), validation=val, provenance=provenance)
 
 
+# ---------------------------------------------------------------------------------------------- model
 def label_maps(names: list[str]) -> dict:
     return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}  # num_labels follows
 
@@ -202,8 +305,28 @@ def maybe_reset_head(model: nn.Module, names: list[str], reset: Optional[bool], 
     return True
 
 
+def build_processor(model: nn.Module):
+    """A ``ViTImageProcessor`` that preprocesses like the recipe, for a checkpoint that has no image processor."""
+    try:  # transformers 5: the PIL processor (ViTImageProcessor itself wants torchvision)
+        from transformers import ViTImageProcessorPil as ViTImageProcessor
+    except ImportError:
+        from transformers import ViTImageProcessor
+
+    from hf_nc.data.transforms import resolve_image_spec
+
+    spec = resolve_image_spec(model.config)  # a bare config: its image_size, mean = std = 0.5
+    return ViTImageProcessor(do_resize=True, size={"height": spec.size[0], "width": spec.size[1]}, resample=spec.resample,
+                             do_rescale=True, rescale_factor=spec.rescale_factor, do_normalize=True,
+                             image_mean=list(spec.mean) * (spec.num_channels if len(spec.mean) == 1 else 1),
+                             image_std=list(spec.std) * (spec.num_channels if len(spec.std) == 1 else 1))
+
+
 def load_classifier(path: str, names: list[str], margs: ModelArguments):
-    """``AutoModelForImageClassification`` with a head for ``names`` (re-initialised when needed)."""
+    """``AutoModelForImageClassification`` with a head for ``names`` (re-initialised when needed), and its image processor.
+
+    The processor is the checkpoint's own, else one built from the config (:func:`build_processor`),
+    so the saved model or adapter works in ``pipeline("image-classification")`` as trained.
+    """
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
     trained_labels = checkpoint_labels(AutoConfig.from_pretrained(path))
@@ -215,17 +338,28 @@ def load_classifier(path: str, names: list[str], margs: ModelArguments):
     try:
         processor = AutoImageProcessor.from_pretrained(path)
     except (OSError, ValueError):
-        processor = None  # transforms then follow the model config (mean = std = 0.5)
+        processor = build_processor(model)
     return model, processor
 
 
-def image_spec(model: nn.Module, processor=None):
-    """What the transforms produce: the processor's size/normalisation, the model's channels."""
-    from hf_nc.data.transforms import _config_channels, resolve_image_spec, spec_from_processor
+def image_spec(model: nn.Module, processor=None, image_size: Optional[int] = None):
+    """What the transforms produce: the processor's size/normalisation (or ``image_size``), the model's channels."""
+    from hf_nc.data.transforms import _config_channels, resolve_image_spec, spec_from_processor, with_image_size
 
-    if processor is None:
-        return resolve_image_spec(model)
-    return spec_from_processor(processor, _config_channels(model.config))
+    spec = resolve_image_spec(model) if processor is None else spec_from_processor(processor, _config_channels(model.config))
+    return with_image_size(spec, image_size) if image_size else spec
+
+
+def resized_processor(processor, spec):
+    """``processor`` with the size overrides of ``spec`` (``--image_size``) applied, to save next to the model."""
+    import copy
+
+    if not spec.processor_kwargs:
+        return processor
+    out = copy.deepcopy(processor)
+    for key, value in spec.processor_kwargs:
+        setattr(out, key, value)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -273,17 +407,40 @@ def apply_method(model: nn.Module, method: MethodArguments) -> nn.Module:
     return model
 
 
-def parameter_counts(model: nn.Module) -> tuple[int, int]:
+def tuned_blocks(method: MethodArguments, num_layers: int) -> str:
+    """Which part of the backbone ``method`` trains, with block indices counted from 0 (for the table)."""
+    def block(i: int) -> int:
+        return i % num_layers
+
+    if method.method == "linear_probe":
+        return "head"
+    if method.method == "full":
+        return "all"
+    if method.method == "layer":
+        blocks = ",".join(str(block(int(i))) for i in method.layers.split(","))
+        return f"block {blocks}" + ("" if method.part == "block" else f" {method.part}")
+    if method.method == "scl":
+        return f"block {block(method.layer)} + skip"
+    if method.method == "heads":
+        parts = [f"{block(b)}:{'all' if h == 'all' else ','.join(map(str, h))}" for b, h in parse_heads(method.heads).items()]
+        return "heads " + ";".join(parts)
+    return f"LoRA r={method.lora_r} {method.lora_target_modules}"
+
+
+def trainable_count(model: nn.Module) -> int:
+    """Parameters the optimizer updates (a PEFT model's adapter and trained head copy)."""
     if hasattr(model, "get_nb_trainable_parameters"):
-        return tuple(int(x) for x in model.get_nb_trainable_parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
+        return int(model.get_nb_trainable_parameters()[0])
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_trained(model: nn.Module, method: str, folder: Path) -> int:
-    """Saves what the method trained; returns the bytes ``save_pretrained`` wrote.
+def save_trained(model: nn.Module, method: str, folder: Path, processor=None) -> int:
+    """Saves what the method trained (and the image processor); returns the bytes written.
 
     PEFT methods: the adapter. full: the whole model. linear_probe: only the classifier
-    (``classifier.safetensors``) and the config, since everything else is the base model.
+    (``classifier.safetensors``) and the config, since everything else is the base model. The
+    image processor (``preprocessor_config.json``) goes into the folder too, so
+    ``pipeline("image-classification", ..., image_processor=folder)`` preprocesses as trained.
     """
     from safetensors.torch import save_file
 
@@ -295,17 +452,44 @@ def save_trained(model: nn.Module, method: str, folder: Path) -> int:
         model.config.save_pretrained(folder)
     else:
         model.save_pretrained(folder)
+    if processor is not None:
+        processor.save_pretrained(folder)
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-# ---------------------------------------------------------------------------------------------- run
+# ---------------------------------------------------------------------------------------------- training
+class RecipeTrainer(NCTrainer):
+    """``NCTrainer`` whose classifier gets its own learning rate (an optimizer param group)."""
+
+    def __init__(self, *args, head_learning_rate: Optional[float] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head_learning_rate = head_learning_rate
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or self.head_learning_rate is None or self.head_learning_rate == self.args.learning_rate:
+            return super().create_optimizer(model)
+        optimizer = super().create_optimizer(model)
+        head = {id(p) for p in resolve_backbone(self.model).classifier.parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            params = group["params"]
+            for chosen, extra in (([p for p in params if id(p) not in head], {}),
+                                  ([p for p in params if id(p) in head], {"lr": self.head_learning_rate})):
+                if chosen:
+                    groups.append({**{k: v for k, v in group.items() if k != "params"}, **extra, "params": chosen})
+        optimizer.param_groups.clear()  # nothing has stepped yet: no state to move
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
+
+
 def compute_accuracy(prediction) -> dict:
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     return {"accuracy": float((np.argmax(logits, axis=-1) == prediction.label_ids).mean())}
 
 
-def final_metrics(trainer: NCTrainer) -> dict:
-    """The metrics of the last evaluation if it ran at the final step on the final model, else a new one."""
+def final_validation_metrics(trainer: NCTrainer) -> dict:
+    """Validation metrics of the final model: the last evaluation if it ran at the final step, else a new one."""
     if not trainer.args.load_best_model_at_end:
         for entry in reversed(trainer.state.log_history):
             if "eval_accuracy" in entry:
@@ -315,18 +499,78 @@ def final_metrics(trainer: NCTrainer) -> dict:
     return trainer.evaluate()
 
 
-COLUMNS = ("method", "trainable", "trainable %", "adapter bytes", "test acc", "train NC1", "eval NC1", "wall s")
+def train_subset_metric(metrics: dict, name: str) -> float:
+    """A train-subset NC metric from ``evaluate()``'s output, under the trainer's key for it."""
+    for key in (f"{TRAIN_SUBSET_PREFIX}_{name}", f"train_{name}"):
+        if key in metrics:
+            return metrics[key]
+    return float("nan")
+
+
+def plan_budget(targs: TrainingArguments, method: MethodArguments, num_train: int, head_reset: Optional[bool]) -> dict:
+    """Fills in the learning rate(s) and epochs left unset (see ``--learning_rate``, ``--min_train_steps``); returns them."""
+    if targs.learning_rate is None:
+        targs.learning_rate = DEFAULT_LEARNING_RATES[method.method]
+    head_lr = method.head_learning_rate
+    if head_lr is None and method.method == "full" and head_reset:
+        head_lr = FULL_NEW_HEAD_LR_FACTOR * targs.learning_rate
+    per_step = targs.per_device_train_batch_size * targs.world_size * targs.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(num_train / max(1, targs.per_device_train_batch_size * targs.world_size))
+                          // targs.gradient_accumulation_steps)
+    if targs.num_train_epochs is None and targs.max_steps > 0:
+        targs.num_train_epochs = float(DEFAULT_MIN_EPOCHS)  # unused: max_steps decides
+    elif targs.num_train_epochs is None:
+        targs.num_train_epochs = float(max(DEFAULT_MIN_EPOCHS, math.ceil(method.min_train_steps / steps_per_epoch)))
+        logger.warning("num_train_epochs=%g (%d optimizer steps per epoch; --min_train_steps %d)", targs.num_train_epochs,
+                       steps_per_epoch, method.min_train_steps)
+    steps = targs.max_steps if targs.max_steps > 0 else int(steps_per_epoch * targs.num_train_epochs)
+    return {"learning_rate": targs.learning_rate, "head_learning_rate": head_lr if head_lr is not None else targs.learning_rate,
+            "num_train_epochs": targs.num_train_epochs, "planned_steps": steps, "steps_per_epoch": steps_per_epoch,
+            "per_device_train_batch_size": targs.per_device_train_batch_size, "global_batch_size": per_step,
+            "gradient_accumulation_steps": targs.gradient_accumulation_steps, "num_processes": targs.world_size,
+            "seed": targs.seed, "max_steps": targs.max_steps, "lr_scheduler_type": str(getattr(targs.lr_scheduler_type, "value", targs.lr_scheduler_type)),
+            "warmup_steps": targs.warmup_steps, "weight_decay": targs.weight_decay, "bf16": targs.bf16, "fp16": targs.fp16}
+
+
+def check_fsdp(trainer: NCTrainer) -> None:
+    """``--fsdp`` that the Trainer did not turn on (e.g. on CPU, where transformers trains with plain DDP) is an error."""
+    if trainer.args.fsdp and not getattr(trainer, "is_fsdp_enabled", False):
+        raise ValueError(
+            f"--fsdp {' '.join(str(getattr(o, 'value', o)) for o in trainer.args.fsdp)} was given, but the Trainer did not "
+            "enable FSDP (transformers does not use FSDP on CPU; the run would silently be plain DDP). Run on GPUs, or "
+            "launch with `accelerate launch --config_file recipes/accelerate_configs/fsdp.yaml` and no --fsdp flag, or "
+            "drop --fsdp.")
+
+
+def versions() -> dict:
+    import peft
+    import transformers
+
+    return {"hf_nc": getattr(hf_nc, "__version__", "unknown"), "transformers": transformers.__version__, "peft": peft.__version__,
+            "torch": torch.__version__}
+
+
+# ---------------------------------------------------------------------------------------------- summary
+COLUMNS = ("method", "tuned", "trainable", "% of base", "adapter bytes", "val acc", "test acc", "train NC1", "val NC1",
+           "test NC1", "steps", "wall s")
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
 def format_summary(s: dict) -> str:
-    cells = (s["method"], f"{s['trainable_params']:,}", f"{s['trainable_percent']:.2f}", f"{s['adapter_bytes']:,}",
-             f"{s['test_accuracy']:.4f}", f"{s['train_nc1']:.4g}", f"{s['eval_nc1']:.4g}", f"{s['wall_time_s']:.1f}")
+    cells = (s["method"], s["tuned"], f"{s['trainable_params']:,}", f"{s['trainable_percent']:.2f}", f"{s['adapter_bytes']:,}",
+             _num(s["validation_accuracy"], ".4f"), _num(s["test_accuracy"], ".4f"), _num(s["train_nc1"], ".4g"),
+             _num(s["validation_nc1"], ".4g"), _num(s["test_nc1"], ".4g"), str(s["settings"]["optimizer_steps"]),
+             f"{s['wall_time_s']:.1f}")
     widths = [max(len(c), len(v)) for c, v in zip(COLUMNS, cells)]
     line = lambda row: " | ".join(v.rjust(w) for v, w in zip(row, widths))  # noqa: E731
     return "\n".join([line(COLUMNS), "-+-".join("-" * w for w in widths), line(cells)])
 
 
-def push(model, method: MethodArguments, targs: TrainingArguments, summary: dict, base: str, dataset: str, folder: Path) -> str:
+def push(model, method: MethodArguments, targs: TrainingArguments, summary: dict, base: str, dataset: str, folder: Path,
+         processor=None) -> str:
     """Pushes the adapter (PEFT methods) or model with a card made by ``hf_nc.cards``."""
     repo_id = targs.hub_model_id or Path(targs.output_dir).name
     kwargs = dict(private=bool(targs.hub_private_repo), token=targs.hub_token)
@@ -338,8 +582,12 @@ def push(model, method: MethodArguments, targs: TrainingArguments, summary: dict
         card = cards.adapter_card_from_model(model, base_model=base, metrics=metrics, dataset=None if Path(dataset).exists() else dataset,
                                              load_kwargs=load_kwargs, repo_id=targs.hub_model_id)  # None: push_adapter fills it in
         cards.save_adapter(model, folder, card)  # the local copy gets the same card
-        return cards.push_adapter(model, repo_id, card, private=kwargs["private"], token=kwargs["token"])
-    return model.push_to_hub(repo_id, commit_message=f"hf-nc {method.method} fine-tuning", **kwargs).commit_url
+        url = cards.push_adapter(model, repo_id, card, private=kwargs["private"], token=kwargs["token"])
+    else:
+        url = model.push_to_hub(repo_id, commit_message=f"hf-nc {method.method} fine-tuning", **kwargs).commit_url
+    if processor is not None:  # pipeline("image-classification", model=repo_id) needs it
+        processor.push_to_hub(repo_id, commit_message="image processor", **kwargs)
+    return url
 
 
 def check_push(targs: TrainingArguments) -> str:
@@ -372,8 +620,9 @@ def check_push(targs: TrainingArguments) -> str:
     return repo_id
 
 
+# ---------------------------------------------------------------------------------------------- run
 def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, default_base: Callable[[TrainingArguments], str], recipe: str) -> dict:
-    """The whole recipe: parse, load, adapt, train with NCTrainer, summarise, save (and push)."""
+    """The whole recipe: parse, load, adapt, train with NCTrainer (validation), test once, summarise, save (and push)."""
     start = time.perf_counter()
     margs, dargs, method, targs = parse(training_cls, argv)
     hf_logging.set_verbosity_warning()
@@ -381,46 +630,81 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
         check_push(targs)  # before hours of training, not after
     base = margs.model_name_or_path or default_base(targs)
     data = load_data(dargs, targs.seed)
-    train, test, names = data.train, data.test, data.names
+    train, val, test, names = data.train, data.validation, data.test, data.names
+    if val is None:
+        if targs.load_best_model_at_end:
+            raise ValueError("--load_best_model_at_end needs a validation split (never select on test): set --train_val_split "
+                             "or --validation_shots_per_class")
+        if targs.eval_strategy != IntervalStrategy.NO:
+            logger.warning("no validation split (--train_val_split 0): no evaluation during training; test is evaluated at the end")
+            targs.eval_strategy = IntervalStrategy.NO
     set_seed(targs.seed)  # a new head is initialised at load: the same on every process and run
     model, processor = load_model(base, names, margs)
     head_reset = getattr(model, "hf_nc_head_reset", None)
+    base_params = sum(p.numel() for p in model.parameters())  # trainable share: of the base model, as in the README
+    num_layers = resolve_backbone(model).num_layers
     model = apply_method(model, method)
-    transform_of = image_spec(model, processor)
-    train_eval_view = train.with_transform(build_transforms(transform_of, train=False))
-    train_view = train.with_transform(build_transforms(transform_of, train=True, augment=dargs.augment)) if dargs.augment != "none" else train_eval_view
+    settings = plan_budget(targs, method, len(train), head_reset)
+    spec = image_spec(model, processor, dargs.image_size)
+    processor = resized_processor(processor, spec)
+    eval_transform = build_transforms(spec, train=False)
+    train_eval_view = train.with_transform(eval_transform)
+    train_view = train.with_transform(build_transforms(spec, train=True, augment=dargs.augment)) if dargs.augment != "none" else train_eval_view
     push_to_hub, targs.push_to_hub = targs.push_to_hub, False  # pushed once, at the end, with a card
+    collator = collate_fn
+    if dargs.image_size:  # a ViT at another size interpolates its position embeddings (DINOv2 always does)
+        import inspect
 
-    trainer = NCTrainer(
-        model=model, args=targs, train_dataset=train_view, eval_dataset=test.with_transform(build_transforms(transform_of, train=False)),
-        data_collator=collate_fn, compute_metrics=compute_accuracy, nc_train_dataset=train_eval_view,
+        if "interpolate_pos_encoding" in inspect.signature(resolve_backbone(model).model.forward).parameters:
+            collator = lambda examples: {**collate_fn(examples), "interpolate_pos_encoding": True}  # noqa: E731
+
+    trainer = RecipeTrainer(
+        model=model, args=targs, train_dataset=train_view, eval_dataset=val.with_transform(eval_transform) if val is not None else None,
+        data_collator=collator, compute_metrics=compute_accuracy, processing_class=processor, nc_train_dataset=train_eval_view,
         nc_train_samples=dargs.nc_train_samples, nc_layers=dargs.nc_layers, nc_num_classes=len(names),
+        head_learning_rate=settings["head_learning_rate"],
     )
+    check_fsdp(trainer)
     trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
-    metrics = final_metrics(trainer)
-    trainable, total = parameter_counts(model)
+    val_metrics = final_validation_metrics(trainer) if val is not None else {}
+    test_metrics = trainer.evaluate(eval_dataset=test.with_transform(eval_transform), metric_key_prefix="test")  # once, at the end
+    trainable = trainable_count(model)
+    settings.update(optimizer_steps=trainer.state.global_step, epochs_run=trainer.state.epoch, image_size=list(spec.size),
+                    **versions())
     summary = {
-        "recipe": recipe, "method": method.method, "model": base, "dataset": dargs.dataset, "num_labels": len(names),
-        "head_reset": head_reset,
-        "trainable_params": trainable, "total_params": total, "trainable_percent": 100.0 * trainable / total,
-        "adapter_bytes": 0, "test_accuracy": metrics.get("eval_accuracy", float("nan")),
-        "train_nc1": metrics.get("train_nc1", float("nan")), "eval_nc1": metrics.get("eval_nc1", float("nan")),
-        "wall_time_s": 0.0, "metrics": {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))},
-        "args": {"method": asdict(method), "data": asdict(dargs)},
+        "recipe": recipe, "method": method.method, "tuned": tuned_blocks(method, num_layers), "model": base, "dataset": dargs.dataset,
+        "num_labels": len(names), "head_reset": head_reset,
+        "num_images": {"train": len(train), "validation": len(val) if val is not None else 0, "test": len(test)},
+        "splits": data.provenance,
+        "trainable_params": trainable, "total_params": base_params, "trainable_percent": 100.0 * trainable / base_params,
+        "adapter_bytes": 0,
+        "validation_accuracy": val_metrics.get("eval_accuracy"), "test_accuracy": test_metrics.get("test_accuracy", float("nan")),
+        "train_nc1": train_subset_metric(test_metrics, "nc1"),
+        "validation_nc1": val_metrics.get("eval_nc1"), "test_nc1": test_metrics.get("test_nc1", float("nan")),
+        "wall_time_s": 0.0,
+        "metrics": {k: v for k, v in {**val_metrics, **test_metrics}.items()
+                    if not k.endswith(("_runtime", "_per_second")) and k not in ("epoch", "step")},
+        "settings": settings,
+        "args": {"model": asdict(margs), "method": asdict(method), "data": asdict(dargs)},
     }
+    summary["eval_nc1"] = summary["test_nc1"]  # the name of earlier releases (NC of the test data)
     out = Path(targs.output_dir)
     push_error = None
     if trainer.is_world_process_zero():
-        summary["adapter_bytes"] = save_trained(model, method.method, out / "adapter")
+        summary["adapter_bytes"] = save_trained(model, method.method, out / "adapter", processor)
         if push_to_hub:
             try:
-                summary["hub_commit"] = push(model, method, targs, summary, base, dargs.dataset, out / "adapter")
+                summary["hub_commit"] = push(model, method, targs, summary, base, dargs.dataset, out / "adapter", processor)
             except Exception as e:  # the run is done: keep its summary, then report the failed push
                 push_error = e
                 summary["hub_error"] = f"{type(e).__name__}: {e}"
         summary["wall_time_s"] = time.perf_counter() - start
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        print(f"\n{recipe}: {method.method} on {dargs.dataset} ({len(train)} train / {len(test)} test images)")
+        sizes = summary["num_images"]
+        print(f"\n{recipe}: {method.method} on {dargs.dataset} ({sizes['train']} train / {sizes['validation']} validation / "
+              f"{sizes['test']} test images; selection on validation, test evaluated once at the end)")
+        for split, how in data.provenance.items():
+            print(f"  {split}: {how}")
         print(format_summary(summary))
         print(f"wrote {out / 'summary.json'}, {out / 'adapter'}, NC history and plots in {out}")
     if push_error is not None:

@@ -34,7 +34,6 @@ class CLIPTrainingArguments(RecipeTrainingArguments):
     """The recipe's ``TrainingArguments`` (see ``RecipeTrainingArguments`` for the defaults)."""
 
     output_dir: Optional[str] = training_default("output_dir", "outputs/finetune_clip")
-    learning_rate: float = training_default("learning_rate", 1e-3)
 
 
 def default_model(training_args) -> str:

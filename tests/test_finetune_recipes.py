@@ -82,9 +82,12 @@ def test_push_to_hub_uses_hf_nc_cards(tiny_vit, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **k: {"name": "me"})
     pushed = {}
     monkeypatch.setattr(cards, "push_adapter", lambda model, repo_id, card, **kw: pushed.update(repo=repo_id, card=str(card)) or "https://hub/commit/1")
+    from transformers.image_processing_utils import BaseImageProcessor
+
+    monkeypatch.setattr(BaseImageProcessor, "push_to_hub", lambda self, repo_id, **kw: pushed.update(processor=repo_id))
     summary = finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), "--method", "heads", "--heads=-1:0",
                                  "--push_to_hub", "--hub_model_id", "me/tiny-heads", "--hub_token", "hf_x", *QUICK])
-    assert pushed["repo"] == "me/tiny-heads" and summary["hub_commit"] == "https://hub/commit/1"
+    assert pushed["repo"] == pushed["processor"] == "me/tiny-heads" and summary["hub_commit"] == "https://hub/commit/1"
     assert "nc1" in pushed["card"].lower() and (tmp_path / "adapter" / "README.md").read_text() == pushed["card"]
 
 

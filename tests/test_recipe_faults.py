@@ -72,12 +72,12 @@ class KillAfterSave(TrainerCallback):  # the checkpoint is complete when on_save
         if state.global_step == {step}:
             os.kill(os.getpid(), signal.SIGKILL)
 
-class Trainer(common.NCTrainer):
+class Trainer(common.RecipeTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.add_callback(KillAfterSave())
 
-common.NCTrainer = Trainer
+common.RecipeTrainer = Trainer
 finetune_vit.main(sys.argv[1:])
 """
 
