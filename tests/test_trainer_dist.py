@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).parent / "scripts" / "trainer_dist.py"
 ROOT = Path(__file__).resolve().parents[1]
 

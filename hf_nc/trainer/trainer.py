@@ -420,7 +420,8 @@ class NCTrainer(Trainer):
         while the Trainer's own resume and ``load_best_model_at_end`` paths load checkpoints with a
         plain ``load_state_dict``, which then silently loads nothing for renamed families (ViT).
         Checkpoints (``_internal_call``) are therefore saved with ``save_original_format=False``;
-        a final ``save_model()`` keeps the default format.
+        a final ``save_model()`` keeps the default format, and for a PEFT model writes the hf-nc
+        card as the folder's ``README.md`` (see :meth:`create_model_card`) over PEFT's blank one.
         """
         model = self.accelerator.unwrap_model(self.model) if _internal_call else None
         patch = isinstance(model, PreTrainedModel) and "save_original_format" in inspect.signature(model.save_pretrained).parameters
@@ -431,6 +432,72 @@ class NCTrainer(Trainer):
         finally:
             if patch:
                 del model.save_pretrained
+        if not _internal_call and self.args.should_save:
+            self._write_nc_card(output_dir or self.args.output_dir, quiet=True)
+
+    # ------------------------------------------------------------------ model card
+    def nc_card_metrics(self) -> dict[str, float]:
+        """The metrics of the last evaluation in ``state.log_history`` (every eval set's and the train
+        subset's), as :mod:`hf_nc.cards` reads them (``eval_`` -> the eval split,
+        ``eval_train_subset_`` -> ``train``); the last training loss too."""
+        out: dict[str, float] = {}
+        for entry in self.state.log_history:
+            if any(k.startswith("eval_") for k in entry):
+                out.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+        return out
+
+    def _write_nc_card(self, folder: str, model_name=None, finetuned_from=None, dataset=None, license=None,
+                       tags=None, eval_split: str = "validation", quiet: bool = False) -> bool:
+        """Writes the hf-nc card of a PEFT model to ``folder/README.md``; ``False`` when it cannot
+        (not a PEFT model, or no base model id is known)."""
+        model = self.accelerator.unwrap_model(self.model)
+        if not hasattr(model, "peft_config"):
+            return False
+        from ..cards import adapter_card_from_model
+
+        config = next(iter(model.peft_config.values()))
+        base = finetuned_from or config.base_model_name_or_path or getattr(resolve_backbone(model).model.config, "_name_or_path", None)
+        if not base:
+            if quiet:
+                return False
+            logger.warning("no hf-nc card: the base model is not known (pass finetuned_from=<hub id>); "
+                           "falling back to transformers' card")
+            return False
+        card = adapter_card_from_model(
+            model, base_model=base, metrics=self.nc_card_metrics(),
+            dataset=dataset[0] if isinstance(dataset, (list, tuple)) and dataset else dataset,
+            adapter_name=next(iter(model.peft_config)), repo_id=self.hub_model_id, model_name=model_name,
+            license=license, tags=[tags] if isinstance(tags, str) else list(tags or []), eval_split=eval_split)
+        os.makedirs(folder, exist_ok=True)
+        card.save(os.path.join(folder, "README.md"))
+        return True
+
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None,
+                          eval_split: str = "validation") -> None:
+        """Writes ``output_dir/README.md``: for a PEFT model (hf-nc's methods, LoRA, ...) the hf-nc card
+        (:func:`hf_nc.cards.adapter_card_from_model`: base model, method and settings, trainable share,
+        accuracy and NC of the last evaluation as model-index results -- the eval data as
+        ``eval_split``, the train subset as ``train`` -- and the ``import hf_nc`` loading snippet),
+        instead of PEFT's blank template; for other models transformers' own card.
+        ``trainer.push_to_hub(**kwargs)`` calls it with its keyword arguments.
+
+        Args:
+            eval_split: The split the evaluation data is (``"validation"``: the Trainer's eval set is
+                the one models are selected on; pass ``"test"`` if it is the test split).
+            finetuned_from: The base model's Hub id (default: the adapter config's
+                ``base_model_name_or_path``, else the base config's ``_name_or_path``).
+            dataset: The fine-tuning dataset (a Hub id, or an hf-nc built-in name).
+            Others: as :meth:`transformers.Trainer.create_model_card`.
+        """
+        if not self.is_world_process_zero():
+            return
+        if self._write_nc_card(self.args.output_dir, model_name=model_name, finetuned_from=finetuned_from,
+                               dataset=dataset, license=license, tags=tags, eval_split=eval_split):
+            return
+        super().create_model_card(language=language, license=license, tags=tags, model_name=model_name,
+                                  finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags,
+                                  dataset=dataset, dataset_args=dataset_args)
 
     # ------------------------------------------------------------------ history
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
