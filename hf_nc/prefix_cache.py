@@ -468,7 +468,7 @@ class PrefixCache(Dataset):
                    else contextlib.nullcontext())
             with _preserved_rng(), torch.no_grad(), amp, capture:
                 probe = collate_fn([dataset[0]])
-                hidden, ref = capture.run(model, probe[input_key].to(device))
+                hidden, ref = capture.run(model, _model_inputs(probe, input_key, label_key, device))
                 layout = PrefixLayout(block=block, num_tokens=hidden.shape[1], hidden_size=hidden.shape[2],
                                       parts=1 if ref is None else 2, dtype=hidden.dtype,
                                       block_returns_tensor=capture.returns_tensor)
@@ -500,7 +500,7 @@ class PrefixCache(Dataset):
 
                 start = 0
                 for batch in tqdm(loader, desc="caching frozen prefix", disable=not (progress and main), leave=False):
-                    hidden, ref = capture.run(model, batch[input_key].to(device))
+                    hidden, ref = capture.run(model, _model_inputs(batch, input_key, label_key, device))
                     rows = hidden if ref is None else torch.cat([hidden, ref.to(hidden.dtype)], dim=1)
                     y = batch[label_key].to(rows.device) if has_labels else torch.zeros(len(rows), dtype=torch.long, device=rows.device)
                     bsz = len(rows)
@@ -541,6 +541,13 @@ class PrefixCache(Dataset):
                 already attached to a cache of another layout.
         """
         return PrefixCacheHandle.install(model, self.layout)
+
+
+def _model_inputs(batch: dict, input_key: str, label_key: str, device: torch.device) -> dict:
+    """The batch as the Trainer passes it to the model, without labels (no loss needed): e.g. a
+    collator's ``interpolate_pos_encoding=True`` reaches the embeddings as in training."""
+    inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items() if k != label_key}
+    return {"pixel_values": inputs.pop(input_key), **inputs}
 
 
 def _remove_files(tmpdir: Optional[str], path: Optional[str]) -> None:
@@ -624,10 +631,10 @@ class _Capture:
         self._got = (output if self.returns_tensor else output[0], None)
         raise _StopForward
 
-    def run(self, model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def run(self, model: nn.Module, inputs: dict) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         self._got = None
         try:
-            model(pixel_values=pixel_values)
+            model(**inputs)
         except _StopForward:
             pass
         if self._got is None:

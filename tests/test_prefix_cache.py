@@ -430,3 +430,35 @@ def test_mixed_precision_cache_matches_autocast_training():
     with cache.attach(model):
         losses = train_amp(model, cache)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
+
+
+def test_collator_inputs_reach_the_prefix_as_in_training():
+    """A collator's extra inputs (the recipes add interpolate_pos_encoding=True at another image
+    size) are passed to the model in the pre-pass too: 24 px images on a 16 px ViT."""
+
+    def collate(examples):
+        return {**collate_fn(examples), "interpolate_pos_encoding": True}
+
+    def train(model, dataset):
+        torch.manual_seed(0)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+        losses = []
+        model.train()
+        for b in DataLoader(dataset, batch_size=4, shuffle=True, collate_fn=collate, generator=torch.Generator().manual_seed(0)):
+            labels = b.pop("labels")
+            loss = F.cross_entropy(model(**b).logits, labels)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        return losses
+
+    g = torch.Generator().manual_seed(0)
+    data = [{"pixel_values": torch.randn(3, 24, 24, generator=g), "labels": i % NUM_LABELS} for i in range(8)]
+    ref = train(_adapt("vit_cls", "scl_delta"), data)
+    model = _adapt("vit_cls", "scl_delta")
+    cache = PrefixCache.build(model, data, collate, progress=False)
+    assert cache.layout.num_tokens == 1 + (24 // 8) ** 2
+    with cache.attach(model):
+        got = train(model, cache)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
