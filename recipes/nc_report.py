@@ -14,13 +14,11 @@ process whose shard is empty, e.g. fewer batches than processes, contributes zer
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-import torch
 from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import DataLoader
 from transformers import AutoModel, HfArgumentParser
