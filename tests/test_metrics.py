@@ -208,7 +208,12 @@ def test_merge_equals_concatenation_with_far_apart_shifts():
     merged = NCStats(K, d).merge(shards[0]).merge(shards[1]).merge(shards[2])
     merged.merge(NCStats(K, d))  # an empty one changes nothing
     assert merged.num_samples == len(y)
-    assert torch.allclose(merged.shift, torch.from_numpy(h1[:4].mean(0)))  # kept shard 0's shift
+    # the global-shift view: the global mean, class sums and second moment about it
+    assert torch.allclose(merged.shift, torch.from_numpy(h.mean(0)), rtol=1e-12, atol=1e-9)
+    sums_ref = np.stack([(h[y == k] - h.mean(0)).sum(0) for k in range(K)])
+    assert np.allclose(merged.sums.numpy(), sums_ref, rtol=1e-10, atol=1e-8)
+    second_ref = (h - h.mean(0)).T @ (h - h.mean(0))
+    assert np.allclose(merged.second.numpy(), second_ref, rtol=1e-10, atol=1e-6)
     merged.ncc_pass(torch.from_numpy(h), torch.from_numpy(y))
     ref = reference_nc(h, y, K, W)
     assert_close(merged.compute(W), ref, rtol=1e-9)
@@ -218,16 +223,23 @@ def test_merge_equals_concatenation_with_far_apart_shifts():
     assert_close(other.compute(W), ref, rtol=1e-9)
 
 
-def test_merge_sums_ncc_counts():
+def test_merge_after_ncc_pass_raises_instead_of_a_stale_ncc_acc():
+    # issue 9 item 17: the NCC counts were made with the means before the merge
     K, d = 3, 4
     h, y = make_data(K, d, [10, 12, 14], seed=5)
+    h2, y2 = make_data(K, d, [9, 9, 9], seed=6, offset=3.0)
     H, Y = torch.from_numpy(h), torch.from_numpy(y)
-    full = NCStats(K, d).update(H, Y)
-    a = NCStats(K, d).merge(full).ncc_pass(H[:20], Y[:20])
-    b = NCStats(K, d).merge(full).ncc_pass(H[20:], Y[20:])
-    both = NCStats(K, d).merge(a).merge(b)  # statistics doubled: same means; NCC counts summed
-    assert both.num_samples == 2 * len(y)
-    assert both.compute()["ncc_acc"] == pytest.approx(nc_metrics(H, Y)["ncc_acc"], abs=1e-15)
+    done = NCStats(K, d).update(H, Y).ncc_pass(H, Y)
+    fresh = NCStats(K, d).update(h2, y2)
+    with pytest.raises(RuntimeError, match=r"merge\(\) after ncc_pass\(\).*stale"):
+        done.merge(fresh)
+    with pytest.raises(RuntimeError, match=r"merge\(\) after ncc_pass\(\)"):
+        fresh.merge(done)
+    # the supported order: merge, then one ncc pass over all the data
+    both = NCStats(K, d).update(H, Y).merge(fresh)
+    hh, yy = np.concatenate([h, h2]), np.concatenate([y, y2])
+    both.ncc_pass(hh, yy)
+    assert both.compute()["ncc_acc"] == pytest.approx(reference_nc(hh, yy, K)["ncc_acc"], abs=1e-15)
 
 
 # ----------------------------------------------------------------------------- state rules

