@@ -5,7 +5,8 @@ Importing ``hf_nc`` registers its PEFT methods (Layer FT, SCL FT, head FT), so t
 """
 
 from .adapters import HeadFTConfig, LayerFTConfig, SCLConfig  # noqa: F401  (registers the PEFT methods)
-from .checkpoints import DEFAULT_MODEL
+from .auto import AutoPeftModelForImageClassification
+from .checkpoints import DEFAULT_MODEL, DEFAULT_MODEL_NAME
 from .data import DataNotFoundError, build_transforms, collate_fn, load_image_dataset
 from .features import LayerFeatures, extract_features
 from .layer_nc import layer_nc, layer_nc_stats
@@ -17,11 +18,13 @@ from .trainer import NCTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoPeftModelForImageClassification",
     "build_transforms",
     "choose_block",
     "collate_fn",
     "DataNotFoundError",
     "DEFAULT_MODEL",
+    "DEFAULT_MODEL_NAME",
     "extract_features",
     "HeadFTConfig",
     "layer_nc",

@@ -47,6 +47,7 @@ from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
 from ..backbones import Backbone, resolve_backbone
+from ..checkpoints import builtin_name, resolve_builtin
 
 PEFT_PREFIX = "base_model.model."
 
@@ -81,6 +82,12 @@ class NCAdapterConfig(PeftConfig):
         base_model_type, base_backbone, base_num_layers, base_hidden_size, base_num_heads:
             Fingerprint of the base model, recorded when the adapter is first applied and checked
             whenever it is applied again. Leave them ``None``.
+        base_model_class: The transformers class the adapter was made on (e.g.
+            ``"ViTForImageClassification"``), recorded when first applied; the class
+            ``hf_nc.AutoPeftModelForImageClassification`` builds the base with. Leave it ``None``.
+        id2label: The task's class names (the model's ``config.id2label`` when the adapter is first
+            applied to a model with a classification head), so a loader can size the base's head
+            and name its outputs. Leave it ``None``.
     """
 
     PEFT_TYPE: ClassVar[str] = ""
@@ -93,12 +100,29 @@ class NCAdapterConfig(PeftConfig):
     base_num_layers: Optional[int] = field(default=None, metadata={"help": "Recorded base fingerprint."})
     base_hidden_size: Optional[int] = field(default=None, metadata={"help": "Recorded base fingerprint."})
     base_num_heads: Optional[int] = field(default=None, metadata={"help": "Recorded base fingerprint."})
+    base_model_class: Optional[str] = field(default=None, metadata={"help": "Recorded base model class."})
+    id2label: Optional[dict[str, str]] = field(default=None, metadata={"help": "Recorded class names of the task."})
 
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = NCPeftType(self.PEFT_TYPE)
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
+        if self.id2label is not None:  # JSON keys are strings; keep one form in memory and on disk
+            self.id2label = {str(as_index(k, "id2label keys", allow_str=True)): str(v) for k, v in self.id2label.items()}
+        # A built-in checkpoint is its local folder in memory (so that PEFT's checks at save time find
+        # its config.json locally instead of asking the Hub) and its stable name on disk (see to_dict):
+        # the folder differs from one install to the next.
+        if builtin_name(self.base_model_name_or_path) is not None:
+            self.base_model_name_or_path = resolve_builtin(builtin_name(self.base_model_name_or_path))
+
+    def to_dict(self) -> dict:
+        """PEFT's ``to_dict`` (what ``save_pretrained`` writes), with a built-in base recorded by its
+        stable name (e.g. ``"hf-nc/tiny-vit-fmnist"``) instead of this install's folder."""
+        out = super().to_dict()
+        out["base_model_name_or_path"] = builtin_name(out.get("base_model_name_or_path")) or out.get(
+            "base_model_name_or_path")
+        return out
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
@@ -270,6 +294,13 @@ class NCTuner(BaseTuner):
     def _prepare_adapter_config(self, peft_config: NCAdapterConfig, model_config: dict) -> NCAdapterConfig:
         backbone = resolve_backbone(self.model)
         peft_config.check_or_record_base(backbone)
+        if peft_config.base_model_class is None:
+            peft_config.base_model_class = type(self.model).__name__
+        labels = getattr(getattr(self.model, "config", None), "id2label", None)
+        if peft_config.id2label is None and backbone.classifier_path is not None and labels:
+            peft_config.id2label = {str(k): str(v) for k, v in labels.items()}
+        if peft_config.base_model_name_or_path is None:  # (PeftModel(model, config) without get_peft_model)
+            peft_config.base_model_name_or_path = getattr(self.model, "name_or_path", None) or None
         roles = self._targets(backbone, peft_config)
         if not hasattr(self, "_nc_roles"):
             self._nc_roles = {}
