@@ -123,3 +123,103 @@ def test_help_puts_hf_nc_options_apart_from_training_arguments(capsys):
 def test_progress_bars_are_on_by_default():
     _, _, _, targs = common.parse(finetune_vit.ViTTrainingArguments, ["--output_dir", "x"])
     assert targs.disable_tqdm is False
+
+
+# ------------------------------------------------------------------------------------- budget and learning rates
+def budget(argv: list[str], num_train: int, head_reset=True):
+    _, _, method, targs = common.parse(finetune_vit.ViTTrainingArguments, ["--output_dir", "x", *argv])
+    return common.plan_budget(targs, method, num_train, head_reset), targs
+
+
+def test_default_budget_depends_on_the_data():
+    # 10 shots x 10 classes at batch 64: 2 steps per epoch; 6 epochs would be 12 steps
+    settings, targs = budget(["--method", "layer"], 100)
+    assert settings["steps_per_epoch"] == 2 and targs.num_train_epochs == 100 and settings["planned_steps"] == 200
+    settings, targs = budget(["--method", "layer"], 50_000)  # a big dataset keeps the minimum epochs
+    assert targs.num_train_epochs == common.DEFAULT_MIN_EPOCHS and settings["planned_steps"] == 6 * 782
+    settings, targs = budget(["--method", "layer", "--num_train_epochs", "3"], 100)  # an explicit value stands
+    assert targs.num_train_epochs == 3 and settings["planned_steps"] == 6
+    settings, targs = budget(["--method", "layer", "--min_train_steps", "0"], 100)
+    assert targs.num_train_epochs == common.DEFAULT_MIN_EPOCHS
+    settings, _ = budget(["--method", "layer", "--max_steps", "7"], 100)
+    assert settings["planned_steps"] == 7
+
+
+@pytest.mark.parametrize("method, lr, head_lr", [("linear_probe", 1e-2, 1e-2), ("full", 1e-3, 1e-2), ("scl", 3e-3, 3e-3)])
+def test_default_learning_rates_per_method(method, lr, head_lr):
+    settings, targs = budget(["--method", method], 100)
+    assert targs.learning_rate == lr and settings["head_learning_rate"] == pytest.approx(head_lr)
+    settings, _ = budget(["--method", "full"], 100, head_reset=False)  # the checkpoint's own head: no boost
+    assert settings["head_learning_rate"] == 1e-3
+    settings, targs = budget(["--method", "full", "--learning_rate", "5e-5", "--head_learning_rate", "1e-3"], 100)
+    assert targs.learning_rate == 5e-5 and settings["head_learning_rate"] == 1e-3
+
+
+def test_full_fine_tuning_gives_the_new_head_its_own_learning_rate(tiny_vit, tmp_path, monkeypatch):
+    seen = {}
+
+    class Spy(common.RecipeTrainer):
+        def create_optimizer(self, model=None):
+            optimizer = super().create_optimizer(model)
+            seen["groups"] = [(g["lr"], {id(p) for p in g["params"]}) for g in optimizer.param_groups]
+            seen["head"] = {id(p) for p in common.resolve_backbone(self.model).classifier.parameters()}
+            seen["all"] = {id(p) for p in self.model.parameters()}
+            return optimizer
+
+    monkeypatch.setattr(common, "RecipeTrainer", Spy)
+    summary = finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), "--method", "full", *SMALL,
+                                 "--max_steps", "1", "--eval_strategy", "no", "--lr_scheduler_type", "constant", "--warmup_steps", "0"])
+    by_lr = {}
+    for lr, ids in seen["groups"]:
+        by_lr.setdefault(lr, set()).update(ids)
+    assert by_lr == {1e-3: seen["all"] - seen["head"], 1e-2: seen["head"]}  # every parameter once, the head at 10x
+    assert summary["settings"]["learning_rate"] == 1e-3 and summary["settings"]["head_learning_rate"] == 1e-2
+
+
+# ------------------------------------------------------------------------------------- summary and table
+def test_summary_records_every_setting_and_the_tuned_blocks(tiny_vit, tmp_path, capsys):
+    import peft
+    import transformers
+
+    summary = finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), "--method", "layer", "--layers=-1,-2",
+                                 *SMALL, "--max_steps", "3", "--seed", "3", "--image_size", "24"])
+    s = json.loads((tmp_path / "summary.json").read_text())["settings"]
+    assert s["learning_rate"] == 3e-3 and s["optimizer_steps"] == 3 and s["per_device_train_batch_size"] == 8
+    assert s["global_batch_size"] == 8 and s["num_processes"] == 1 and s["seed"] == 3 and s["image_size"] == [24, 24]
+    assert s["transformers"] == transformers.__version__ and s["peft"] == peft.__version__ and s["torch"] == torch.__version__
+    assert s["hf_nc"] and s["num_train_epochs"] > 0
+    assert summary["tuned"] == "block 3,2"  # 4 blocks: -1, -2 -> 3, 2
+    printed = capsys.readouterr().out
+    assert "block 3,2" in printed and "% of base" in printed
+
+
+@pytest.mark.parametrize("method, extra", [("lora", ["--lora_r", "2"]), ("scl", ["--layer", "-2"]), ("heads", ["--heads=-1:0"])])
+def test_trainable_share_is_of_the_base_model(method, extra, tiny_vit, tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    base = AutoModelForImageClassification.from_pretrained(tiny_vit, num_labels=10, ignore_mismatched_sizes=True)
+    base_params = sum(p.numel() for p in base.parameters())
+    summary = finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), "--method", method, *extra, *SMALL,
+                                 "--max_steps", "1", "--eval_strategy", "no"])
+    assert summary["total_params"] == base_params
+    assert summary["trainable_percent"] == pytest.approx(100 * summary["trainable_params"] / base_params)
+
+
+def test_saved_adapter_keeps_the_task_class_names(tiny_vit, tmp_path):
+    import hf_nc
+
+    finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), "--method", "heads", "--heads=-1:0", *SMALL,
+                       "--max_steps", "1", "--eval_strategy", "no"])
+    model = hf_nc.AutoPeftModelForImageClassification.from_pretrained(str(tmp_path / "adapter"))
+    assert [model.config.id2label[i] for i in range(10)] == [str(i) for i in range(10)]
+
+
+# ------------------------------------------------------------------------------------- FSDP
+def test_fsdp_the_trainer_did_not_enable_is_an_error():
+    from transformers.trainer_utils import FSDPOption
+
+    trainer = SimpleNamespace(args=SimpleNamespace(fsdp=[FSDPOption.FULL_SHARD]), is_fsdp_enabled=False)
+    with pytest.raises(ValueError, match="did not enable FSDP"):
+        common.check_fsdp(trainer)
+    common.check_fsdp(SimpleNamespace(args=SimpleNamespace(fsdp=[FSDPOption.FULL_SHARD]), is_fsdp_enabled=True))
+    common.check_fsdp(SimpleNamespace(args=SimpleNamespace(fsdp=[]), is_fsdp_enabled=False))
