@@ -113,7 +113,10 @@ class DataArguments(_Validated):
     image_size: Optional[int] = field(default=None, metadata={"help": (
         "Feed the model IMAGE_SIZE px images instead of its own size (e.g. 56 for a 224 px backbone on 28 px "
         "images: ~16x cheaper); position embeddings are interpolated.")})
-    nc_train_samples: Optional[int] = field(default=512, metadata={"help": "Training images (seeded, stratified subset, no augmentation) measured for train NC; see NCTrainer's nc_train_samples for 0 / negative values."})
+    nc_train_samples: Optional[int] = field(default=512, metadata={"help": (
+        "Training images (seeded, stratified subset, no augmentation) measured for train NC at each evaluation "
+        "(NCTrainer's nc_train_samples): a positive value must be at least the number of classes; 0: no train NC; "
+        "-1: all training images.")})
     nc_layers: bool = field(default=False, metadata={"help": "Also log NC1 of every block at each evaluation."})
 
 

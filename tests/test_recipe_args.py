@@ -223,3 +223,28 @@ def test_fsdp_the_trainer_did_not_enable_is_an_error():
         common.check_fsdp(trainer)
     common.check_fsdp(SimpleNamespace(args=SimpleNamespace(fsdp=[FSDPOption.FULL_SHARD]), is_fsdp_enabled=True))
     common.check_fsdp(SimpleNamespace(args=SimpleNamespace(fsdp=[]), is_fsdp_enabled=False))
+
+
+# ------------------------------------------------------------------------------------- --nc_train_samples
+def test_nc_train_samples_help_matches_the_trainer(capsys):
+    with pytest.raises(SystemExit):
+        finetune_vit.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0: no train NC" in text and "-1: all training images" in text
+
+
+@pytest.mark.parametrize("value, measured", [("0", None), ("-1", 30), ("15", 15)])
+def test_nc_train_samples_values(value, measured, tiny_vit, tmp_path, monkeypatch):
+    seen = {}
+
+    class Spy(common.RecipeTrainer):
+        def train_nc_metrics(self):
+            seen["n"] = len(self._nc_train_indices)
+            return super().train_nc_metrics()
+
+    monkeypatch.setattr(common, "RecipeTrainer", Spy)
+    args = [a for a in SMALL if a not in ("--nc_train_samples", "20")]
+    summary = finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), "--method", "layer", *args,
+                                 "--max_steps", "1", "--eval_strategy", "no", "--nc_train_samples", value])
+    assert seen.get("n") == measured
+    assert (summary["train_nc1"] == summary["train_nc1"]) is (measured is not None)  # NaN when off
