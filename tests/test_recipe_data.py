@@ -80,3 +80,22 @@ def test_max_samples_take_stratified_seeded_subsets(sorted_by_class):
 def test_max_eval_samples_below_the_number_of_classes_is_an_error(sorted_by_class):
     with pytest.raises(ValueError, match="--max_eval_samples 5"):
         common.load_data(common.DataArguments(dataset=sorted_by_class, max_eval_samples=5), seed=0)
+
+
+def test_train_only_folder_split_is_reported_in_the_summary(tmp_path, capsys):
+    """A folder with only train/ is split into train and test: the log, the printed lines and summary.json say so."""
+    from PIL import Image as PIL
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "data" / "train" / c).mkdir(parents=True)
+        for i in range(10):
+            PIL.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "data" / "train" / c / f"{i}.png")
+    summary = finetune_vit.main(["--dataset", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"), "--method", "linear_probe",
+                                 "--max_steps", "1", "--eval_strategy", "no", "--nc_train_samples", "-1", "--train_val_split", "0"])
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["splits"] == summary["splits"] and "train" in saved["splits"]["test"]
+    assert summary["num_images"]["test"] + summary["num_images"]["train"] == 20
+    printed = capsys.readouterr().out
+    assert f"test: {saved['splits']['test']}" in printed
+    assert summary["head_reset"] is True  # the built-in model's Fashion-MNIST head is not kept for cat/dog
