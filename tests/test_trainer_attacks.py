@@ -249,3 +249,38 @@ def test_train_subset_measured_once_per_evaluation(tmp_path):
     handle.remove()
     assert sum(calls) == 3 * 18 and again[TRAIN_SUBSET_NC1] != first[TRAIN_SUBSET_NC1]
     assert again[TRAIN_SUBSET_NC1] == pytest.approx(_dense(model, data, range(18), 3)["nc1"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 13 §2c: the frozen prefix runs once over the train subset; cached == uncached
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method, layers", [("scl", True), ("layer", True), ("scl", False)])
+def test_train_subset_prefix_cache_equals_uncached(tmp_path, method, layers):
+    from peft import get_peft_model
+
+    data = _dataset([6, 7, 5])
+    runs = {}
+    for cached in (False, True):
+        config = hf_nc.SCLConfig(layer=2) if method == "scl" else hf_nc.LayerFTConfig(layers=[2, 3])
+        model = get_peft_model(_model(3), config)
+        calls = []
+        # block 0's attention runs only when block 0 really runs (the cache replaces the block by a pass-through)
+        handle = model.base_model.model.vit.layers[0].attention.register_forward_hook(
+            lambda m, a, o: calls.append(a[0].shape[0]))
+        trainer = _trainer(model, tmp_path / str(cached), data, data, max_steps=3, eval_strategy="steps", eval_steps=1,
+                           per_device_eval_batch_size=8, nc_kwargs=dict(nc_layers=layers, nc_ncc=True, nc_prefix_cache=cached))
+        trainer.train()
+        handle.remove()
+        runs[cached] = ([r["train"] for r in trainer.nc_history], sum(calls), trainer)
+    (plain, plain_calls, _), (fast, fast_calls, trainer) = runs[False], runs[True]
+    assert trainer._nc_prefix is not None and trainer._nc_prefix.layout.block == 2
+    for a, b in zip(plain, fast):
+        assert set(a) == set(b) and set(a.get("blocks", {})) == ({"0", "1", "2", "3"} if layers else set())
+        for key in ("nc1", "nc2_etf", "nc3", "cdnv", "ncc_acc"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-9), key
+        for block, value in a.get("blocks", {}).items():
+            assert b["blocks"][block] == pytest.approx(value, rel=1e-5), block
+    # the 18 train-subset images, 2 passes (NC, NCC) per evaluation: uncached 3 x 2 x 18 through block 0; cached
+    # (with nc_layers) the first evaluation's 2 x 18 (it measures the frozen blocks), and the cache build's 18
+    # (+1 probe), then none
+    assert plain_calls - fast_calls == 3 * 2 * 18 - ((2 * 18 if layers else 0) + 18 + 1)

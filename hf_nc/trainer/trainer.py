@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import os
 from typing import Any, Iterable, Literal, Optional, Union
 
@@ -150,6 +151,13 @@ class NCTrainer(Trainer):
         nc_plots: Draw the PNG plots.
         nc_cache_mb: Keep this rank's collated train-subset batches in memory (CPU) when they fit
             in this many MiB, so later evaluations skip loading and transforming them again.
+        nc_prefix_cache: For Layer FT / SCL FT / head FT / a linear probe (every block below the
+            first tuned one frozen), run that frozen prefix over the train subset once
+            (:class:`hf_nc.prefix_cache.PrefixCache`, in RAM up to ``nc_cache_mb``) and measure later
+            evaluations from the first tuned block on; per-block NC1 of the frozen blocks is measured
+            once (it cannot change). Exact (the same hidden states enter the tuned block); used on
+            one process only, and only where :func:`~hf_nc.prefix_cache.prefix_cache_problems` finds
+            nothing (else the full pass runs, silently).
         Everything else goes to :class:`transformers.Trainer`.
 
     Raises:
@@ -169,6 +177,7 @@ class NCTrainer(Trainer):
         nc_num_classes: Optional[int] = None,
         nc_plots: bool = True,
         nc_cache_mb: float = 256,
+        nc_prefix_cache: bool = True,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -181,7 +190,11 @@ class NCTrainer(Trainer):
         self.nc_ncc = nc_ncc
         self.nc_plots = nc_plots
         self.nc_cache_mb = nc_cache_mb
+        self.nc_prefix_cache = nc_prefix_cache
         self._nc_train_batches: Optional[list] = None
+        self._nc_prefix: Optional[Any] = None  # hf_nc.prefix_cache.PrefixCache of the train subset
+        self._nc_prefix_off = False  # not exact / no gain for this model: never try again
+        self._nc_frozen_blocks: dict[str, float] = {}  # per-block NC1 below the cut, measured once
         self.nc_num_classes = check_num_classes(nc_num_classes or self._infer_num_classes())
         self.nc_history: list[dict] = []
         self._nc_recorder: Optional[LayerFeatures] = None
@@ -382,12 +395,78 @@ class NCTrainer(Trainer):
             else:
                 stats.update(feats, labels)
 
+    def _nc_prefix_cut(self) -> Optional[int]:
+        """The first tuned block when a train-subset prefix cache would be exact and gain something."""
+        if self._nc_prefix_off or not self.nc_prefix_cache or self.args.world_size > 1:
+            return None
+        from ..prefix_cache import first_tuned_block, prefix_cache_problems
+
+        try:
+            cut = first_tuned_block(self.model)
+            ok = 0 < cut and not prefix_cache_problems(self.model, cut)
+        except Exception as e:  # noqa: BLE001 - any model the cache does not know runs uncached
+            logger.debug("no prefix cache for the train subset: %s", e)
+            ok = False
+        if not ok:
+            self._nc_drop_prefix()
+            self._nc_prefix_off = True
+            return None
+        if self._nc_prefix is not None and self._nc_prefix.layout.block != cut:
+            self._nc_drop_prefix()
+        return cut
+
+    def _nc_drop_prefix(self) -> None:
+        if self._nc_prefix is not None:
+            self._nc_prefix.close()
+        self._nc_prefix, self._nc_frozen_blocks = None, {}
+
+    def _nc_layer_list(self) -> list[int]:
+        backbone = self._nc_backbone
+        if self.nc_layers == "all":
+            return list(range(backbone.num_layers))
+        return sorted({backbone.layer_index(i) for i in self.nc_layers})
+
+    def _nc_train_pass(self, layers, batches) -> LayerStats:
+        """One streamed pass (plus the NCC pass) over ``batches``, reduced across processes."""
+        with LayerFeatures(self.model, layers=layers) as recorder:
+            stats = LayerStats(self.nc_num_classes, recorder.keys)
+            self._nc_stream_train(stats, recorder, batches, ncc=False)
+            stats.reduce()
+            if self.nc_ncc and not stats.nonfinite.get(FINAL):  # agreed on every rank by reduce()
+                self._nc_stream_train(stats, recorder, batches, ncc=True)
+                stats.second_reduce()
+        return stats
+
+    def _nc_cached_batches(self, cut: int):
+        """Batches of cached prefix states of the train subset (the cache is built on first use)."""
+        from ..prefix_cache import PrefixCache, PrefixCacheError
+
+        if self._nc_prefix is None:
+            amp = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
+            try:
+                self._nc_prefix = PrefixCache.build(
+                    self.model, Subset(self.nc_train_dataset, self.nc_train_shard()), self.data_collator,
+                    batch_size=self.args.per_device_eval_batch_size, block=cut, progress=False, check_dataset=False,
+                    memory_budget=int(max(self.nc_cache_mb, 0) * 2**20), autocast_dtype=amp)
+            except PrefixCacheError as e:
+                logger.info("train-subset NC without a prefix cache: %s", e)
+                self._nc_prefix_off = True
+                return None
+        cache = self._nc_prefix
+
+        def collate(items):
+            return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
+                    "labels": torch.tensor([int(i["labels"]) for i in items])}
+
+        return DataLoader(cache, batch_size=self.args.per_device_eval_batch_size, collate_fn=collate)
+
     def train_nc_metrics(self) -> dict:
         """NC of the train subset (an extra forward pass in eval mode), reduced across processes.
 
         Collective under torch.distributed: every rank calls it (a rank with an empty shard too).
         The result is reused while the weights cannot have changed (see :meth:`_nc_fingerprint`):
         at the same training step, and within one ``evaluate()`` of a dict ``eval_dataset``.
+        With ``nc_prefix_cache`` the frozen prefix runs once (see the class docstring).
         """
         if not self.nc_train_enabled:
             return {}
@@ -398,17 +477,36 @@ class NCTrainer(Trainer):
         was_training = model.training
         model.eval()
         try:
-            with self.accelerator.autocast(), LayerFeatures(model, layers=self.nc_layers) as recorder:
-                stats = LayerStats(self.nc_num_classes, recorder.keys)
-                batches = self._nc_train_batches_or_loader()
-                self._nc_stream_train(stats, recorder, batches, ncc=False)
-                stats.reduce()
-                if self.nc_ncc and not stats.nonfinite.get(FINAL):  # agreed on every rank by reduce()
-                    self._nc_stream_train(stats, recorder, batches, ncc=True)
-                    stats.second_reduce()
+            with self.accelerator.autocast():
+                cut = self._nc_prefix_cut()
+                layers = self._nc_layer_list()
+                frozen = [i for i in layers if cut is not None and i < cut]
+                if cut is not None and frozen and not self._nc_frozen_blocks:
+                    cut = None  # first time: a full pass measures the frozen blocks (then cached below)
+                batches = self._nc_cached_batches(cut) if cut is not None else None
+                if batches is not None:
+                    from ..prefix_cache import PrefixCacheHandle
+
+                    attached = resolve_backbone(model).model.__dict__.get(PrefixCacheHandle._ATTR)
+                    handle = self._nc_prefix.attach(model)
+                    try:
+                        stats = self._nc_train_pass([i for i in layers if i >= cut], batches)
+                    finally:
+                        if attached is None:  # leave a handle the user attached for training alone
+                            handle.remove()
+                else:
+                    stats = self._nc_train_pass(layers, self._nc_train_batches_or_loader())
         finally:
             model.train(was_training)
         metrics = stats.metrics(self._nc_backbone.classifier, "the train subset", ncc=self.nc_ncc)
+        if batches is not None and self._nc_frozen_blocks:
+            metrics["blocks"] = dict(sorted({**self._nc_frozen_blocks, **metrics.get("blocks", {})}.items(),
+                                            key=lambda kv: int(kv[0])))
+        elif batches is None and self._nc_prefix_cut() is not None and "blocks" in metrics:
+            cut = self._nc_prefix_cut()
+            frozen_nc1 = {k: v for k, v in metrics["blocks"].items() if int(k) < cut}
+            if all(math.isfinite(v) for v in frozen_nc1.values()):  # else measure them again next time
+                self._nc_frozen_blocks = frozen_nc1
         self._nc_train_cache = (self._nc_fingerprint(), metrics)
         return metrics
 
