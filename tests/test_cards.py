@@ -32,6 +32,7 @@ from hf_nc.cards import (
     hub_timeout_seconds,
     install_command,
     loading_snippet,
+    metrics_from_log_history,
     parse_metrics,
     pretrained_card,
     save_adapter,
@@ -81,7 +82,7 @@ def test_metadata_parses_back(tmp_path):
     assert meta["datasets"] == ["org/tiny-data"]
     assert meta["hf_nc"]["peft_type"] == "HFNC_SCL"
     assert meta["hf_nc"]["settings"] == {"layer": -3, "combine": "add"}
-    assert meta["hf_nc"]["trainable_params"] == 600_000 and meta["hf_nc"]["total_params"] == 86_000_000
+    assert meta["hf_nc"]["trainable_params"] == 600_000 and meta["hf_nc"]["base_params"] == 86_000_000
     assert meta["hf_nc"]["metrics"] == {k: v for k, v in METRICS.items()
                                         if k in ("eval_accuracy", "train_nc1", "eval_nc1", "eval_nc2_etf",
                                                  "train_ncc_acc", "train_loss")}
@@ -139,6 +140,21 @@ def test_flat_and_per_split_forms_agree():
         sorted((e.dataset_split, e.metric_type, e.metric_value) for e in b)
 
 
+def test_metrics_from_log_history():
+    """The latest eval (validation) and test values per split, as a Trainer logs them; training logs skipped."""
+    history = [{"loss": 2.0, "learning_rate": 1e-3, "epoch": 1.0, "step": 5},
+               {"eval_accuracy": 0.5, "eval_nc1": 3.0, "eval_train_subset_nc1": 1.0, "eval_runtime": 0.1, "step": 5},
+               {"loss": 1.0, "step": 10, "train_nc1": 9.0},
+               {"eval_accuracy": 0.75, "eval_nc1": 2.0, "eval_train_subset_nc1": 0.5, "step": 10},
+               {"test_accuracy": 0.7, "test_nc1": 2.5, "step": 10}]
+    got = metrics_from_log_history(history)
+    assert got == {"validation": {"accuracy": 0.75, "nc1": 2.0}, "train": {"nc1": 0.5},
+                   "test": {"accuracy": 0.7, "nc1": 2.5}}
+    card = _card(metrics=got)
+    assert {(e.dataset_split, e.metric_type) for e in card.data.eval_results} == {
+        ("validation", "accuracy"), ("validation", "nc1"), ("train", "nc1"), ("test", "accuracy"), ("test", "nc1")}
+
+
 def test_body_has_method_params_metrics_and_loading(tmp_path):
     text = _card().text
     assert text.lstrip().startswith("# tiny-scl\n")
@@ -146,7 +162,8 @@ def test_body_has_method_params_metrics_and_loading(tmp_path):
             "[`org/tiny-data`](https://huggingface.co/datasets/org/tiny-data)") in text
     assert "hf_nc.SCLConfig(layer=-3, combine='add')" in text
     assert "| `layer` | `-3` |" in text
-    assert "**600,000** of 86,000,000 parameters (600.00K of 86.00M, **0.70%**)" in text
+    assert ("**600,000** parameters (600.00K) are trained and stored in this adapter: **0.70%** of the base "
+            "model's 86,000,000 (86.00M)") in text
     table = _table(text)
     assert table[("Accuracy", "test")] == "0.9123" and table[("NC1", "train")] == "0.1234"
     assert table[("NC2-ETF", "test")] == "0.3000" and table[("Loss", "train")] == "0.4000"
@@ -215,7 +232,7 @@ def test_trainable_percent(trainable, total, expected):
     assert f"**{expected}**" in _card(trainable_params=trainable, total_params=total).text
 
 
-@pytest.mark.parametrize("trainable,total", [(5, 4), (-1, 4), (0, 0)])
+@pytest.mark.parametrize("trainable,total", [(-1, 4), (0, 0), (1, -3)])
 def test_bad_counts_raise(trainable, total):
     with pytest.raises(ValueError, match="trainable_params"):
         _card(trainable_params=trainable, total_params=total)
@@ -227,6 +244,9 @@ def test_method_names_and_configs():
     assert "layer-ft" in _card(method="layer_ft", method_config={"layers": [-1], "part": "block"}).data.tags
     card = _card(method=hf_nc.HeadFTConfig(heads={-1: "all", 1: [0, 2]}), method_config=None)
     assert "hf_nc.HeadFTConfig(train_head=True, heads={-1: 'all', 1: [0, 2]}," in card.text
+    labelled = _card(method=hf_nc.HeadFTConfig(heads={-1: "all"}, id2label={0: "cat", 1: "dog"}), method_config=None)
+    assert "id2label" not in labelled.data.get("hf_nc")["settings"] and labelled.data.get("hf_nc")["labels"] == ["cat", "dog"]
+    assert "Classes (2, recorded in the adapter as `id2label`): cat, dog." in labelled.text
     lora = _card(method="LORA", method_config={"r": 8, "lora_alpha": 16, "peft_type": "LORA"})
     assert "lora" in lora.data.tags and "`r` | `8`" in lora.text
     assert "PeftModel" in loading_snippet(lora, "peft") and "KeyError" not in lora.text
@@ -256,6 +276,7 @@ def test_parse_metrics_splits():
 def _moved_scl(tmp_path):
     base = build_tiny_model("vit_cls").eval()
     base.save_pretrained(tmp_path / "base")
+    _moved_scl.base_params = sum(p.numel() for p in base.parameters())  # counted before PEFT wraps it
     model = get_peft_model(base, hf_nc.SCLConfig(layer=1)).eval()
     g = torch.Generator().manual_seed(123)
     with torch.no_grad():
@@ -272,8 +293,11 @@ def test_loading_snippet_runs_against_local_adapter(tmp_path):
     """The card's snippets, with the Hub ids swapped for local dirs, load the adapter and reproduce its logits."""
     model, expected = _moved_scl(tmp_path)
     card = adapter_card_from_model(model, "org/tiny-vit", METRICS, "org/tiny-data")
-    trainable, total = model.get_nb_trainable_parameters()
-    assert card.data.get("hf_nc")["trainable_params"] == trainable and card.data.get("hf_nc")["total_params"] == total
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert card.data.get("hf_nc")["trainable_params"] == trainable
+    assert card.data.get("hf_nc")["base_params"] == _moved_scl.base_params  # the share is of the base model
+    assert card.data.get("hf_nc")["trainable_percent"] == pytest.approx(100 * trainable / _moved_scl.base_params,
+                                                                        abs=1e-6)
     assert REPO_ID_PLACEHOLDER in loading_snippet(card)
     save_adapter(model, tmp_path / "adapter", card)
     assert model.peft_config["default"].base_model_name_or_path != "org/tiny-vit"  # left unchanged...

@@ -28,6 +28,8 @@ Public API:
   timeout=None, endpoint=None) -> str`` (raises ``HubTimeoutError``; ``$HF_NC_HUB_TIMEOUT``)
 * ``hub_timeout(timeout=None)`` (context manager), ``hub_timeout_seconds(timeout=None) -> float``
 * ``pretrained_card(record, title, ...) -> ModelCard`` (``recipes/pretrain_vit.py``'s checkpoint card)
+* ``base_param_count(model) -> int`` (the trainable share is ``trainable / base_param_count``)
+* ``metrics_from_log_history(log_history, eval_split="validation") -> dict`` (per split, for the Trainer's card)
 * ``loading_snippet(card, which="auto") -> str``, ``parse_metrics(metrics, eval_split="test")``,
   ``trainable_percent(trainable, total) -> str``, ``install_command(source_url=None) -> str``,
   ``hub_dataset_id(dataset) -> str | None``, ``render_card(template, card_data, **values) -> ModelCard``
@@ -38,7 +40,9 @@ from ._adapter import (
     REPO_ID_PLACEHOLDER,
     adapter_card,
     adapter_card_from_model,
+    base_param_count,
     loading_snippet,
+    metrics_from_log_history,
     parse_metrics,
     trainable_percent,
 )
@@ -73,12 +77,14 @@ __all__ = [
     "TEMPLATES_DIR",
     "adapter_card",
     "adapter_card_from_model",
+    "base_param_count",
     "builtin_model_name",
     "hub_dataset_id",
     "hub_timeout",
     "hub_timeout_seconds",
     "install_command",
     "loading_snippet",
+    "metrics_from_log_history",
     "parse_metrics",
     "pretrained_card",
     "push_adapter",

@@ -39,8 +39,9 @@ _ALIASES = {
     "head_ft": "HFNC_HEAD_FT", "head-ft": "HFNC_HEAD_FT", "headft": "HFNC_HEAD_FT", "headftconfig": "HFNC_HEAD_FT",
 }
 # PeftConfig's own fields and the fields our configs derive from the base model: not "settings"
+# (``id2label``: the task's class names, shown apart)
 _NOT_SETTINGS = {"auto_mapping", "base_model_name_or_path", "inference_mode", "peft_type", "peft_version", "revision",
-                 "task_type", "target_modules", "modules_to_save"}
+                 "task_type", "target_modules", "modules_to_save", "id2label"}
 
 _METRIC_NAMES = {
     "accuracy": "Accuracy", "nc1": "NC1", "nc2_etf": "NC2-ETF", "nc2_equinorm": "NC2-equinorm",
@@ -193,6 +194,32 @@ def parse_metrics(metrics: Mapping[str, Any] | None, eval_split: str = "test") -
     return list(seen.values())
 
 
+def metrics_from_log_history(log_history: Sequence[Mapping[str, Any]], eval_split: str = "validation",
+                             ) -> dict[str, dict[str, float]]:
+    """The latest value of every evaluation metric in ``TrainerState.log_history``, per split.
+
+    For ``NCTrainer.create_model_card``: the Trainer evaluates on the validation split during training
+    (``eval_*`` keys, the train-subset NC as ``eval_train_subset_*``) and a final ``predict`` / ``evaluate``
+    with ``metric_key_prefix="test"`` logs ``test_*``. Training-loss logs (no ``eval_`` / ``test_`` prefix) are
+    skipped.
+
+    Args:
+        log_history: ``trainer.state.log_history``.
+        eval_split: the split the ``eval_`` keys were measured on.
+
+    Returns:
+        ``{"validation": {"accuracy": .., "nc1": ..}, "train": {"nc1": ..}, "test": {...}}`` (splits that
+        appear only), ready for ``adapter_card(metrics=...)``.
+    """
+    latest: dict[str, Any] = {}
+    for entry in log_history:
+        latest.update({k: v for k, v in entry.items() if k.startswith(("eval_", "test_"))})
+    out: dict[str, dict[str, float]] = {}
+    for m in parse_metrics(latest, eval_split):
+        out.setdefault(m.split, {})[m.type] = m.value
+    return out
+
+
 def _fmt(value: float | int) -> str:
     if isinstance(value, int):
         return f"{value:,}"
@@ -283,7 +310,9 @@ def adapter_card(
         method_config: the method's settings: ``config.to_dict()``, the saved ``adapter_config.json`` or the
             config itself.
         trainable_params: trained parameters, as ``PeftModel.get_nb_trainable_parameters()[0]``.
-        total_params: all parameters, as ``PeftModel.get_nb_trainable_parameters()[1]``.
+        total_params: parameters of the base model (``base_param_count``): the trainable share is
+            ``trainable_params / total_params``, hf-nc's one definition (the recipes' summary and README
+            tables use it too).
         metrics: flat ``{"eval_accuracy": 0.91, "eval_train_subset_nc1": 0.12, ...}`` or per split
             ``{"validation": {"accuracy": .., "nc1": ..}, "test": {...}, "train": {"nc1": ..}}`` (see
             ``parse_metrics``).
@@ -315,14 +344,15 @@ def adapter_card(
     """
     if not isinstance(trainable_params, int) or not isinstance(total_params, int):
         trainable_params, total_params = int(trainable_params), int(total_params)
-    if total_params <= 0 or not 0 <= trainable_params <= total_params:
-        raise ValueError(f"need 0 <= trainable_params <= total_params and total_params > 0, got "
-                         f"{trainable_params} and {total_params}")
+    if total_params <= 0 or trainable_params < 0:
+        raise ValueError(f"need trainable_params >= 0 and total_params > 0, got {trainable_params} and {total_params}")
     peft_type, method_tag, title, config_cls, what = _method_info(method)
     if method_config is None and hasattr(method, "to_dict"):
         method_config = method
     config = _plain(_config_dict(method_config))
     settings = _settings(config, peft_type)
+    id2label = config.get("id2label") or {}
+    labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if isinstance(id2label, Mapping) else []
     parsed = parse_metrics(metrics, eval_split)
     builtin = builtin_model_name(base_model)
     if builtin:
@@ -362,9 +392,10 @@ def adapter_card(
             "base_model": base_model if (base_is_hub_id or builtin) else None,
             "settings": settings,
             "trainable_params": trainable_params,
-            "total_params": total_params,
+            "base_params": total_params,
             "trainable_percent": round(100.0 * trainable_params / total_params, 6),
             "metrics": {m.key: m.value for m in parsed},
+            **({"labels": labels} if labels else {}),
         },
     )
 
@@ -387,11 +418,10 @@ def adapter_card(
         config_call=(f"hf_nc.{config_cls}(" + ", ".join(f"{k}={_py_literal(v)}" for k, v in settings.items()) + ")")
         if config_cls else None,
         settings=[(k, _py_literal(v)) for k, v in settings.items()],
-        base_record=_base_record(config), hf_nc_method=peft_type in _METHODS,
+        base_record=_base_record(config), hf_nc_method=peft_type in _METHODS, labels=labels,
         dataset_text=dataset_text(dataset, dataset_name),
         trainable=f"{trainable_params:,}", total=f"{total_params:,}", trainable_h=_human(trainable_params),
         total_h=_human(total_params), pct=trainable_percent(trainable_params, total_params),
-        frozen=f"{total_params - trainable_params:,}",
         splits=splits, table=table, has_nc=any(m.type.startswith("nc") or m.type == "cdnv" for m in parsed),
         install=install_command(source_url),
         auto_snippet=_auto_snippet(repo, peft_type, load_kwargs).rstrip("\n"),
@@ -450,5 +480,18 @@ def adapter_card_from_model(model, base_model: str | None = None, metrics: Mappi
     base_model = base_model or config.base_model_name_or_path
     if not base_model:
         raise ValueError("pass base_model: the adapter config does not name its base model")
-    trainable, total = model.get_nb_trainable_parameters()
-    return adapter_card(base_model, config, config.to_dict(), trainable, total, metrics, dataset, **kwargs)
+    trainable = model.get_nb_trainable_parameters()[0]
+    return adapter_card(base_model, config, config.to_dict(), trainable, base_param_count(model), metrics, dataset,
+                        **kwargs)
+
+
+def base_param_count(model) -> int:
+    """Parameters of a ``PeftModel``'s base model, without the adapters' own (the trainable share's denominator).
+
+    PEFT keeps every adapter's parameters in containers keyed by the adapter name
+    (``....hfnc_scl_block.default.attention...``, ``...hfnc_head_ft_delta.default``,
+    ``classifier.modules_to_save.default.weight``), so a parameter is the base's when no name component is an
+    adapter name. A model without ``peft_config`` counts all its parameters.
+    """
+    names = set(getattr(model, "peft_config", {}) or {})
+    return sum(p.numel() for n, p in model.named_parameters() if not names.intersection(n.split(".")))
