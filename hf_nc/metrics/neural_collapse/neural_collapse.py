@@ -18,9 +18,12 @@ hf-nc's DESIGN.md (Li et al., TMLR 2024, arXiv 2212.12206). Lower nc* means more
 _KWARGS_DESCRIPTION = """\
 Args:
     features: list of N feature vectors (each a list of d floats).
-    labels: list of N integer class indices in [0, K).
+    labels: list of N integer class indices in [0, K) (non-integer values are rejected).
     num_classes: K (default: max(labels) + 1).
     classifier_weight: optional K x d classifier weight (nested list/array) for nc3.
+The metrics are those of the data given to this process, also inside a torch.distributed
+program; to combine several processes' data use evaluate's own ``num_process`` /
+``process_id`` arguments of ``evaluate.load``.
 Returns:
     dict with nc1, nc2_etf, nc2_equinorm, nc2_equiangle, [nc3], ncc_acc, cdnv,
     num_samples, num_classes.
@@ -51,11 +54,13 @@ class NeuralCollapse(evaluate.Metric):
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=[
+                # labels are stored as float64 (exact for integers up to 2^53) and checked in
+                # _compute: an int64 column would let Arrow truncate 0.7 to 0 silently
                 datasets.Features(
-                    {"features": datasets.Sequence(datasets.Value("float64")), "labels": datasets.Value("int64")}
+                    {"features": datasets.Sequence(datasets.Value("float64")), "labels": datasets.Value("float64")}
                 ),
                 datasets.Features(
-                    {"features": datasets.Sequence(datasets.Value("float32")), "labels": datasets.Value("int64")}
+                    {"features": datasets.Sequence(datasets.Value("float32")), "labels": datasets.Value("float64")}
                 ),
             ],
             reference_urls=["https://arxiv.org/abs/2212.12206"],
@@ -64,9 +69,13 @@ class NeuralCollapse(evaluate.Metric):
     def _compute(self, features, labels, num_classes=None, classifier_weight=None):
         import numpy as np
 
+        y = np.asarray(labels, dtype=np.float64)
+        bad = y[~np.isfinite(y) | (y != np.round(y))] if y.size else y
+        if bad.size:
+            raise ValueError(f"labels must be integers, got non-integer values {bad[:10].tolist()}")
         return nc_metrics(
             np.asarray(features, dtype=np.float64),
-            np.asarray(labels, dtype=np.int64),
+            y.astype(np.int64),
             num_classes=num_classes,
             classifier_weight=classifier_weight,
         )
