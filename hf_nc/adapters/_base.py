@@ -334,14 +334,37 @@ class NCTuner(BaseTuner):
         ``_post_injection_hook`` only for the first adapter, not for ``add_adapter`` /
         ``load_adapter``), and, when the config was read by ``from_pretrained``, a check of the
         weights file PEFT is about to load (see :func:`check_adapter_weights_file`)."""
+        if not self.__dict__.get("_nc_injected", False):
+            self._refuse_a_second_tuner(model, adapter_name)
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
                                low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+        self.__dict__["_nc_injected"] = True
         self._install_prefix_cut(model)
         config = self.peft_config[adapter_name]
         source = getattr(config, "_nc_weights_source", None)
         if source is not None and state_dict is None:
             config._nc_weights_source = None  # one check per load
             check_adapter_weights_file(model, config, adapter_name, *source)
+
+    @staticmethod
+    def _refuse_a_second_tuner(model: nn.Module, adapter_name: str) -> None:
+        """A new tuner on a model that already holds hf-nc adapter layers: that is transformers'
+        ``model.load_adapter`` (or PEFT's ``inject_adapter_in_model``) called a second time; a
+        ``PeftModel`` adds adapters through its one tuner. With peft 0.21 transformers cannot switch
+        between such adapters (its ``set_adapter`` needs peft >= 0.22) and the classification head
+        would keep running the first adapter's copy: refuse instead of giving wrong logits."""
+        held = sorted({a for m in model.modules() if isinstance(m, BaseTunerLayer)
+                       and type(m).__module__.startswith("hf_nc.") for a in _held_adapters(m)})
+        if held:
+            raise ValueError(
+                f"This model already holds the hf-nc adapter(s) {held}, loaded through transformers' "
+                f"`model.load_adapter(...)` (or `peft.inject_adapter_in_model`, or by a PeftModel that was not "
+                f"unloaded); loading {adapter_name!r} the same way is not supported: transformers cannot switch between hf-nc adapters with peft < 0.22, and the "
+                "classification head would keep the first adapter's weights. Use PEFT's API instead: "
+                "`model = peft.PeftModel.from_pretrained(base, first)`, `model.load_adapter(second, "
+                "adapter_name='second')`, `model.set_adapter('second')` (or "
+                "`hf_nc.AutoPeftModelForImageClassification.from_pretrained(adapter)` for one adapter)."
+            )
 
     # -- frozen-prefix cut ---------------------------------------------------------------
     def first_tuned_block(self, adapter_names: Optional[list[str]] = None) -> int | None:
@@ -499,6 +522,15 @@ def check_adapter_weights_file(model: nn.Module, config, adapter_name: str, mode
     missing = sorted(k for k in needed if k not in keys and k.removeprefix(PEFT_PREFIX) not in keys)
     if missing:
         raise _partial_load_error(config, missing, [], file=path)
+
+
+def _held_adapters(layer: BaseTunerLayer) -> set[str]:
+    names = set()
+    for attr in getattr(layer, "adapter_layer_names", ()):
+        container = getattr(layer, attr, None)
+        if hasattr(container, "keys"):
+            names |= set(container.keys())
+    return names
 
 
 def _holds(layer: BaseTunerLayer, adapter_name: str) -> bool:
