@@ -1,6 +1,6 @@
 """Step and whole-run time with the frozen-prefix cache, side by side, as multiples of a full-FT step.
 
-Run: .venv/bin/python benchmarks/prefix_cache.py [--quick] [--steps 20 --images 160 --epochs 10]
+Run: .venv/bin/python benchmarks/prefix_cache.py [--quick] [--steps 20 --images 160 --epochs 10] [--family dinov2]
 
 One ViT with 12 blocks (width 192, 3 heads, 96 px / 16 = 37 tokens, batch 16 by default). Every
 method gets a fresh copy of the same base: full FT, and Layer FT / SCL FT (default delta skip) at
@@ -35,6 +35,7 @@ import transformers as tf
 from peft import get_peft_model
 
 import hf_nc
+from hf_nc.backbones import resolve_backbone
 from hf_nc.data import collate_fn
 from hf_nc.prefix_cache import PrefixCache
 
@@ -42,10 +43,14 @@ warnings.filterwarnings("ignore")
 
 
 def build(args):
+    torch.manual_seed(0)
+    if args.family == "dinov2":  # DINOv2-S/14 (random weights) at the transfer study's 56 px
+        config = tf.Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4,
+                                 image_size=args.image, patch_size=14, num_labels=args.labels, attn_implementation="sdpa")
+        return tf.Dinov2ForImageClassification(config)
     config = tf.ViTConfig(hidden_size=args.hidden, num_hidden_layers=12, num_attention_heads=args.heads,
                           intermediate_size=4 * args.hidden, image_size=args.image, patch_size=16,
                           num_labels=args.labels, attn_implementation="sdpa")
-    torch.manual_seed(0)
     return tf.ViTForImageClassification(config)
 
 
@@ -62,21 +67,26 @@ def step(model, optimizer, x, y) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=("vit", "dinov2"), default="vit",
+                        help="vit: 12 x --hidden ViT at --image px; dinov2: DINOv2-S/14 (12 x 384) at 56 px")
     parser.add_argument("--hidden", type=int, default=192)
     parser.add_argument("--heads", type=int, default=3)
-    parser.add_argument("--image", type=int, default=96)
+    parser.add_argument("--image", type=int, default=None, help="image size (default 96 for vit, 56 for dinov2)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--labels", type=int, default=10)
-    parser.add_argument("--blocks", default="2,6,10", help="tuned blocks to compare")
-    parser.add_argument("--steps", type=int, default=20, help="timed interleaved steps per method (after 1 warm-up)")
-    parser.add_argument("--images", type=int, default=160, help="training images of the whole-run estimate")
+    parser.add_argument("--blocks", default=None, help="tuned blocks to compare (default 2,6,10)")
+    parser.add_argument("--steps", type=int, default=None, help="timed interleaved steps per method after 1 warm-up (default 20)")
+    parser.add_argument("--images", type=int, default=None, help="training images of the whole-run estimate (default 160)")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="5 steps, 32 images, blocks 6,10: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="defaults of 5 steps, 32 images, blocks 6,10: a smoke run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: leave as is)")
     args = parser.parse_args()
-    if args.quick:
-        args.steps, args.images, args.blocks = 5, 32, "6,10"
+    args.image = args.image or (56 if args.family == "dinov2" else 96)
+    quick = dict(steps=5, images=32, blocks="6,10") if args.quick else dict(steps=20, images=160, blocks="2,6,10")
+    for key, value in quick.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -121,8 +131,10 @@ def main():
     full_times = runs[("full FT", False)]["times"]
     steps_per_epoch = -(-args.images // args.batch)
     E = args.epochs
-    print(f"ViT: 12 blocks, width {args.hidden}, {args.heads} heads, {args.image}px/16 ({(args.image // 16) ** 2 + 1} "
-          f"tokens), batch {args.batch}, {args.device}, {torch.get_num_threads()} threads, median of {args.steps} "
+    cfg = resolve_backbone(base).config
+    patch = cfg.patch_size
+    print(f"{type(base).__name__}: 12 blocks, width {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
+          f"{args.image}px/{patch} ({(args.image // patch) ** 2 + 1} tokens), batch {args.batch}, {args.device}, {torch.get_num_threads()} threads, median of {args.steps} "
           f"interleaved steps; whole run: {E} epochs x {steps_per_epoch} steps ({args.images} images)")
     print(f"full-FT step {1000 * t_full:.1f} ms (spread over rounds: min {1000 * min(full_times):.1f}, "
           f"max {1000 * max(full_times):.1f} ms)")
