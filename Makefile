@@ -19,7 +19,8 @@ STAMP := $(VENV)/.hf-nc-installed
 
 .PHONY: demo test venv data clean-venv
 
-# SCL fine-tuning of the built-in ViT on digits, with NC logging; prints the summary table.
+# SCL fine-tuning of the built-in ViT on digits, with NC logging; prints the summary table
+# (validation and test: selection on validation, test evaluated once at the end).
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python recipes/finetune_vit.py --output_dir outputs/demo --nc_layers
 

@@ -11,10 +11,18 @@
 
 Any ``AutoModelForImageClassification`` checkpoint with a backbone spec in ``hf_nc.backbones``
 (ViT, DeiT, DINOv2, CLIP, SigLIP) works. All ``TrainingArguments`` are flags (``--num_train_epochs``,
-``--learning_rate``, ``--bf16``, ``--resume_from_checkpoint``, ``--metric_for_best_model train_nc1``, ...).
-``NCTrainer`` logs NC of the classifier input on a seeded training subset (``train_nc1``, ...) and on
-the test data (``eval_nc1``, ...) at every evaluation. At the end a summary table is printed and
-written to ``output_dir/summary.json``; the trained part goes to ``output_dir/adapter``;
+``--learning_rate``, ``--bf16``, ``--resume_from_checkpoint``, ``--metric_for_best_model train_nc1``, ...);
+``python recipes/finetune_vit.py config.yaml`` (or ``.json``) reads the same keys from a file.
+
+Evaluation during training, ``--load_best_model_at_end`` and early stopping use the ``validation``
+split (the dataset's own, else ``--train_val_split`` of the training images, drawn outside the
+few-shot subset); the test split is evaluated once, at the end. ``NCTrainer`` logs NC of the
+classifier input on a seeded training subset and on the validation data at every evaluation.
+Unset ``--learning_rate`` / ``--num_train_epochs`` are chosen from the method and the data
+(``recipes/common.py``: ``DEFAULT_LEARNING_RATES``, ``--min_train_steps``). At the end a summary
+table (validation and test) is printed and written to ``output_dir/summary.json`` with every
+setting of the run; the trained part and the image processor go to ``output_dir/adapter``
+(``pipeline("image-classification", model=output_dir/adapter)`` for ``full``);
 ``--push_to_hub --hub_model_id ID`` pushes it with a model card.
 """
 
