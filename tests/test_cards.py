@@ -247,6 +247,8 @@ def test_method_names_and_configs():
     labelled = _card(method=hf_nc.HeadFTConfig(heads={-1: "all"}, id2label={0: "cat", 1: "dog"}), method_config=None)
     assert "id2label" not in labelled.data.get("hf_nc")["settings"] and labelled.data.get("hf_nc")["labels"] == ["cat", "dog"]
     assert "Classes (2, recorded in the adapter as `id2label`): cat, dog." in labelled.text
+    assert "num_labels=2, ignore_mismatched_sizes=True" in loading_snippet(labelled, "peft")
+    assert "num_labels" not in loading_snippet(labelled, "auto")  # hf-nc's loader reads id2label itself
     lora = _card(method="LORA", method_config={"r": 8, "lora_alpha": 16, "peft_type": "LORA"})
     assert "lora" in lora.data.tags and "`r` | `8`" in lora.text
     assert "PeftModel" in loading_snippet(lora, "peft") and "KeyError" not in lora.text
@@ -389,3 +391,29 @@ def test_hub_timeout_setting(monkeypatch):
         assert (t.connect, t.read, t.write, t.pool) == (4.0, 4.0, 4.0, 4.0)
     assert _http._GLOBAL_CLIENT_FACTORY is previous  # restored
     assert get_session().timeout.read is None  # huggingface_hub's own default again
+
+
+def test_adapter_of_the_builtin_model_loads_from_its_card_snippets(tmp_path):
+    """Built-in base: the saved adapter names `hf-nc/tiny-vit-fmnist`, and both card snippets load it."""
+    from transformers import ViTForImageClassification
+
+    base = ViTForImageClassification.from_pretrained(hf_nc.DEFAULT_MODEL, local_files_only=True).eval()
+    pixels = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model = get_peft_model(base, hf_nc.HeadFTConfig(heads={-1: [0]})).eval()
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+        expected = model(pixel_values=pixels).logits
+    card = adapter_card_from_model(model, metrics=PER_SPLIT, dataset="fashion_mnist")  # base from the config
+    assert hf_nc.DEFAULT_MODEL not in card.content and card.data.get("hf_nc")["base_model"] == "hf-nc/tiny-vit-fmnist"
+    folder = tmp_path / "moved" / "adapter"
+    save_adapter(model, folder, card)
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "hf-nc/tiny-vit-fmnist"
+    whiches = ["peft"] + (["auto"] if hasattr(hf_nc, "AutoPeftModelForImageClassification") else [])
+    for which in whiches:
+        snippet = loading_snippet(ModelCard.load(folder / "README.md"), which)
+        scope: dict = {}
+        exec(compile(snippet.replace(f'"{REPO_ID_PLACEHOLDER}"', repr(str(folder))), which, "exec"), scope)
+        with torch.no_grad():
+            assert (scope["model"](pixel_values=pixels).logits - expected).abs().max() < 1e-6, which

@@ -329,7 +329,7 @@ def adapter_card(
         base_model_class: the transformers class of the PEFT snippet's base.
         load_kwargs: keyword arguments of the base's ``from_pretrained`` in both snippets, e.g.
             ``{"num_labels": 10, "ignore_mismatched_sizes": True}`` when the adapter's head has another number
-            of classes than the base's.
+            of classes than the base's (default for the PEFT snippet when the config records ``id2label``).
         pipeline_tag: Hub ``pipeline_tag``.
         license: Hub ``license``.
         tags: more Hub tags (added to ours).
@@ -400,6 +400,10 @@ def adapter_card(
     )
 
     repo = repo_id or REPO_ID_PLACEHOLDER
+    # plain PEFT loads the base as it is: a head for the adapter's classes needs the base built with that many
+    # (hf-nc's loader reads id2label from the adapter itself)
+    peft_kwargs = load_kwargs if load_kwargs is not None else (
+        {"num_labels": len(labels), "ignore_mismatched_sizes": True} if labels else None)
     splits = sorted({m.split for m in parsed if not _PER_BLOCK.search(m.type)}, key=_split_rank)
     table: dict[str, dict[str, str]] = {}
     for m in parsed:
@@ -425,7 +429,7 @@ def adapter_card(
         splits=splits, table=table, has_nc=any(m.type.startswith("nc") or m.type == "cdnv" for m in parsed),
         install=install_command(source_url),
         auto_snippet=_auto_snippet(repo, peft_type, load_kwargs).rstrip("\n"),
-        peft_snippet=_peft_snippet(base_model, repo, base_model_class, peft_type, load_kwargs, bool(builtin)).rstrip("\n"),
+        peft_snippet=_peft_snippet(base_model, repo, base_model_class, peft_type, peft_kwargs, bool(builtin)).rstrip("\n"),
         auto_loader=AUTO_LOADER, versions=_versions(), extra=extra.strip("\n"),
     )
 
