@@ -462,3 +462,35 @@ def test_collator_inputs_reach_the_prefix_as_in_training():
     with cache.attach(model):
         got = train(model, cache)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+# -- the recipes' --cache_frozen_prefix (active once recipes/common.py has the option) ---------
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.parametrize("method,extra", [("scl", ["--layer", "1"]), ("linear_probe", []), ("full", [])])
+def test_recipe_cache_frozen_prefix_matches_uncached(method, extra, tmp_path):
+    sys.path.insert(0, str(RECIPES))
+    try:
+        import common
+        import finetune_vit
+    finally:
+        sys.path.remove(str(RECIPES))
+    if "cache_frozen_prefix" not in common.MethodArguments.__dataclass_fields__:
+        pytest.skip("recipes/common.py has no --cache_frozen_prefix yet (integration: /tmp/docs_prefix_cache.md)")
+    build_tiny_model("vit_cls").save_pretrained(tmp_path / "tiny")
+    quick = ["--model_name_or_path", str(tmp_path / "tiny"), "--method", method, *extra, "--max_steps", "4",
+             "--shots_per_class", "3", "--max_eval_samples", "20", "--nc_train_samples", "20", "--report_to", "none",
+             "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--eval_strategy", "steps",
+             "--eval_steps", "2"]
+    ref = finetune_vit.main([*quick, "--output_dir", str(tmp_path / "a")])["metrics"]
+    if method == "full":  # nothing frozen to cache: a warning, then the uncached run
+        with pytest.warns(UserWarning, match="not frozen"):
+            got = finetune_vit.main([*quick, "--output_dir", str(tmp_path / "b"), "--cache_frozen_prefix", "true"])["metrics"]
+    else:
+        got = finetune_vit.main([*quick, "--output_dir", str(tmp_path / "b"), "--cache_frozen_prefix", "true"])["metrics"]
+    keys = [k for k, v in ref.items() if isinstance(v, float) and "runtime" not in k and "per_second" not in k]
+    assert any("nc1" in k for k in keys)
+    for k in keys:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
