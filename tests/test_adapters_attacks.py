@@ -304,3 +304,26 @@ def test_real_integers_numpy_integers_and_json_round_trips_are_accepted(tmp_path
         config.save_pretrained(tmp_path / config.peft_type)
         loaded = PeftConfig.from_pretrained(tmp_path / config.peft_type)
         assert type(loaded) is type(config) and loaded.to_dict() == config.to_dict()
+
+
+def test_copies_of_an_adapted_model_keep_their_own_prefix_cut():
+    """The cut hook refers to its tuner: a deep copy must cut by the copy's active adapter, and copying one
+    block alone must not drag the whole model along."""
+    import copy
+
+    import hf_nc.adapters as A
+
+    peft_model = get_peft_model(build_tiny_model("vit_cls"), A.LayerFTConfig(layers=[2]))
+    peft_model.add_adapter("low", A.LayerFTConfig(layers=[0]))
+    twin = copy.deepcopy(peft_model)
+    twin.set_adapter("low")  # only the copy switches
+    hooks = [h for b in resolve_backbone(twin).blocks for h in b._forward_pre_hooks.values()
+             if type(h).__name__ == "_PrefixCut"]
+    assert hooks and all(h.tuner is twin.base_model for h in hooks)
+    assert twin.base_model._active_first_block() == 0 and peft_model.base_model._active_first_block() == 2
+    block = copy.deepcopy(resolve_backbone(peft_model).blocks[2])
+    assert all(h.tuner is peft_model.base_model for h in block._forward_pre_hooks.values()
+               if type(h).__name__ == "_PrefixCut")
+    twin.train()
+    first_output(twin(pixel_values=tiny_pixels())).pow(2).mean().backward()
+    assert all(p.grad is not None for n, p in twin.named_parameters() if p.requires_grad and ".low." in n)

@@ -405,7 +405,7 @@ class NCTuner(BaseTuner):
             self._nc_cut_handle = None
 
     def _active_first_block(self) -> int | None:
-        key = (tuple(self.active_adapters), bool(getattr(self, "_nc_disabled", False)))
+        key = tuple(self.active_adapters)
         cache = self.__dict__.setdefault("_nc_first_cache", {})
         if key not in cache:
             cache.clear()
