@@ -437,13 +437,14 @@ def trainable_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_trained(model: nn.Module, method: str, folder: Path, processor=None) -> int:
+def save_trained(model: nn.Module, method: str, folder: Path, processor=None, card=None) -> int:
     """Saves what the method trained (and the image processor); returns the bytes written.
 
     PEFT methods: the adapter. full: the whole model. linear_probe: only the classifier
     (``classifier.safetensors``) and the config, since everything else is the base model. The
     image processor (``preprocessor_config.json``) goes into the folder too, so
-    ``pipeline("image-classification", ..., image_processor=folder)`` preprocesses as trained.
+    ``pipeline("image-classification", ..., image_processor=folder)`` preprocesses as trained;
+    an adapter's ``card`` (``hf_nc.cards``) becomes its README.md instead of PEFT's blank template.
     """
     from safetensors.torch import save_file
 
@@ -453,6 +454,10 @@ def save_trained(model: nn.Module, method: str, folder: Path, processor=None) ->
         tensors = {f"{backbone.classifier_path}.{k}": v.detach().contiguous() for k, v in backbone.classifier.state_dict().items()}
         save_file(tensors, folder / "classifier.safetensors")
         model.config.save_pretrained(folder)
+    elif card is not None:
+        from hf_nc import cards
+
+        cards.save_adapter(model, folder, card)
     else:
         model.save_pretrained(folder)
     if processor is not None:
@@ -572,19 +577,26 @@ def format_summary(s: dict) -> str:
     return "\n".join([line(COLUMNS), "-+-".join("-" * w for w in widths), line(cells)])
 
 
-def push(model, method: MethodArguments, targs: TrainingArguments, summary: dict, base: str, dataset: str, folder: Path,
-         processor=None) -> str:
-    """Pushes the adapter (PEFT methods) or model with a card made by ``hf_nc.cards``."""
+def adapter_card(model, summary: dict, dataset: str, repo_id: Optional[str], metrics: dict):
+    """The hf-nc model card of a PEFT adapter (``hf_nc.cards``): validation and test results, the loading snippet."""
+    from hf_nc import cards
+    from hf_nc.data.builtin import BUILTIN_NAMES
+
+    hub_dataset = None if Path(dataset).exists() or dataset.lower() in BUILTIN_NAMES else dataset  # only Hub datasets
+    per_split = {split: {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                 for split, values in metrics.items() if values}
+    load_kwargs = {"num_labels": summary["num_labels"], "ignore_mismatched_sizes": True}
+    return cards.adapter_card_from_model(model, metrics=per_split, dataset=hub_dataset, load_kwargs=load_kwargs,
+                                         repo_id=repo_id)  # repo_id None: push_adapter fills it in
+
+
+def push(model, method: MethodArguments, targs: TrainingArguments, card=None, processor=None) -> str:
+    """Pushes the adapter (PEFT methods, with its hf-nc ``card``) or the model, and the image processor."""
     repo_id = targs.hub_model_id or Path(targs.output_dir).name
     kwargs = dict(private=bool(targs.hub_private_repo), token=targs.hub_token)
-    metrics = {k: v for k, v in summary["metrics"].items() if isinstance(v, (int, float))}
     if hasattr(model, "peft_config"):
         from hf_nc import cards
 
-        load_kwargs = {"num_labels": summary["num_labels"], "ignore_mismatched_sizes": True}
-        card = cards.adapter_card_from_model(model, base_model=base, metrics=metrics, dataset=None if Path(dataset).exists() else dataset,
-                                             load_kwargs=load_kwargs, repo_id=targs.hub_model_id)  # None: push_adapter fills it in
-        cards.save_adapter(model, folder, card)  # the local copy gets the same card
         url = cards.push_adapter(model, repo_id, card, private=kwargs["private"], token=kwargs["token"])
     else:
         url = model.push_to_hub(repo_id, commit_message=f"hf-nc {method.method} fine-tuning", **kwargs).commit_url
@@ -694,10 +706,14 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
     out = Path(targs.output_dir)
     push_error = None
     if trainer.is_world_process_zero():
-        summary["adapter_bytes"] = save_trained(model, method.method, out / "adapter", processor)
+        card = None
+        if hasattr(model, "peft_config"):
+            card = adapter_card(model, summary, dargs.dataset, targs.hub_model_id if push_to_hub else None,
+                                {"validation": val_metrics, "test": test_metrics})
+        summary["adapter_bytes"] = save_trained(model, method.method, out / "adapter", processor, card)
         if push_to_hub:
             try:
-                summary["hub_commit"] = push(model, method, targs, summary, base, dargs.dataset, out / "adapter", processor)
+                summary["hub_commit"] = push(model, method, targs, card, processor)
             except Exception as e:  # the run is done: keep its summary, then report the failed push
                 push_error = e
                 summary["hub_error"] = f"{type(e).__name__}: {e}"

@@ -214,6 +214,19 @@ def test_saved_adapter_keeps_the_task_class_names(tiny_vit, tmp_path):
     assert [model.config.id2label[i] for i in range(10)] == [str(i) for i in range(10)]
 
 
+def test_saved_adapter_readme_is_the_hf_nc_card_with_validation_and_test(tiny_vit, tmp_path):
+    from huggingface_hub import ModelCard
+
+    summary = finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), "--method", "layer", *SMALL,
+                                 "--max_steps", "1", "--eval_strategy", "no"])
+    card = ModelCard.load(str(tmp_path / "adapter" / "README.md"))
+    assert "import hf_nc" in card.text
+    metrics = card.data.to_dict()["hf_nc"]["metrics"]  # (model-index needs a Hub base id; this base is a local folder)
+    assert metrics["validation/eval_accuracy"] == pytest.approx(summary["validation_accuracy"])
+    assert metrics["test/test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert metrics["test/test_nc1"] == pytest.approx(summary["test_nc1"])
+
+
 # ------------------------------------------------------------------------------------- FSDP
 def test_fsdp_the_trainer_did_not_enable_is_an_error():
     from transformers.trainer_utils import FSDPOption
