@@ -250,6 +250,10 @@ class NCTrainer(Trainer):
                 _check_labels(labels, K, name if name == "eval_dataset" else f"eval_dataset[{name!r}]")
         if not self.nc_train_enabled:
             return
+        if not hasattr(self.nc_train_dataset, "__len__") or not hasattr(self.nc_train_dataset, "__getitem__"):
+            raise ValueError("nc_train_dataset must be a map-style dataset (len() and indexing) to draw the train "
+                             "subset from; pass one (e.g. the training data with evaluation transforms), or "
+                             "nc_train_samples=0 to switch train-subset NC off")
         labels = dataset_labels(self.nc_train_dataset, read_items=True)
         _check_labels(labels, K, "nc_train_dataset")
         missing = sorted(set(range(K)) - {int(v) for v in np.unique(labels)})
@@ -399,7 +403,14 @@ class NCTrainer(Trainer):
         """The first tuned block when a train-subset prefix cache would be exact and gain something."""
         if self._nc_prefix_off or not self.nc_prefix_cache or self.args.world_size > 1:
             return None
-        from ..prefix_cache import first_tuned_block, prefix_cache_problems
+        from ..prefix_cache import PrefixCache, first_tuned_block, prefix_cache_problems
+
+        data = self.nc_train_dataset
+        while isinstance(data, Subset):
+            data = data.dataset
+        if isinstance(data, PrefixCache):  # its items already are cached prefix states
+            self._nc_prefix_off = True
+            return None
 
         try:
             cut = first_tuned_block(self.model)
@@ -531,7 +542,10 @@ class NCTrainer(Trainer):
             if patch:
                 del model.save_pretrained
         if not _internal_call and self.args.should_save:
-            self._write_nc_card(output_dir or self.args.output_dir, quiet=True)
+            try:
+                self._write_nc_card(output_dir or self.args.output_dir, quiet=True)
+            except Exception as e:  # noqa: BLE001 - a card must never cost the user the saved model
+                logger.warning("the model was saved, but its hf-nc card could not be written: %s", e)
 
     # ------------------------------------------------------------------ model card
     def nc_card_metrics(self) -> dict[str, float]:
