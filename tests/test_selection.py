@@ -208,6 +208,44 @@ def test_rank_models_several_scores_known_order(data):
         rank_models({"good": good_model()}, data, scores=["nc1"], accuracies={"bad": 1.0}, progress=False)
 
 
+def two_dim_final_model():
+    """Final layernorm keeps 2 of its outputs: features vary, but span 2 directions only."""
+    model = build_tiny_model("vit_cls")
+    with torch.no_grad():
+        model.vit.layernorm.weight[2:] = 0
+        model.vit.layernorm.bias.zero_()
+    return model
+
+
+def test_rank_models_ncti_failing_on_one_candidate_is_nan_not_a_crash(data, monkeypatch):
+    """Regression: a candidate whose NCTI terms cannot be computed crashed rank_models
+    (AttributeError on the NaN); it now gets NaN with the reason, the others a composite."""
+    from hf_nc.selection import scores as S
+
+    def picky(features, labels, **kw):  # fails on the candidate whose features span 2 directions
+        if np.sum(np.abs(features).max(axis=0) == 0) > features.shape[1] // 2:
+            raise ValueError("singular within-class covariance (test)")
+        return S.ncti_terms(features, labels, **kw)
+
+    monkeypatch.setitem(S.SCORES, "ncti", S.ScoreSpec("ncti", picky, +1, False, pool=True))
+    cands = {"good": good_model(), "flat": two_dim_final_model(), "blind": blind_model()}
+    result = rank_models(cands, data, scores=["ncti", "logme"], batch_size=20, progress=False)
+    by = {c.name: c for c in result.candidates}
+    assert math.isnan(by["flat"].scores["ncti"]) and "singular" in by["flat"].score_errors["ncti"]
+    assert by["good"].scores["ncti"] == pytest.approx(2.0) and by["blind"].scores["ncti"] == pytest.approx(-1.0)
+    assert result.candidates[-1].name == "flat" and math.isfinite(by["flat"].scores["logme"])
+
+
+def test_ncti_uses_only_the_directions_the_features_span(data):
+    """Features spanning 2 of 32 dimensions: NCTI works in those 2 (not in float noise)."""
+    from hf_nc.selection import scores as S
+
+    x, y = penultimate_features(two_dim_final_model(), data["train"])
+    assert S.ncti_terms(x, y).pca_dim == 2
+    t2, t = S.ncti_terms(x[:, :2], y), S.ncti_terms(x, y)
+    assert (t.seli, t.ncc, t.vc) == pytest.approx((t2.seli, t2.ncc, t2.vc), rel=1e-6)
+
+
 def test_rank_models_final_only_from_paths(data, tmp_path):
     good_model().save_pretrained(tmp_path / "good")
     blind_model().save_pretrained(tmp_path / "blind")

@@ -233,7 +233,8 @@ def _final_scores(names: Sequence[str], metrics: Mapping, kept, k: int, note: st
         got = _scores.compute_scores(kept[FINAL], kept["labels"], rest, num_classes=k)
         errors.update(got.pop("errors", {}))
         if "ncti" in got:
-            terms = got["ncti"]
+            # the raw terms, or NaN when they could not be computed (the reason is in errors)
+            terms = got["ncti"] if isinstance(got["ncti"], _scores.NCTITerms) else None
             got["ncti"] = float("nan")  # filled in once the whole pool is measured
         out.update(got)
     for n in names:

@@ -312,7 +312,7 @@ def ncti_terms(features: Any, labels: Any, *, num_classes: int | None = None, pc
 
     Steps (the authors' protocol, written from the paper and their released scoring code):
 
-    1. PCA to ``p = min(pca_dim, d, N - K)`` dimensions (centred; variances with 1/(N-1)); the
+    1. PCA to ``p = min(pca_dim, d, N - K, rank)`` dimensions (centred; variances with 1/(N-1)); the
        cap N - K keeps the within-class covariance invertible (the authors' SVD solver cuts
        its rank instead; both agree whenever N - K >= pca_dim).
     2. LDA shrinkage ``lam = exp(-sum of the top shrinkage_dims PCA variances)``; at or below
@@ -334,11 +334,12 @@ def ncti_terms(features: Any, labels: Any, *, num_classes: int | None = None, pc
     x, y, k = _as_xy(features, labels, num_classes)
     n, d = x.shape
     counts, _ = _class_stats(x, y, k)
-    p = min(pca_dim, d, n - k)
-    if p < k - 1:
-        raise ValueError(f"NCTI needs min(pca_dim, d, N - K) >= K - 1, got {p} < {k - 1}: too few samples or dimensions")
     xc = x - x.mean(axis=0)
     _, sv, vt = np.linalg.svd(xc, full_matrices=False)
+    rank = int(np.sum(sv > sv.max() * max(n, d) * _EPS)) if sv.size and sv.max() > 0 else 0
+    p = min(pca_dim, d, n - k, rank)  # never PCA directions the features do not span
+    if p < k - 1:
+        raise ValueError(f"NCTI needs min(pca_dim, d, N - K, rank) >= K - 1, got {p} < {k - 1}: too few samples or dimensions")
     z = xc @ vt[:p].T  # PCA scores (N, p); signs do not matter below
     var = sv[:p] ** 2 / (n - 1)
     lam = max(math.exp(-float(var[:shrinkage_dims].sum())), min_shrinkage)
