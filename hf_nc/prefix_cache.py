@@ -320,6 +320,19 @@ class _Storage:
         if self.memmap is not None:
             self.memmap.flush()
 
+    def __getstate__(self) -> dict:
+        # DataLoader workers started with "spawn" get a pickled copy: send a memmap's path, not its data.
+        state = dict(self.__dict__)
+        if self.memmap is not None:
+            self.memmap.flush()
+            state["memmap"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.tensor is None and self.path is not None and os.path.exists(self.path):
+            self.memmap = np.load(self.path, mmap_mode="r")
+
 
 # -- the cache ----------------------------------------------------------------------------------
 
@@ -375,6 +388,11 @@ class PrefixCache(Dataset):
         """The labels as a numpy array (torchvision style), so that label readers such as NCTrainer's
         stratified train subset get them without reading the cached rows."""
         return None if self._labels is None else self._labels.numpy()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_finalizer"] = None  # only the original deletes the file
+        return state
 
     def close(self) -> None:
         """Drops the hidden states (and deletes a memory-mapped file the cache created)."""

@@ -494,3 +494,20 @@ def test_recipe_cache_frozen_prefix_matches_uncached(method, extra, tmp_path):
     assert any("nc1" in k for k in keys)
     for k in keys:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("budget", ["4GB", 0])
+def test_pickled_copy_for_spawned_workers(budget):
+    """What DataLoader workers started with "spawn" receive: a memmap cache travels as its path."""
+    import pickle
+
+    model = get_peft_model(build_tiny_model("vit_cls"), hf_nc.SCLConfig(layer=1))
+    cache = PrefixCache.build(model, _dataset(5), collate_fn, memory_budget=budget, progress=False)
+    blob = pickle.dumps(cache)
+    if cache.on_disk:
+        assert len(blob) < cache.nbytes / 2, "a memmap cache must travel as its path"
+    copy_ = pickle.loads(blob)
+    for i in range(5):
+        assert torch.equal(copy_[i]["pixel_values"], cache[i]["pixel_values"]) and copy_[i]["labels"] == cache[i]["labels"]
+    del copy_
+    assert cache.path is None or os.path.exists(cache.path), "a copy must not delete the original's file"
