@@ -5,7 +5,7 @@
 Two trainers, one after the other: ``split`` shards the 9-image train subset as usual (5 and 4
 images); ``empty`` gives rank 0 the whole subset and rank 1 none (as when nc_train_samples is
 below the world size), so rank 1 joins every collective with empty statistics. The eval set
-(13 images, batches of 4) makes Accelerate pad the last round. Each rank writes
+(9 images, batches of 4) makes Accelerate pad the last round: rank 1 gets no real row. Each rank writes
 OUTDIR/{mode}-rank{r}.json with the metrics evaluate() returned.
 """
 
@@ -58,7 +58,7 @@ def main(outdir):
         args = tf.TrainingArguments(output_dir=outdir, per_device_eval_batch_size=4, remove_unused_columns=False,
                                     report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no", seed=0)
         cls = EmptyRankTrainer if mode == "empty" else NCTrainer
-        trainer = cls(model=model, args=args, train_dataset=dataset([5, 7, 6], 0), eval_dataset=dataset([4, 4, 5], 1),
+        trainer = cls(model=model, args=args, train_dataset=dataset([5, 7, 6], 0), eval_dataset=dataset([3, 3, 3], 1),
                       data_collator=collate, nc_train_samples=9, nc_layers=True, nc_ncc=True, nc_plots=False)
         metrics = trainer.evaluate()
         metrics = {k: v for k, v in metrics.items() if "nc" in k or k == "eval_loss"}
