@@ -475,8 +475,9 @@ class PrefixCache(Dataset):
 
         n = len(dataset)
         per_rank = math.ceil(n / world)
-        shard = list(range(rank, n, world)) or [0]
-        shard += [shard[-1]] * (per_rank - len(shard))  # equal lengths: every rank joins every all_gather
+        # Equal lengths (the short shards repeat their last index): every rank joins every all_gather.
+        shards = [_shard_of(r, n, world, per_rank) for r in range(world)]
+        shard = shards[rank]
 
         was_training = model.training
         model.eval()
@@ -501,9 +502,9 @@ class PrefixCache(Dataset):
                     path = os.path.join(cache_dir, f"prefix_cache_rank{rank}_{os.getpid()}.npy")
                 what = f"input of block {block}" if block < backbone.num_layers else "output of the last block"
                 where = "in RAM" if in_ram else f"memory-mapped at {path} (over the {_human(budget)} RAM budget)"
-                message = (f"hf-nc prefix cache: {n} images x {layout.row_shape[0]} tokens x {layout.hidden_size} "
-                           f"({str(layout.dtype).removeprefix('torch.')}) = {_human(nbytes)}, the {what}"
-                           f"{' + frozen block output (SCL delta)' if ref is not None else ''}, {where}"
+                parts = " x 2 (+ the frozen block's output, SCL delta)" if ref is not None else ""
+                message = (f"hf-nc prefix cache: {n} images x {layout.num_tokens} tokens x {layout.hidden_size}{parts} "
+                           f"({str(layout.dtype).removeprefix('torch.')}) = {_human(nbytes)}, the {what}, {where}"
                            f"{f', computed in {world} shards' if world > 1 else ''}")
                 logger.info(message)
                 if progress and main:
@@ -528,7 +529,7 @@ class PrefixCache(Dataset):
                         labels[index] = y.cpu()
                     else:
                         for r, (rows_r, y_r) in enumerate(_all_gather(rows, y.long())):
-                            index = torch.tensor(_shard_of(r, n, world, per_rank)[start:start + bsz])
+                            index = torch.tensor(shards[r][start:start + bsz])
                             storage.write(index, rows_r)
                             labels[index] = y_r.cpu()
                     start += bsz

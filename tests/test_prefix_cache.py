@@ -314,7 +314,7 @@ def test_over_the_budget_the_cache_is_a_memmap_and_its_size_is_printed(tmp_path,
     printed = capsys.readouterr().out
     row_bytes = 2 * 5 * 32 * (4 if dtype == torch.float32 else 2)  # (h_l, h̄_l) x 5 tokens x width 32
     assert not in_ram.on_disk and in_ram.nbytes == 6 * row_bytes
-    assert "6 images x 10 tokens x 32" in printed and "in RAM" in printed
+    assert "6 images x 5 tokens x 32 x 2 (+ the frozen block's output, SCL delta)" in printed and "in RAM" in printed
     assert f"{6 * row_bytes / 1024:.1f} KiB" in printed
 
     on_disk = PrefixCache.build(model, data, collate_fn, memory_budget="1KB", cache_dir=str(tmp_path), progress=True)
