@@ -38,6 +38,7 @@ def test_recipe_checkpoints_keeps_best_by_train_nc1_and_resumes(tiny_vit, tmp_pa
     first = finetune_vit.main([*args, "--output_dir", str(tmp_path / "a")])
     checkpoints = sorted(p.name for p in (tmp_path / "a").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-12", "checkpoint-4", "checkpoint-8"]
+    assert (tmp_path / "a" / "checkpoint-4" / "preprocessor_config.json").is_file()  # processing_class: saved with each checkpoint
     history = records(tmp_path / "a")
     assert [r["step"] for r in history] == [4, 8, 12]
     best = min(history, key=lambda r: r["train"]["nc1"])
