@@ -359,8 +359,9 @@ class NCTuner(BaseTuner):
             raise ValueError(
                 f"This model already holds the hf-nc adapter(s) {held}, loaded through transformers' "
                 f"`model.load_adapter(...)` (or `peft.inject_adapter_in_model`, or by a PeftModel that was not "
-                f"unloaded); loading {adapter_name!r} the same way is not supported: transformers cannot switch between hf-nc adapters with peft < 0.22, and the "
-                "classification head would keep the first adapter's weights. Use PEFT's API instead: "
+                f"unloaded); loading {adapter_name!r} the same way is not supported: transformers cannot switch "
+                "between hf-nc adapters with peft < 0.22, and the classification head would keep the first adapter's "
+                "weights. Use PEFT's API instead: "
                 "`model = peft.PeftModel.from_pretrained(base, first)`, `model.load_adapter(second, "
                 "adapter_name='second')`, `model.set_adapter('second')` (or "
                 "`hf_nc.AutoPeftModelForImageClassification.from_pretrained(adapter)` for one adapter)."
