@@ -39,7 +39,10 @@ prefix is ~10% of the step); at late blocks it removes most of the step.
 Under ``torch.distributed`` each rank computes the rows of its own shard of the dataset
 (indices ``rank::world_size``) and the shards are exchanged batch by batch (``all_gather``), so
 every rank holds the whole cache: the Trainer's ``DistributedSampler`` draws any index on any
-rank, in a different split every epoch.
+rank, in a different split every epoch. ``nn.DataParallel`` (several GPUs in one process) is not
+supported: its replicas would call the original modules; launch one process per GPU instead.
+Per-block NC (``LayerFeatures`` on blocks below the cut) needs those blocks to run: measure it on
+images, not on cached rows.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch

@@ -8,7 +8,6 @@ the frozen prefix during training.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
