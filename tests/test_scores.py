@@ -152,6 +152,18 @@ def test_ncti_terms_equal_the_published_protocol(n, d, k, scale):
     assert (t.seli, t.ncc, t.vc) == pytest.approx((seli, ncc, vc), rel=1e-8)
 
 
+def test_ncti_drops_float32_rounding_directions():
+    """LayerNorm-like float32 features (each row centred across dims: the data span d - 1
+    directions plus rounding): NCTI equals NCTI on the exact (d - 1)-dim coordinates."""
+    x, y = make(100, 64, 10, seed=4)
+    x = x - x.mean(axis=1, keepdims=True)
+    x32 = x.astype(np.float32).astype(np.float64)
+    basis = np.linalg.svd(np.eye(64) - 1 / 64, full_matrices=False)[0][:, :63]  # orthonormal basis of the hyperplane
+    t, ref = S.ncti_terms(x32, y), S.ncti_terms(x32 @ basis, y)
+    assert t.pca_dim == 63
+    assert (t.seli, t.ncc, t.vc) == pytest.approx((ref.seli, ref.ncc, ref.vc), rel=1e-5)
+
+
 def test_ncti_composite_is_min_max_normalised_sum():
     terms = [S.NCTITerms(seli=1.0, ncc=0.5, vc=2.0), S.NCTITerms(seli=3.0, ncc=0.9, vc=1.0), S.NCTITerms(seli=2.0, ncc=0.7, vc=4.0)]
     # ncc' = [0, 1, .5], seli' = [0, 1, .5], vc' = [1/3, 0, 1]

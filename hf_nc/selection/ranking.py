@@ -292,9 +292,9 @@ def rank_models(
     linear probing. With ``scores`` (names of :data:`hf_nc.selection.scores.SCORES`: ``nc1``,
     ``cdnv``, ``ncc_acc``, ``nc2_etf``, ``logme``, ``logme_thin``, ``ncti``, ``hscore``,
     ``hscore_shrinkage``) all of them are computed from the same pass and the candidates are
-    ranked by ``rank_by`` (default: the first), best first in that score's direction. On the
-    study's benchmark (``docs/SELECTION.md``) LogME predicted accuracy better than NC1: see
-    there before relying on either. Candidates whose ranking score is undefined rank last,
+    ranked by ``rank_by`` (default: the first), best first in that score's direction.
+    ``docs/SELECTION.md`` measures every score against fine-tuned and probe accuracy; read it
+    before relying on any of them (on small pools the confidence intervals are wide). Candidates whose ranking score is undefined rank last,
     with the reason in ``note``: features (nearly) constant over the data (relative variation
     <= ``degenerate_tol``; every score is then undefined), or coinciding class means.
 

@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 _EPS = np.finfo(np.float64).eps
+_EPS32 = float(np.finfo(np.float32).eps)
 LOGME_FORMS = ("evidence", "thin")
 
 
@@ -314,7 +315,11 @@ def ncti_terms(features: Any, labels: Any, *, num_classes: int | None = None, pc
 
     1. PCA to ``p = min(pca_dim, d, N - K, rank)`` dimensions (centred; variances with 1/(N-1)); the
        cap N - K keeps the within-class covariance invertible (the authors' SVD solver cuts
-       its rank instead; both agree whenever N - K >= pca_dim).
+       its rank instead; both agree whenever N - K >= pca_dim), and ``rank`` (singular values
+       above float32 rounding, relative) drops directions the features do not span. The
+       authors' pipeline keeps such a direction and its SVD solver standardises the rounding
+       noise in it to unit variance; on LayerNorm outputs (centred rows span d - 1
+       directions) it therefore differs from ours, by design.
     2. LDA shrinkage ``lam = exp(-sum of the top shrinkage_dims PCA variances)``; at or below
        ``min_shrinkage`` no shrinkage is used (the authors switch to the unshrunk SVD solver).
        Within-class covariance ``Sw = (1-lam) sum_k pi_k C_k + lam tr(.)/p I`` (C_k the 1/n_k
@@ -336,7 +341,10 @@ def ncti_terms(features: Any, labels: Any, *, num_classes: int | None = None, pc
     counts, _ = _class_stats(x, y, k)
     xc = x - x.mean(axis=0)
     _, sv, vt = np.linalg.svd(xc, full_matrices=False)
-    rank = int(np.sum(sv > sv.max() * max(n, d) * _EPS)) if sv.size and sv.max() > 0 else 0
+    # Numerical rank at float32 precision (model features are float32): e.g. LayerNorm outputs,
+    # whose centred rows span d - 1 directions, carry one direction of pure rounding noise,
+    # which the LDA would otherwise whiten into a full-size direction.
+    rank = int(np.sum(sv > sv.max() * max(n, d) * _EPS32)) if sv.size and sv.max() > 0 else 0
     p = min(pca_dim, d, n - k, rank)  # never PCA directions the features do not span
     if p < k - 1:
         raise ValueError(f"NCTI needs min(pca_dim, d, N - K, rank) >= K - 1, got {p} < {k - 1}: too few samples or dimensions")
