@@ -540,11 +540,17 @@ def plan_budget(targs: TrainingArguments, method: MethodArguments, num_train: in
             "warmup_steps": targs.warmup_steps, "weight_decay": targs.weight_decay, "bf16": targs.bf16, "fp16": targs.fp16}
 
 
+def _fsdp_text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(getattr(o, "value", o)) for o in value)
+    return str(value)
+
+
 def check_fsdp(trainer: NCTrainer) -> None:
     """``--fsdp`` that the Trainer did not turn on (e.g. on CPU, where transformers trains with plain DDP) is an error."""
     if trainer.args.fsdp and not getattr(trainer, "is_fsdp_enabled", False):
         raise ValueError(
-            f"--fsdp {' '.join(str(getattr(o, 'value', o)) for o in trainer.args.fsdp)} was given, but the Trainer did not "
+            f"--fsdp ({_fsdp_text(trainer.args.fsdp)}) was given, but the Trainer did not "
             "enable FSDP (transformers does not use FSDP on CPU; the run would silently be plain DDP). Run on GPUs, or "
             "launch with `accelerate launch --config_file recipes/accelerate_configs/fsdp.yaml` and no --fsdp flag, or "
             "drop --fsdp.")

@@ -236,6 +236,25 @@ def test_fsdp_the_trainer_did_not_enable_is_an_error():
         common.check_fsdp(trainer)
     common.check_fsdp(SimpleNamespace(args=SimpleNamespace(fsdp=[FSDPOption.FULL_SHARD]), is_fsdp_enabled=True))
     common.check_fsdp(SimpleNamespace(args=SimpleNamespace(fsdp=[]), is_fsdp_enabled=False))
+    with pytest.raises(ValueError, match="did not enable FSDP"):  # transformers 5 may keep `--fsdp` as True
+        common.check_fsdp(SimpleNamespace(args=SimpleNamespace(fsdp=True), is_fsdp_enabled=False))
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_processes_is_not_a_silent_ddp_run(tiny_vit, tmp_path):
+    import os
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "recipes/accelerate_configs/cpu_2proc.yaml"),
+           "--main_process_port", "29547", str(ROOT / "recipes/finetune_vit.py"), "--model_name_or_path", tiny_vit, "--method", "layer",
+           *SMALL, "--max_steps", "1", "--fsdp", "full_shard", "--output_dir", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    if proc.returncode == 0:  # a Trainer that does enable FSDP on CPU: then it really ran sharded
+        assert (tmp_path / "summary.json").is_file()
+    else:
+        assert "did not enable FSDP" in proc.stderr, proc.stderr[-3000:]
+        assert not (tmp_path / "nc_history.json").exists()  # stopped before training
 
 
 # ------------------------------------------------------------------------------------- --nc_train_samples
