@@ -132,3 +132,35 @@ def test_automodel_from_an_adapter_folder(tmp_path):
         tf.AutoModelForImageClassification.from_pretrained(tmp_path / "builtin")
     loaded = hf_nc.AutoPeftModelForImageClassification.from_pretrained(tmp_path / "builtin")
     assert loaded.config.num_labels == 10
+
+
+def test_pipeline_on_an_adapter_folder_when_the_base_resolves(tmp_path):
+    """``pipeline("image-classification", model=adapter_dir)`` (after ``import hf_nc``) loads the recorded base
+    through transformers' adapter path: it works when that base resolves (a Hub id or a folder) and has the
+    adapter's number of classes; otherwise use hf_nc.AutoPeftModelForImageClassification (tests/test_auto.py)."""
+    import numpy as np
+    from PIL import Image
+
+    labels = {0: "a", 1: "b", 2: "c"}
+    config = tf.ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+                          image_size=16, patch_size=8, id2label=labels, label2id={v: k for k, v in labels.items()})
+    torch.manual_seed(0)
+    tf.ViTForImageClassification(config).save_pretrained(tmp_path / "base")
+    processor = tf.ViTImageProcessor(size={"height": 16, "width": 16})
+    peft_model = get_peft_model(tf.ViTForImageClassification.from_pretrained(tmp_path / "base").eval(),
+                                METHOD_CONFIGS["scl"]())
+    perturb_trainables(peft_model)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    processor.save_pretrained(tmp_path / "adapter")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    with torch.no_grad():
+        want = peft_model(**processor(image, return_tensors="pt")).logits.softmax(-1)[0]
+    # transformers looks for the image processor in the *base* folder, not the adapter's: without one there
+    # it fails; with image_processor=<adapter folder> it works
+    with pytest.raises(OSError, match="image processor"):
+        tf.pipeline("image-classification", model=str(tmp_path / "adapter"))
+    result = tf.pipeline("image-classification", model=str(tmp_path / "adapter"),
+                         image_processor=str(tmp_path / "adapter"), top_k=3)(image)
+    got = {r["label"]: r["score"] for r in result}
+    assert set(got) == set(labels.values())
+    assert max(abs(got[labels[i]] - want[i].item()) for i in labels) < 1e-5
