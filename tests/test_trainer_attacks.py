@@ -147,6 +147,8 @@ def test_unsupported_model_fails_at_construction(tmp_path):
     with pytest.raises(ValueError, match="NCTrainer cannot measure NC of this model.*nc_eval=False and nc_train_samples=0"):
         _trainer(model, tmp_path, _dataset([4, 4, 4]))
     _trainer(model, tmp_path, _dataset([4, 4, 4]), nc_kwargs=dict(nc_eval=False, nc_train_samples=0))  # NC off: fine
+    plain = torch.utils.data.TensorDataset(torch.zeros(4, 3, SIDE, SIDE), torch.zeros(4, dtype=torch.long))
+    NCTrainer(model=model, args=_args(tmp_path), train_dataset=plain, nc_eval=False, nc_train_samples=0)  # no ClassLabel
 
 
 @pytest.mark.parametrize("n, size", [(None, 18), (-1, 18), (0, 0), (12, 12), (100, 18)])

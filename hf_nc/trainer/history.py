@@ -3,12 +3,17 @@
 ``nc_history.json`` holds one record per evaluation, in step order::
 
     {"step": 40, "epoch": 2.0,
-     "train": {"nc1": ..., "nc2_etf": ..., ..., "blocks": {"0": nc1, ...}},   # train subset
+     "train": {"nc1": ..., "nc2_etf": ..., ..., "blocks": {"0": nc1, ...}},   # train subset (eval_train_subset_*)
      "eval":  {"nc1": ..., ...}}                                              # eval data
 
 (one entry per metric prefix: ``eval``, or ``eval_<name>`` for a dict of eval sets). The file
 is written to the output directory after every evaluation and copied into every checkpoint,
 so ``resume_from_checkpoint`` restores exactly the history up to the resumed step.
+
+The same numbers are in ``TrainerState.log_history``, but that reaches disk only inside
+checkpoints (``trainer_state.json``): this file is written after every evaluation, also with
+``save_strategy="no"``, so a run without checkpoints (or one that crashes between them) keeps its
+NC curve, grouped per data set for the plots and the recipes.
 """
 
 from __future__ import annotations

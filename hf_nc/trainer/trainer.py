@@ -195,7 +195,7 @@ class NCTrainer(Trainer):
         self._nc_prefix: Optional[Any] = None  # hf_nc.prefix_cache.PrefixCache of the train subset
         self._nc_prefix_off = False  # not exact / no gain for this model: never try again
         self._nc_frozen_blocks: dict[str, float] = {}  # per-block NC1 below the cut, measured once
-        self.nc_num_classes = check_num_classes(nc_num_classes or self._infer_num_classes())
+        self.nc_num_classes = nc_num_classes
         self.nc_history: list[dict] = []
         self._nc_recorder: Optional[LayerFeatures] = None
         self._nc_eval_stats: Optional[LayerStats] = None
@@ -238,6 +238,7 @@ class NCTrainer(Trainer):
         except ValueError as e:
             raise ValueError(f"NCTrainer cannot measure NC of this model: {e} "
                              "(pass nc_eval=False and nc_train_samples=0 to train it without NC)") from e
+        self.nc_num_classes = check_num_classes(self.nc_num_classes or self._infer_num_classes())
         try:
             LayerFeatures(self.model, layers=self.nc_layers)
         except (ValueError, TypeError) as e:
