@@ -1,7 +1,8 @@
 """NC metrics engine benchmark: NCStats vs research-style code and vs the matmul limit.
 
-    python benchmarks/nc_metrics.py            # d=768, K=100, N=50,000 and 200,000
-    python benchmarks/nc_metrics.py --quick    # N=10,000 and 40,000
+    python benchmarks/nc_metrics.py            # d=768, K=100, N=50,000 and 200,000; (d) N=100,000
+    python benchmarks/nc_metrics.py --quick    # N=10,000 and 40,000; (d) N=20,000
+    python benchmarks/nc_metrics.py --parts d --large_n 100000   # only (d), ImageNet-sized K
     python benchmarks/nc_metrics.py --device cuda
 
 Everything is measured side by side in one run, on the same machine:
@@ -11,12 +12,20 @@ Everything is measured side by side in one run, on the same machine:
     covariance, dense d x d ``torch.linalg.pinv(Sigma_B)``, trace -- in float64 like ours
     (same precision; a float32 variant would lose digits). Time at N = N1 (best of
     ``--repeats``, batches pre-generated so generation is not timed) and peak memory at
-    N1 and N2 with batches generated on the fly (CPU: peak RSS of a fresh subprocess per
-    run, from /proc/self/status VmHWM after resetting it via /proc/self/clear_refs, minus
-    the RSS before the run; CUDA: torch.cuda.max_memory_allocated above the start).
+    N1 and N2 with batches generated on the fly (CPU: peak resident memory of a fresh
+    subprocess per run whose glibc serves every allocation above 64 KiB by mmap and gives
+    it back at free -- ``MALLOC_MMAP_THRESHOLD_=65536``, ``MALLOC_TRIM_THRESHOLD_=0`` -- so
+    resident memory follows the live allocations instead of glibc's heap caching, which
+    made plain RSS read 0.3 MiB once and 6.7 GB another time; VmHWM after resetting it via
+    /proc/self/clear_refs, minus the RSS before the run; each run twice, both printed, to
+    show it repeats. CUDA: torch.cuda.max_memory_allocated above the start).
 (b) NCStats update+compute vs the physical limit: one float64 product H^T H with H the
     (N1, d) float64 feature matrix already in memory.
 (c) Per-layer NC collection overhead during a ViT eval pass (``part_c``).
+(d) ImageNet-sized label sets (``part_d``): K = 1000, d = 768, batches of 1024, 1 thread,
+    float64, N = ``--large_n``: NCStats update + compute vs one H^T H, and compute()'s
+    peak memory at K = 1000 (twice) and K = 21,841 (ImageNet-21k, once: ~1 min) measured
+    as in (a).
 """
 
 from __future__ import annotations
@@ -115,6 +124,8 @@ def _rss_bytes(field: str) -> int:
 
 def child_peak(method: str, n: int, device: str) -> int:
     """In this (fresh) process: peak memory of one run above the memory before it."""
+    if method.startswith("compute_k"):
+        return compute_peak(int(method[len("compute_k"):]), n)
     fn = {"ours": ours, "research": research}[method]
     if device.startswith("cuda"):
         torch.cuda.init()
@@ -129,9 +140,30 @@ def child_peak(method: str, n: int, device: str) -> int:
     return _rss_bytes("VmHWM") - start
 
 
+def compute_peak(k: int, d: int) -> int:
+    """Peak memory of ``compute()`` alone (above the filled statistics) at K = k, dimension d."""
+    torch.set_num_threads(1)
+    stats = NCStats(k, d)
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(k, d, generator=g) * 2.0
+    y = torch.arange(k).repeat(2)  # two samples per class
+    stats.update(means[y] + torch.randn(len(y), d, generator=g), y)
+    stats._buf = None  # the update's work buffer is not compute()'s memory
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    start = _rss_bytes("VmRSS")
+    stats.compute()
+    return _rss_bytes("VmHWM") - start
+
+
+#: glibc: every allocation above 64 KiB is its own mmap, returned at free (repeatable RSS)
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_TOP_PAD_": "0"}
+
+
 def peak_in_subprocess(method: str, n: int, device: str) -> int:
     cmd = [sys.executable, __file__, "--child", method, str(n), "--device", device]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak"]
 
 
@@ -175,21 +207,83 @@ def part_c(args) -> list[tuple[str, str]]:
     ]
 
 
+# ----------------------------------------------------------------------------- part (d)
+def part_d(args) -> list[tuple[str, str]]:
+    """(d) K = 1000: NCStats (update per batch + compute) vs one H^T H, side by side.
+
+    1 thread, float64 statistics, float32 batches of 1024 (pre-generated), d = 768, N =
+    ``--large_n``; best of ``--repeats``. Also compute()'s peak memory at K = 1000 and
+    K = 21,841 (d = 768), each in a fresh process (see (a) for how).
+    """
+    torch.set_num_threads(1)
+    k, d, n, dev = 1000, 768, args.large_n, args.device
+    g = torch.Generator().manual_seed(1)
+    means = torch.randn(k, d, generator=g) * 2.0
+    data = []
+    for start in range(0, n, BATCH):
+        y = torch.randint(0, k, (min(BATCH, n - start),), generator=g)
+        data.append(((means[y] + torch.randn(len(y), d, generator=g) + 5.0).to(dev), y.to(dev)))
+
+    def update():
+        stats = NCStats(k, d)
+        for x, y in data:
+            stats.update(x, y)
+        return stats
+
+    H = torch.cat([x for x, _ in data]).double()
+    update(), matmul_limit(H[:BATCH])  # warm-up
+    t_mm, _ = best_time(lambda: matmul_limit(H), args.repeats, dev)
+    del H
+    t_upd, filled = best_time(update, args.repeats, dev)
+    t_cmp, _ = best_time(lambda: filled.compute(), args.repeats, dev)
+    del data, filled
+    rows = [
+        (f"(d) K={k} d={d} N={n:,}: time H^T H float64", f"{t_mm:9.3f} s"),
+        ("(d) NCStats update() loop", f"{t_upd:9.3f} s   ({t_upd / t_mm:.2f} x H^T H)"),
+        ("(d) NCStats compute() once", f"{t_cmp:9.3f} s   ({t_cmp / t_mm:.2f} x H^T H)"),
+        ("(d) time ratio NCStats total / H^T H", f"{(t_upd + t_cmp) / t_mm:9.2f} x   (goal <= 1.5 at N=100,000)"),
+    ]
+    if not dev.startswith("cuda"):
+        for kk, reps in ((1000, 2), (21841, 1)):  # K = 21,841 takes ~1 min of one core
+            peaks = [peak_in_subprocess(f"compute_k{kk}", d, "cpu") for _ in range(reps)]
+            rows.append((f"(d) compute() peak memory K={kk:,} d={d} ({reps} run{'s' * (reps > 1)})",
+                         " / ".join(f"{p / 2**20:.1f} MiB" for p in peaks)))  # fmt: skip
+    return rows
+
+
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="N = 10,000 and 40,000")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--parts", default="abcd", help="which parts to run, e.g. 'd' or 'abc'")
+    p.add_argument("--large_n", type=int, default=None, help="N of part (d) (default 100,000; --quick 20,000)")
     p.add_argument("--child", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps({"peak": child_peak(args.child[0], int(args.child[1]), args.device)}))
         return
+    if args.large_n is None:
+        args.large_n = 20_000 if args.quick else 100_000
     n1, n2 = (10_000, 40_000) if args.quick else (50_000, 200_000)
     dev = args.device
     print(f"NC metrics benchmark: d={D}, K={K}, batch={BATCH}, device={dev}, torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}")  # fmt: skip
+    rows: list[tuple[str, str]] = []
+    if "a" in args.parts or "b" in args.parts:
+        rows += parts_ab(args, n1, n2, dev)
+    if "c" in args.parts:
+        rows += part_c(args)
+    if "d" in args.parts:
+        rows += part_d(args)
+    width = max(len(r[0]) for r in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+
+
+def parts_ab(args, n1: int, n2: int, dev: str) -> list[tuple[str, str]]:
+    """(a) and (b): see the module docstring."""
 
     data = list(batches(n1, dev))  # pre-generated for timing only
     ours(data[:2]), research(data[:2])  # warm-up
@@ -201,19 +295,22 @@ def main() -> None:
     t_mm, _ = best_time(lambda: matmul_limit(H), args.repeats, dev)
     del H, data
 
-    mem = {(m, n): peak_in_subprocess(m, n, dev) for m in ("ours", "research") for n in (n1, n2)}
+    runs = {(m, n): [peak_in_subprocess(m, n, dev) for _ in range(2)] for m in ("ours", "research") for n in (n1, n2)}
+    mem = {key: min(v) for key, v in runs.items()}
     mib = lambda b: f"{b / 2**20:9.1f} MiB"  # noqa: E731
-    how = "CUDA max_memory_allocated" if dev.startswith("cuda") else "peak RSS (VmHWM), fresh process"
+    both = lambda key: f"{mib(runs[key][0])} / {mib(runs[key][1]).strip()} (2 runs)"  # noqa: E731
+    how = ("CUDA max_memory_allocated" if dev.startswith("cuda")
+           else "peak RSS (VmHWM) of a fresh process, glibc mmap threshold 64 KiB")  # fmt: skip
 
     rows = [
         (f"(a) time NCStats  N={n1:,}", f"{t_ours:9.3f} s"),
         (f"(a) time research N={n1:,}", f"{t_res:9.3f} s"),
         ("(a) time ratio NCStats / research", f"{t_ours / t_res:9.2f} x   (goal <= 1)"),
         ("(a) nc1 NCStats vs research (rel. diff)", f"{nc1_ours:.12g} vs {nc1_res:.12g} ({abs(nc1_ours - nc1_res) / abs(nc1_res):.1e})"),
-        (f"(a) peak mem NCStats  N={n1:,}", mib(mem["ours", n1])),
-        (f"(a) peak mem NCStats  N={n2:,}", mib(mem["ours", n2])),
-        (f"(a) peak mem research N={n1:,}", mib(mem["research", n1])),
-        (f"(a) peak mem research N={n2:,}", mib(mem["research", n2])),
+        (f"(a) peak mem NCStats  N={n1:,}", both(("ours", n1))),
+        (f"(a) peak mem NCStats  N={n2:,}", both(("ours", n2))),
+        (f"(a) peak mem research N={n1:,}", both(("research", n1))),
+        (f"(a) peak mem research N={n2:,}", both(("research", n2))),
         (f"(a) mem growth N={n1:,}->{n2:,} NCStats", f"{mem['ours', n2] / mem['ours', n1]:9.2f} x   (goal ~1)"),
         (f"(a) mem growth N={n1:,}->{n2:,} research",
          f"{mem['research', n2] / mem['research', n1]:9.2f} x   (linear: {n2 / n1:.0f})"),  # fmt: skip
@@ -222,11 +319,8 @@ def main() -> None:
         ("(b)   of which update() loop / H^T H", f"{t_upd / t_mm:9.2f} x"),
         ("(b)   of which compute() once", f"{t_cmp:9.3f} s"),
     ]
-    rows += part_c(args)
-    width = max(len(r[0]) for r in rows)
-    print(f"memory: {how}, above the process's memory before the run")
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
+    rows.insert(0, ("(a) memory", f"{how}, above the process's memory before the run"))
+    return rows
 
 
 if __name__ == "__main__":

@@ -22,13 +22,20 @@ from .validation import (
 _NONFINITE, _OVERFLOW, _LABELS, _LO, _HI = range(5)
 
 
+#: the last update before which the class shifts are re-centred (see ``_recenter_due``)
+RECENTER_UNTIL = 32
+
+
 def _recenter_due(i: int) -> bool:
     """Before the i-th (0-based) non-empty update: re-centre every class on its running mean.
 
-    Updates 1, 2, 3, 4, 8, 16, ...: a tiny or unrepresentative first batch only shapes the
-    shifts of a few batches, at O(log #batches) re-centrings (each O(K d^2)).
+    Updates 1, 2, 4, 8, 16, 32: a tiny or unrepresentative first batch only shapes the shifts
+    of a few batches, at most 6 re-centrings (each one (d, K) x (K, d) product, about the
+    cost of a K-sample batch). A class first seen after update 32 keeps its shift from then
+    (the first batch's mean): its within-class part then has the precision of one global
+    shift, as before per-class shifts.
     """
-    return 1 <= i <= 3 or (i >= 4 and i & (i - 1) == 0)
+    return 1 <= i <= RECENTER_UNTIL and i & (i - 1) == 0
 
 
 class NCStats:
@@ -39,8 +46,8 @@ class NCStats:
     within-class sized: the within-class covariance comes out without the catastrophic
     cancellation a single global shift suffers on well-separated (collapsed) classes, and
     the result does not depend on how the data were batched or ordered. The shifts start at
-    the first batch's mean and are moved, exactly, onto the running class means after the
-    updates 1, 2, 3, 4, 8, 16, ... (see ``_recenter_classes_``). One packed buffer holds
+    the first batch's class means and are moved, exactly, onto the running class means
+    before the updates 1, 2, 4, 8, 16, 32 (see ``_recenter_classes_``). One packed buffer holds
 
     * ``counts``   (K,)   n_k
     * class sums   (K, d) sum over class k of (h_i - c_k)
@@ -128,6 +135,7 @@ class NCStats:
         self._calls = 0  # update() calls (the batch index named in errors)
         self._nonempty = 0  # non-empty update() calls (the re-centring schedule)
         self._ncc_calls = 0
+        self._buf: torch.Tensor | None = None  # the (B, d+2) work buffer of update()
         if self._device_hint is not None and self.dim is not None:
             self._materialize(self._device_hint)
 
@@ -277,7 +285,10 @@ class NCStats:
         if i > 0 and _recenter_due(i):
             self._recenter_classes_()
         acc = self.dtype
-        finite, labels_ok, lo, hi = self._batch_flags(x, y)
+        # NaN/inf anywhere make the float64 total non-finite (a reduction, not an N*d mask)
+        finite = torch.isfinite(x.sum(dtype=torch.float64))
+        lo, hi = torch.aminmax(y)
+        labels_ok = (lo >= 0) & (hi < self.num_classes)
         ok = finite & labels_ok
         yc = y.clamp(0, self.num_classes - 1)  # safe indices; a bad batch adds zeros below
         if i == 0:  # shifts: this batch's mean and class means (zeros if the batch is bad)
@@ -289,13 +300,18 @@ class NCStats:
             E = torch.where(ok & (part[:, d:] > 0), part[:, :d] / part[:, d:].clamp_min(1), 0.0)
             self._set_shift(mean, E)
             del x64, part
-        aug = torch.empty(B, d + 2, dtype=acc, device=self.device)  # (B, d+2)
+        if self._buf is None or self._buf.shape[0] < B:  # reused: no fresh pages per batch
+            self._buf = torch.empty(B, d + 2, dtype=acc, device=self.device)
+        aug = self._buf[:B]  # (B, d+2)
         xs = aug[:, :d]
-        torch.sub(x, self._g_acc, out=xs)  # cast and shift in one kernel
-        xs.sub_(self._E_acc[yc])  # (h - g) - E_k: no large common offset is ever formed
-        torch.sum(xs * xs, dim=1, out=aug[:, d])  # ||h - c_k||^2
+        if torch.finfo(x.dtype).eps >= torch.finfo(acc).eps:  # the cast is exact: copy, shift
+            xs.copy_(x).sub_(self._g_acc)
+        else:  # float64 features, float32 statistics: shift in float64 first
+            torch.sub(x, self._g_acc, out=xs)
+        xs.sub_(torch.index_select(self._E_acc, 0, yc))  # (h - g) - E_k: no large offset formed
+        aug[:, d] = torch.linalg.vector_norm(xs, dim=1).square_()  # ||h - c_k||^2
         aug[:, d + 1] = 1.0
-        overflow = finite & ~torch.isfinite(aug[:, d]).all()
+        overflow = finite & ~torch.isfinite(aug[:, d]).all()  # finite features, squares overflow
         good = ok & ~overflow
         if i == 0:
             self._set_shift(torch.where(good, self._g, 0.0), torch.where(good, self._E, 0.0))
