@@ -327,3 +327,24 @@ def test_copies_of_an_adapted_model_keep_their_own_prefix_cut():
     twin.train()
     first_output(twin(pixel_values=tiny_pixels())).pow(2).mean().backward()
     assert all(p.grad is not None for n, p in twin.named_parameters() if p.requires_grad and ".low." in n)
+
+
+@pytest.mark.parametrize("method", ["layer_ft", "scl", "head_ft"])
+def test_trainer_with_reentrant_gradient_checkpointing_moves_every_tuned_parameter(method, tmp_path):
+    """The way users switch it on: TrainingArguments(gradient_checkpointing=True, ... use_reentrant=True)."""
+    from transformers import Trainer, TrainingArguments
+
+    peft_model = get_peft_model(build_tiny_model("vit_cls"), METHOD_CONFIGS[method]())
+    perturb_trainables(peft_model, scale=0.05)  # SCL's delta skip: non-zero from the first step
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+    g = torch.Generator().manual_seed(0)
+    data = [{"pixel_values": x, "labels": int(y)}
+            for x, y in zip(tiny_pixels(8, seed=2), torch.randint(0, 3, (8,), generator=g))]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, learning_rate=0.05,
+                             gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True},
+                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, logging_strategy="no")
+    Trainer(model=peft_model, args=args, train_dataset=data).train()
+    assert any(getattr(m, "gradient_checkpointing", False) for m in peft_model.modules())
+    # (the key projection's bias gets no gradient: softmax ignores a shift common to all keys)
+    unchanged = [n for n, p in peft_model.named_parameters() if n in before and torch.equal(p, before[n])]
+    assert all("k_proj" in n for n in unchanged), unchanged
