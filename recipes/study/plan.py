@@ -1,13 +1,28 @@
-"""The plan of the transfer study: settings per mode and a JSON-serialisable list of run specs.
+"""The study's settings per mode, its run specs, and the order they run in.
 
-Every run spec is a dict with ``id`` (readable name + a hash of the spec, so that changing a
-setting gives a new run instead of reusing a stale result), ``kind`` (``pretrain``, ``convert``,
-``probe``, ``finetune``) and its parameters. Runs of stage 0 (``pretrain``, ``convert``) build the
-models that stage-1 runs (``probe``, ``finetune``) use; a model is named by a key:
+The protocol (``docs/RESULTS.md`` states it from these settings):
 
-* ``tiny``: the shipped tiny ViT (``hf_nc.checkpoints.DEFAULT_MODEL``, 12x64, all of Fashion-MNIST);
-* ``pt_<variant>``: a ViT pre-trained by ``recipes/pretrain_vit.py`` on Fashion-MNIST classes 0-4;
-* ``dinov2``: the offline DINOv2-S/14 (``recipes/convert_dinov2_onnx.py``), images resized to 56x56.
+* **Three splits.** A few-shot training set (``shots`` per class, drawn by the run's seed), a
+  validation split of ``val_shots`` images per class drawn from the training images *outside* the
+  few-shot subset (``--validation_shots_per_class``), and the test split.
+* **Selection stage.** Every choice (learning rate, full FT's head LR, block, SCL variant,
+  logistic-regression C, the LP head of LP-then-FT) is made on validation accuracy, averaged over
+  the ``selection_seeds`` (100, 101, ...: never a reported seed). A selection record holds no test
+  number (``execute.py`` strips it), so no choice can read one.
+* **Final stage.** Each chosen configuration is run with the ``final_seeds`` (>= 10); the test
+  split is read once per final run.
+* **Equal tuning.** Every method gets the same kind of grid: ``len(grid) >= 4`` learning rates in
+  half-decade steps around its prior, extended (``grid_extend`` values per side) while the best
+  value sits at an edge; a choice still at an edge is flagged in the report.
+
+Run specs are JSON dicts with an ``id`` (name + hash of the spec: a changed setting is a new run).
+:func:`expand` is pure: from the settings and the records so far it returns every spec that can
+be planned now, in priority order (a final spec appears once its selection is complete), so the
+executor (``execute.run_study``) loops "expand, run the first spec without a result".
+
+Model keys: ``tiny`` (the shipped 12x64 ViT, trained on all of Fashion-MNIST), ``dinov2`` (the
+offline DINOv2-S/14 at 56x56, ``recipes/convert_dinov2_onnx.py``), ``pt_<regime>_<variant>`` (ViTs
+pre-trained by ``recipes/pretrain_vit.py`` on Fashion-MNIST classes 0-4, finding (i)).
 """
 
 from __future__ import annotations
@@ -16,73 +31,115 @@ import copy
 import hashlib
 import importlib.util
 import json
+import math
+from typing import Iterable, Optional
 
-# Downstream tasks: digits is cross-domain for every model; fmnist59 (Fashion-MNIST classes 5-9)
-# is the held-out class split of our own pre-trained models (source: classes 0-4).
+from . import select
+
+# Downstream tasks. digits: cross-domain for every model. fmnist: Fashion-MNIST, 10 classes (the
+# shipped tiny ViT's own source data: an in-domain control for it; cross-domain for DINOv2-S).
+# fmnist59: classes 5-9, held out from the finding-(i) variants' source (classes 0-4).
 TASKS = {
     "digits": {"dataset": "digits", "classes": None, "max_eval": None},
+    "fmnist": {"dataset": "fashion_mnist", "classes": None, "max_eval": 1000},
     "fmnist59": {"dataset": "fashion_mnist", "classes": "5,6,7,8,9", "max_eval": 1000},
 }
 SOURCE_CLASSES = "0,1,2,3,4"
-LOSSES = ("ce", "label_smoothing", "mse", "supcon")
+FAMILY_LAYERS = {"tiny": 12, "dinov2": 12}
 
-# Learning rates per model family and method, from a short pilot on digits (10 shots, seed 0,
-# 30 epochs, batch 16; one run each): tiny ViT full FT 1e-3 (0.82) > 3e-4 (0.76); SCL@5 3e-3 (0.70) >
-# 1e-3 (0.64); linear probe 1e-2 (0.66) > 3e-3 (0.60). DINOv2-S at 56x56: full FT 3e-5 (0.884) > 1e-5
-# (0.873); SCL@8 3e-4 (0.889) > 1e-4 (0.871); linear probe 3e-3 (1e-3: 0.70).
-LR = {
-    "tiny": {"linear_probe": 1e-2, "full": 1e-3, "lora": 3e-3, "heads": 3e-3, "layer": 3e-3, "scl": 3e-3},
-    "dinov2": {"linear_probe": 3e-3, "full": 3e-5, "lora": 1e-3, "heads": 3e-4, "layer": 3e-4, "scl": 3e-4},
+#: The default SCL variant and the ones compared with it on validation (at SCL's chosen block).
+SCL_DEFAULT = ""
+SCL_VARIANTS = {
+    "": [],
+    "concat": ["--scl_combine", "concat"],
+    "features": ["--scl_skip_source", "features"],
+    "post_norm": ["--scl_position", "post_norm"],
 }
+#: Not runnable yet: the plain un-gated reading "h_L + h_l" (no learned alpha) has no SCLConfig option
+#: (``skip_source="features"`` learns a gate initialised at 0); the report lists it as not run.
+SCL_NOT_RUNNABLE = {"plain": "needs an SCLConfig option for a fixed, un-gated skip (h_L + h_l); not in hf_nc.adapters yet"}
+
+#: Priors (centre of each method's grid) per model family; every grid has the same shape.
+PRIOR_LR = {
+    "tiny": {"linear_probe": 1e-2, "full": 1e-3, "lpft": 3e-4, "lora": 3e-3, "heads": 3e-3, "layer": 3e-3, "scl": 3e-3},
+    "dinov2": {"linear_probe": 1e-2, "full": 3e-5, "lpft": 1e-5, "lora": 1e-3, "heads": 3e-4, "layer": 3e-4, "scl": 3e-4},
+}
+LOGREG_C = [0.01, 0.1, 1.0, 10.0]
+
+
+def lr_grid(prior: float, n: int) -> list[float]:
+    """``n`` values in half-decade steps (x sqrt(10)) with ``prior`` the (upper) middle one."""
+    lo = -(n // 2)
+    return [round_sig(prior * 10 ** ((lo + i) / 2)) for i in range(n)]
+
+
+def round_sig(x: float, digits: int = 3) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def grid_step(values: list[float]) -> float:
+    return values[1] / values[0] if len(values) > 1 else math.sqrt(10)
+
 
 FULL = {
     "mode": "full",
-    "seeds": [0, 1, 2],
-    "shots": [10, 50],
+    "selection_seeds": [100, 101],
+    "final_seeds": list(range(10)),
+    "equivalence_margin": 0.005,  # 0.5 accuracy points
+    "val_shots": 30,
+    "grid_size": 4,
+    "grid_extend": 2,
+    "full_head_factors": [1.0, 10.0],  # full FT: head LR = factor x backbone LR (both chosen on validation)
     # ~200 optimizer steps for both shot counts: 10 shots x 30 epochs at batch 16, 50 x 15 at 32
-    "epochs": {10: 30, 50: 15},
+    "epochs": {"tiny": {10: 30, 50: 15}, "dinov2": {10: 30, 50: 10}},
     "batch": {10: 16, 50: 32},
     "max_steps": None,
+    "max_eval": None,
     "nc_train_samples": 512,
+    # (model, task, shots), in priority order: the headline cells first
+    "cells": [("tiny", "digits", 10), ("dinov2", "digits", 10), ("tiny", "digits", 50), ("dinov2", "digits", 50),
+              ("dinov2", "fmnist", 10), ("tiny", "fmnist", 10)],
+    "headline_cells": 2,  # the first cells whose selection + final headline runs go before everything else
+    "blocks": None,  # None: every block of the model
+    "methods": ["logreg", "linear_probe", "full", "lpft", "lora", "heads", "layer", "scl"],
+    "scl_variants": ["concat", "features", "post_norm"],
     "pretrain": {
-        "variants": [(loss, proj, aug) for loss in LOSSES for proj in (False, True) for aug in ("none", "crop,flip")],
-        "args": ["--max_train_samples", "8000", "--num_train_epochs", "2", "--nc_samples", "1000",
-                 "--max_eval_samples", "2000", "--patch_size", "7", "--logging_steps", "1000"],
-    },
-    "probe_tasks": ["digits", "fmnist59"],
-    "grid": {
-        "tiny": {"layer_blocks": list(range(12)), "scl_blocks": list(range(11)), "methods": ["linear_probe", "full", "lora", "heads"]},
-        "dinov2": {"layer_blocks": [8, 11], "scl_blocks": [5, 8], "methods": ["linear_probe", "full", "lora"]},
+        # finding (i): fewer variants, two budgets: "short" (the first study's, ~124 steps) and "long"
+        # (to convergence: 30x the images seen), one factor varied at a time from ce/no head/no aug.
+        "variants": [("ce", False, "none"), ("mse", False, "none"), ("label_smoothing", False, "none"),
+                     ("supcon", False, "none"), ("ce", True, "none"), ("ce", False, "crop,flip")],
+        "regimes": {
+            "short": ["--max_train_samples", "8000", "--num_train_epochs", "2"],
+            "long": ["--num_train_epochs", "12"],
+        },
+        "args": ["--nc_samples", "1000", "--max_eval_samples", "2000", "--patch_size", "7", "--logging_steps", "1000"],
+        "probe_tasks": ["digits", "fmnist59"],
+        "probe_shots": {"digits": None, "fmnist59": 200},
     },
     "dinov2_size": 56,
-    # DINOv2-S costs ~25x the tiny ViT per image: 50 shots get 10 epochs (160 steps at batch 32)
-    "dinov2_epochs": {10: 30, 50: 10},
-    "ablations": True,
 }
 
 QUICK = copy.deepcopy(FULL) | {
-    "mode": "quick", "seeds": [0], "shots": [10], "epochs": {10: 15}, "batch": {10: 16},
-    "pretrain": {"variants": [("ce", False, "none"), ("mse", False, "none"), ("supcon", False, "crop,flip")],
-                 "args": ["--max_train_samples", "1000", "--num_train_epochs", "1", "--nc_samples", "300",
-                          "--max_eval_samples", "300", "--patch_size", "7", "--logging_steps", "1000"]},
-    "probe_tasks": ["digits"],
-    "grid": {"tiny": {"layer_blocks": [11], "scl_blocks": [5], "methods": ["linear_probe", "full"]},
-             "dinov2": {"layer_blocks": [11], "scl_blocks": [8], "methods": ["linear_probe"]}},
-    "ablations": False,
+    "mode": "quick", "selection_seeds": [100], "final_seeds": [0, 1], "grid_size": 2, "grid_extend": 0,
+    "full_head_factors": [10.0], "epochs": {"tiny": {10: 15}, "dinov2": {10: 5}}, "batch": {10: 16},
+    "cells": [("tiny", "digits", 10)], "headline_cells": 1, "blocks": [5, 11],
+    "methods": ["logreg", "full", "layer", "scl"], "scl_variants": [], "val_shots": 20,
 }
-QUICK["dinov2_epochs"] = {10: 5}  # the DINOv2 part of --quick only checks that it runs
+QUICK["pretrain"] = None
 
-# --smoke: the test's setting (seconds): tiny models, a few steps, no DINOv2.
+# --smoke: the test setting (seconds per run): tiny ViT, a few steps, tiny grids, two final seeds.
 SMOKE = copy.deepcopy(QUICK) | {
-    "mode": "smoke", "shots": [5], "epochs": {5: 1}, "batch": {5: 16}, "max_steps": 3, "nc_train_samples": 50,
-    "max_eval": 60,
-    "pretrain": {"variants": [("ce", False, "none"), ("mse", False, "none"), ("label_smoothing", True, "none")],
-                 "args": ["--max_train_samples", "64", "--max_steps", "2", "--nc_samples", "40", "--max_eval_samples", "40",
-                          "--per_device_train_batch_size", "32", "--hidden_size", "16", "--num_hidden_layers", "2",
-                          "--num_attention_heads", "2", "--patch_size", "7", "--head_fit_steps", "5", "--logging_steps", "1000"]},
-    "probe_shots": 10,
-    "grid": {"tiny": {"layer_blocks": [11], "scl_blocks": [5], "methods": ["linear_probe"]}},
-    "dinov2": False,
+    "mode": "smoke", "epochs": {"tiny": {5: 1}}, "batch": {5: 16}, "max_steps": 2, "nc_train_samples": 40,
+    "max_eval": 60, "cells": [("tiny", "digits", 5)], "blocks": [10, 11], "val_shots": 5,
+    "methods": ["logreg", "full", "lpft", "layer", "scl"], "scl_variants": ["concat"],
+}
+SMOKE["pretrain"] = {
+    "variants": [("ce", False, "none"), ("mse", False, "none"), ("supcon", False, "none")],
+    "regimes": {"short": ["--max_steps", "1"], "long": ["--max_steps", "3"]},
+    "args": ["--max_train_samples", "64", "--nc_samples", "40", "--max_eval_samples", "40",
+             "--per_device_train_batch_size", "32", "--hidden_size", "16", "--num_hidden_layers", "2",
+             "--num_attention_heads", "2", "--patch_size", "7", "--head_fit_steps", "5", "--logging_steps", "1000"],
+    "probe_tasks": ["digits"], "probe_shots": {"digits": 10},
 }
 MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
@@ -96,131 +153,314 @@ def dinov2_available() -> tuple[bool, str]:
     return True, ""
 
 
+def settings_for(mode: str, dinov2: Optional[bool] = None) -> tuple[dict, list[str]]:
+    """The settings of ``mode`` (a deep copy) with DINOv2-S cells dropped when unavailable or off, and notes."""
+    s = json.loads(json.dumps(MODES[mode]))
+    s["cells"] = [tuple(c) for c in s["cells"]]
+    notes = []
+    want = dinov2 if dinov2 is not None else any(c[0] == "dinov2" for c in s["cells"])
+    if want:
+        ok, why = dinov2_available()
+        if not ok:
+            notes.append(why)
+            want = False
+    if not want and any(c[0] == "dinov2" for c in s["cells"]):
+        if not notes:
+            notes.append("DINOv2-S skipped (--no_dinov2).")
+        s["cells"] = [c for c in s["cells"] if c[0] != "dinov2"]
+    s["dinov2"] = any(c[0] == "dinov2" for c in s["cells"])
+    return s, notes
+
+
+# ---------------------------------------------------------------------------------------------- specs
 def _with_id(name: str, spec: dict) -> dict:
-    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return {"id": f"{name}-{digest}", **spec}
+
+
+def by_shots(table: dict, shots: int):
+    """``table[shots]`` for a dict keyed by shots (int keys, or str keys after a JSON round trip)."""
+    return table[shots] if shots in table else table[str(shots)]
+
+
+def family(model: str) -> str:
+    return "dinov2" if model == "dinov2" else "tiny"
+
+
+def cell_name(cell) -> str:
+    model, task, shots = cell
+    return f"{model}/{task}/{shots}"
+
+
+def blocks_of(s: dict, model: str, method: str = "layer") -> list[int]:
+    """The blocks tuned by ``method`` (SCL needs a block below the last one)."""
+    n = FAMILY_LAYERS[family(model)]
+    blocks = list(s["blocks"]) if s.get("blocks") else list(range(n))
+    return [b for b in blocks if b < n - 1] if method == "scl" else blocks
+
+
+def method_grid(s: dict, model: str, method: str) -> list[float]:
+    if method == "logreg":
+        return list(LOGREG_C) if s["grid_size"] >= 4 else [0.1, 1.0][: s["grid_size"]]
+    return lr_grid(PRIOR_LR[family(model)][method], s["grid_size"])
+
+
+def config_key(method: str, block=None, variant: str = "", head_factor=None) -> str:
+    """The name of a configuration (what the selection's hyperparameter grid is searched for)."""
+    key = method + ("" if block is None else f"@{block}")
+    if variant:
+        key += f"[{variant}]"
+    if head_factor is not None:
+        key += f"[head x{head_factor:g}]"
+    return key
+
+
+def run_spec(s: dict, cell, stage: str, seed: int, method: str, hp: float, block=None, variant: str = "",
+             head_factor=None, lp_C=None, model_run=None) -> dict:
+    """One fine-tuning (or logistic-regression probe) run of ``cell`` at hyperparameter ``hp``
+    (learning rate; C for ``logreg``)."""
+    model, task, shots = cell
+    fam = family(model)
+    spec = {
+        "kind": "logreg" if method == "logreg" else "finetune", "stage": stage, "cell": cell_name(cell), "model": model,
+        "model_run": model_run, "task": task, "shots": shots, "seed": seed, "method": method, "block": block,
+        "variant": variant, "config": config_key(method, block, variant, head_factor), "hp": hp,
+        "head_factor": head_factor, "lp_C": lp_C, "val_shots": s["val_shots"], "max_eval": s.get("max_eval"),
+    }
+    if method != "logreg":
+        spec.update(epochs=by_shots(s["epochs"][fam], shots), batch=by_shots(s["batch"], shots), max_steps=s.get("max_steps"), nc_train_samples=s["nc_train_samples"],
+                    extra=list(SCL_VARIANTS[variant]) if method == "scl" else [])
+    else:
+        spec.update(nc_train_samples=s["nc_train_samples"])
+    name = f"{'sel' if stage == 'selection' else 'fin'}_{model}_{task}_s{shots}_seed{seed}_{spec['config']}_hp{hp:g}"
+    return _with_id(name.replace(" ", "").replace("[", "_").replace("]", "").replace("@", "b"), spec)
+
+
+def model_runs(s: dict) -> dict:
+    """``{model key: its stage-0 spec or None}`` (the shipped tiny ViT needs no run)."""
+    out = {"tiny": None}
+    if s["dinov2"]:
+        out["dinov2"] = _with_id("convert_dinov2", {"kind": "convert", "size": s["dinov2_size"]})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- expansion
+class _Cell:
+    """Planning of one ``(model, task, shots)`` cell against the records so far."""
+
+    def __init__(self, s: dict, cell, model_run, records: dict):
+        self.s, self.cell, self.model_run, self.records = s, tuple(cell), model_run, records
+        self.name = cell_name(cell)
+        self.sel = select.SelectionTable.from_records(records.values(), self.name)
+
+    def selection_specs(self, method: str, block=None, variant: str = "", head_factor=None, lp_C=None) -> tuple[list[dict], bool]:
+        """Specs of one configuration's grid (with the edge extensions earned so far) and whether it is complete."""
+        key = config_key(method, block, variant, head_factor)
+        grid = method_grid(self.s, self.cell[0], method)
+        specs, complete = [], False
+        for ext in range(self.s["grid_extend"] + 1):
+            specs = [run_spec(self.s, self.cell, "selection", seed, method, hp, block, variant, head_factor, lp_C, self.model_run)
+                     for hp in grid for seed in self.s["selection_seeds"]]
+            complete = all(sp["id"] in self.records for sp in specs)
+            best = self.sel.best_hp(key, grid) if complete else None
+            if best is None or not best.at_edge or ext == self.s["grid_extend"]:
+                break
+            step = grid_step(grid)  # the best value is at an edge: one more value beyond it
+            grid = [round_sig(grid[0] / step)] + grid if best.hp == grid[0] else grid + [round_sig(grid[-1] * step)]
+        return specs, complete
+
+    def grid_of(self, key: str, method: str) -> list[float]:
+        return sorted(self.sel.hps(key)) or method_grid(self.s, self.cell[0], method)
+
+    def final_specs(self, method: str, hp: float, block=None, variant: str = "", head_factor=None, lp_C=None) -> list[dict]:
+        return [run_spec(self.s, self.cell, "final", seed, method, hp, block, variant, head_factor, lp_C, self.model_run)
+                for seed in self.s["final_seeds"]]
+
+    # choices -------------------------------------------------------------------------------------
+    def chosen(self, keys: list[str]) -> Optional[select.Choice]:
+        return self.sel.choose(keys)
+
+
+def _dedupe(specs: Iterable[dict]) -> list[dict]:
+    seen, out = set(), []
+    for sp in specs:
+        if sp["id"] not in seen:
+            seen.add(sp["id"])
+            out.append(sp)
+    return out
+
+
+def cell_steps(s: dict, cell, model_run, records: dict, flags: Optional[dict] = None) -> dict[str, list[dict]]:
+    """The specs of one cell per step (``headline_selection``, ``headline_final``, ``others_selection``,
+    ``others_final``, ``blocks_final``, ``variants_selection``, ``variants_final``); a step whose
+    selection is not complete yet holds only what can run now. ``flags`` (a dict, filled in):
+    per configuration key, whether its selection grid is complete; per method ("full", "layer",
+    "scl", ...), whether all of its configurations are."""
+    c = _Cell(s, cell, model_run, records)
+    model = cell[0]
+    methods = s["methods"]
+    blocks = {m: blocks_of(s, model, m) for m in ("layer", "scl")}
+    steps = {k: [] for k in ("headline_selection", "headline_final", "others_selection", "others_final",
+                             "blocks_final", "variants_selection", "variants_final")}
+    status = {}
+
+    def sel(step, method, block=None, variant="", head_factor=None, lp_C=None):
+        specs, done = c.selection_specs(method, block, variant, head_factor, lp_C)
+        steps[step] += specs
+        status[config_key(method, block, variant, head_factor)] = done
+        return done
+
+    # headline: full FT (LR x head LR), Layer FT and SCL FT at every block
+    groups = {}
+    if "full" in methods:
+        groups["full"] = [config_key("full", head_factor=f) for f in s["full_head_factors"]]
+        done = [sel("headline_selection", "full", head_factor=f) for f in s["full_head_factors"]]
+        groups["full_done"] = all(done)
+    for m in ("layer", "scl"):
+        if m in methods:
+            groups[m] = [config_key(m, b) for b in blocks[m]]
+            groups[m + "_done"] = all([sel("headline_selection", m, b) for b in blocks[m]])
+    for m in ("full", "layer", "scl"):
+        if m in methods and groups[m + "_done"]:
+            ch = c.chosen(groups[m])
+            if ch is not None:
+                steps["headline_final"] += c.final_specs(ch.method, ch.hp, ch.block, ch.variant, ch.head_factor)
+    # the skip's own test (and finding (ii) within a method): every block, each at its own chosen LR
+    for m in ("layer", "scl"):
+        if m in methods:
+            for b in blocks[m]:
+                if status.get(config_key(m, b)):
+                    ch = c.chosen([config_key(m, b)])
+                    if ch is not None:
+                        steps["blocks_final"] += c.final_specs(m, ch.hp, b)
+    # the other methods
+    for m in ("logreg", "linear_probe", "lora", "heads"):
+        if m in methods and sel("others_selection", m):
+            ch = c.chosen([config_key(m)])
+            if ch is not None:
+                steps["others_final"] += c.final_specs(m, ch.hp)
+    if "lpft" in methods and "logreg" in methods and status.get(config_key("logreg")):
+        lr_choice = c.chosen([config_key("logreg")])
+        if lr_choice is not None and sel("others_selection", "lpft", lp_C=lr_choice.hp):
+            ch = c.chosen([config_key("lpft")])
+            if ch is not None:
+                steps["others_final"] += c.final_specs("lpft", ch.hp, lp_C=lr_choice.hp)
+    # SCL variants at SCL's chosen block, on validation; the best variant also gets a final run
+    if "scl" in methods and s["scl_variants"] and groups.get("scl_done"):
+        ch = c.chosen(groups["scl"])
+        if ch is not None:
+            keys = [config_key("scl", ch.block)]
+            done = [sel("variants_selection", "scl", ch.block, v) for v in s["scl_variants"]]
+            keys += [config_key("scl", ch.block, v) for v in s["scl_variants"]]
+            if all(done):
+                best = c.chosen(keys)
+                if best is not None and best.variant:
+                    steps["variants_final"] += c.final_specs("scl", best.hp, best.block, best.variant)
+    if flags is not None:
+        flags.update(status)
+        for m in methods:
+            keys = [k for k in status if k.split("@")[0].split("[")[0] == m and (m != "scl" or "[" not in k)]
+            flags[m] = bool(keys) and all(status[k] for k in keys)
+        flags["scl_variants"] = bool(s["scl_variants"]) and all(
+            status.get(k, False) for k in status if k.startswith("scl@") and "[" in k) and any("[" in k for k in status if k.startswith("scl@"))
+    return {k: _dedupe(v) for k, v in steps.items()}
+
+
+def pretrain_specs(s: dict) -> list[dict]:
+    p = s.get("pretrain")
+    if not p:
+        return []
+    runs = []
+    for regime, budget in p["regimes"].items():
+        for loss, proj, aug in p["variants"]:
+            args = ["--dataset", "fashion_mnist", "--classes", SOURCE_CLASSES, "--loss", loss, "--augment", aug, "--seed", "0",
+                    "--torch_threads", "1", *budget, *p["args"]] + (["--projection_head"] if proj else [])
+            name = variant_name(loss, proj, aug)
+            runs.append(_with_id(f"pretrain_{regime}_{name}", {"kind": "pretrain", "regime": regime, "variant": name, "loss": loss,
+                                                              "projection_head": proj, "augment": aug, "args": args}))
+    return runs
 
 
 def variant_name(loss: str, proj: bool, aug: str) -> str:
     return loss + ("+proj" if proj else "") + ("+aug" if aug != "none" else "")
 
 
-def pretrain_runs(s: dict) -> list[dict]:
-    runs = []
-    for loss, proj, aug in s["pretrain"]["variants"]:
-        args = ["--dataset", "fashion_mnist", "--classes", SOURCE_CLASSES, "--loss", loss, "--augment", aug, "--seed", "0",
-                "--torch_threads", "1", *s["pretrain"]["args"]] + (["--projection_head"] if proj else [])
-        name = variant_name(loss, proj, aug)
-        runs.append(_with_id(f"pretrain_{name}", {"kind": "pretrain", "variant": name, "loss": loss,
-                                                  "projection_head": proj, "augment": aug, "args": args}))
-    return runs
+def probe_spec(s: dict, pretrain: dict, task: str) -> dict:
+    """Finding (i): a frozen pre-trained variant's features on ``task``: logistic regression with C
+    chosen on validation inside the run (test read once, at that C), frozen NC1."""
+    p = s["pretrain"]
+    spec = {"kind": "probe", "model": f"pt_{pretrain['regime']}_{pretrain['variant']}", "model_run": pretrain["id"],
+            "regime": pretrain["regime"], "task": task, "shots": p["probe_shots"].get(task), "seed": 0,
+            "val_shots": s["val_shots"], "C_grid": list(LOGREG_C), "max_eval": TASKS[task]["max_eval"] or s.get("max_eval")}
+    return _with_id(f"probe_{spec['model']}_{task}", spec)
 
 
-def finetune_spec(s: dict, model: str, model_run: str | None, task: str, shots: int, seed: int, method: str,
-                  block: int | None = None, lr: float | None = None, epochs: int | None = None, extra=(), tag: str = "",
-                  group: str = "grid") -> dict:
-    family = "dinov2" if model == "dinov2" else "tiny"
-    if epochs is None:
-        epochs = s.get("dinov2_epochs", s["epochs"])[shots] if family == "dinov2" else s["epochs"][shots]
-    spec = {"kind": "finetune", "group": group, "tag": tag, "model": model, "model_run": model_run, "task": task,
-            "shots": shots, "seed": seed, "method": method, "block": block,
-            "lr": lr if lr is not None else LR[family][method], "epochs": epochs, "batch": s["batch"][shots],
-            "max_steps": s.get("max_steps"), "max_eval": s.get("max_eval"), "nc_train_samples": s["nc_train_samples"],
-            "extra": list(extra)}
-    name = f"ft_{model}_{task}_s{shots}_seed{seed}_{method}" + ("" if block is None else str(block)) + (f"_{tag}" if tag else "")
-    return _with_id(name, spec)
+def expand(s: dict, records: dict) -> tuple[list[dict], dict]:
+    """Every spec that can be planned from ``records`` (``{run id: record}``), in priority order,
+    and ``status``: per cell and step, the planned count, done count and whether the step is
+    complete (its selection finished and every final run has a record).
 
-
-def grid_runs(s: dict, model: str, model_run: str | None, task: str) -> list[dict]:
-    g = s["grid"]["dinov2" if model == "dinov2" else "tiny"]
-    runs = []
-    for shots in s["shots"]:
-        for seed in s["seeds"]:
-            args = (model, model_run, task, shots, seed)
-            runs += [finetune_spec(s, *args, m) for m in g["methods"]]
-            runs += [finetune_spec(s, *args, "layer", b) for b in g["layer_blocks"]]
-            runs += [finetune_spec(s, *args, "scl", b) for b in g["scl_blocks"]]
-    return runs
-
-
-def ablation_runs(s: dict) -> list[dict]:
-    """What narrows the gap to full FT on the tiny ViT (digits, fewest shots, every seed)."""
-    shots = s["shots"][0]
-    e = s["epochs"][shots]
-    variants = [
-        ("full", None, 3e-4, None, (), "lr3e-4"), ("full", None, 3e-3, None, (), "lr3e-3"), ("full", None, None, 2 * e, (), "ep2x"),
-        ("scl", 5, 1e-3, None, (), "lr1e-3"), ("scl", 5, 1e-2, None, (), "lr1e-2"), ("scl", 5, None, 2 * e, (), "ep2x"),
-        ("scl", 5, None, None, ("--scl_combine", "concat"), "concat"),
-        ("scl", 5, None, None, ("--scl_position", "post_norm"), "post_norm"),
-        ("scl", 5, None, None, ("--scl_skip_source", "features"), "features"),
-        ("layer", 11, 1e-2, None, (), "lr1e-2"), ("layer", 11, None, 2 * e, (), "ep2x"),
-        ("layer", None, None, None, ("--layers=8,9,10,11",), "last4"),
-    ]
-    return [finetune_spec(s, "tiny", None, "digits", shots, seed, m, b, lr=lr, epochs=ep, extra=x, tag=tag, group="ablation")
-            for m, b, lr, ep, x, tag in variants for seed in s["seeds"]]
-
-
-def suggested_runs(runs: list[dict], probe_results: dict[str, dict]) -> list[dict]:
-    """Grid runs at the blocks ``suggest_layer`` picked (probe results, by probe run id) that the
-    static grid lacks, for every seed: so that the suggestion is always scored."""
-    have = {(r["model"], r["shots"], r["method"], r["block"]) for r in runs if r["kind"] == "finetune" and r["group"] == "grid"}
-    templates = {(r["model"], r["shots"]): r for r in runs if r["kind"] == "finetune" and r["group"] == "grid"}
-    extra = []
-    for p in runs:
-        res = probe_results.get(p["id"])
-        if p["kind"] != "probe" or res is None or (p["model"], p["shots"]) not in templates:
+    Order: stage-0 models; then, for the first ``headline_cells`` cells, headline selection
+    (full FT, Layer FT, SCL FT at every block) and its final runs; then per cell the other
+    methods, the every-block final runs (the skip's test), the SCL variants; the remaining cells
+    likewise; finding (i) last."""
+    ok = {k: r for k, r in records.items() if r.get("status") in ("ok", "error")}
+    models = model_runs(s)
+    order: list[dict] = [m for m in models.values() if m is not None]
+    ready = {k: (m is None or m["id"] in ok and ok[m["id"]].get("status") == "ok") for k, m in models.items()}
+    per_cell = {}
+    for cell in s["cells"]:
+        if ready.get(cell[0], False):
+            per_cell[cell_name(cell)] = cell_steps(s, cell, models[cell[0]]["id"] if models[cell[0]] else None, ok)
+    head = [cell_name(c) for c in s["cells"][: s["headline_cells"]]]
+    for name in head:
+        if name in per_cell:
+            order += per_cell[name]["headline_selection"] + per_cell[name]["headline_final"]
+    for cell in s["cells"]:
+        name = cell_name(cell)
+        if name not in per_cell:
             continue
-        t = templates[(p["model"], p["shots"])]
-        seeds = sorted({r["seed"] for r in runs if r["kind"] == "finetune" and r["model"] == p["model"] and r["shots"] == p["shots"]})
-        for method, key in (("scl", "suggest_scl"), ("layer", "suggest_layer")):
-            block = res.get(key)
-            if block is None or (p["model"], p["shots"], method, block) in have:
-                continue
-            have.add((p["model"], p["shots"], method, block))
-            s = {"epochs": {p["shots"]: t["epochs"]}, "batch": {p["shots"]: t["batch"]}, "max_steps": t["max_steps"],
-                 "max_eval": t["max_eval"], "nc_train_samples": t["nc_train_samples"]}
-            extra += [finetune_spec(s, p["model"], t["model_run"], t["task"], p["shots"], seed, method, block,
-                                    epochs=t["epochs"]) for seed in seeds]
-    return extra
+        steps = per_cell[name]
+        if name not in head:
+            order += steps["headline_selection"] + steps["headline_final"]
+        order += steps["others_selection"] + steps["others_final"] + steps["blocks_final"]
+        order += steps["variants_selection"] + steps["variants_final"]
+    pre = pretrain_specs(s)
+    order += pre
+    for p in pre:
+        if p["id"] in ok and ok[p["id"]].get("status") == "ok":
+            order += [probe_spec(s, p, t) for t in s["pretrain"]["probe_tasks"]]
+    order = _dedupe(order)
+    status = {}
+    for cell in s["cells"]:
+        name = cell_name(cell)
+        steps = per_cell.get(name)
+        status[name] = {step: {"planned": len(v), "done": sum(sp["id"] in ok for sp in v)} for step, v in (steps or {}).items()}
+        if steps is None:
+            status[name] = {"model": {"planned": 1, "done": 0}}
+    status["finding_i"] = {"pretrain": {"planned": len(pre), "done": sum(p["id"] in ok for p in pre)}}
+    return order, status
 
 
-def probe_spec(model: str, model_run: str | None, task: str, shots: int | None, max_eval: int | None = None) -> dict:
-    spec = {"kind": "probe", "model": model, "model_run": model_run, "task": task, "shots": shots, "seed": 0, "max_eval": max_eval}
-    return _with_id(f"probe_{model}_{task}_s{shots or 'all'}", spec)
-
-
-def build_plan(mode: str = "full", dinov2: bool | None = None) -> tuple[list[dict], dict]:
-    """``(runs, meta)``: the ordered run specs and what the report needs to know (settings, notes)."""
-    s = MODES[mode]
-    notes = []
-    use_dino = s.get("dinov2", True) if dinov2 is None else dinov2
-    if use_dino:
-        use_dino, why = dinov2_available()
-        if why:
-            notes.append(why)
-    elif mode == "smoke":
-        notes.append("DINOv2-S not part of --smoke (test setting).")
-    else:
-        notes.append("DINOv2-S skipped (--no_dinov2).")
-    pre = pretrain_runs(s)
-    runs = list(pre)
-    models = [("tiny", None)] + [(f"pt_{r['variant']}", r["id"]) for r in pre]
-    if use_dino:
-        conv = _with_id("convert_dinov2", {"kind": "convert", "size": s["dinov2_size"]})
-        runs.append(conv)
-        models.append(("dinov2", conv["id"]))
-    probe_shots = s.get("probe_shots")
-    for model, run in models:  # finding (i) / model ranking: frozen features, full downstream train split
-        for task in s["probe_tasks"] if model.startswith("pt_") else ["digits"]:
-            cap = 200 if task == "fmnist59" else probe_shots  # 1,000 source-free training images are plenty
-            runs.append(probe_spec(model, run, task, cap, TASKS[task]["max_eval"] or s.get("max_eval")))
-    grid_models = [("tiny", None)] + ([("dinov2", models[-1][1])] if use_dino else [])
-    for model, run in grid_models:  # suggest_layer on the few-shot training data the grid uses (seed 0)
-        for shots in s["shots"]:
-            runs.append(probe_spec(model, run, "digits", shots, s.get("max_eval")))
-    for model, run in grid_models:
-        runs += grid_runs(s, model, run, "digits")
-    if s.get("ablations"):
-        runs += ablation_runs(s)
-    meta = {"mode": mode, "notes": notes, "dinov2": use_dino, "settings": json.loads(json.dumps(s, default=str))}
-    return runs, meta
+def planned_total(s: dict) -> dict:
+    """How many runs the complete plan has (no grid extensions), per cell and for finding (i): for the budget."""
+    out = {}
+    nsel, nfin = len(s["selection_seeds"]), len(s["final_seeds"])
+    for cell in s["cells"]:
+        model = cell[0]
+        g = s["grid_size"]
+        sel = fin = 0
+        for m in s["methods"]:
+            nb = len(blocks_of(s, model, m)) if m in ("layer", "scl") else 0
+            k = len(s["full_head_factors"]) if m == "full" else nb or 1
+            sel += k * g * nsel
+            fin += (1 + nb) * nfin
+        if "scl" in s["methods"]:
+            sel += len(s["scl_variants"]) * g * nsel
+            fin += nfin if s["scl_variants"] else 0
+        out[cell_name(cell)] = {"selection": sel, "final": fin}
+    p = s.get("pretrain")
+    if p:
+        n = len(p["variants"]) * len(p["regimes"])
+        out["finding_i"] = {"pretrain": n, "probes": n * len(p["probe_tasks"])}
+    return out

@@ -1,8 +1,11 @@
-"""``docs/RESULTS.md`` and its plots from the study's JSON results (records of ``execute.py``).
+"""``docs/RESULTS.md`` from the study's JSON records (pure reading and formatting, tested on
+hand-made records).
 
-Pure reading and formatting: :func:`write_report` takes the records (and the plan's ``meta``), so it
-is tested on hand-made records. Correlations are Spearman's (``scipy.stats.spearmanr``) with sign
-and two-sided p-value; with fewer than 3 points, or a constant side, they are reported as n/a.
+Every choice shown is recomputed here from the selection records with the same function the
+plan used (``select.SelectionTable.choose``, validation accuracy only). Every test number is a
+mean over the final seeds with its 95% t interval and n; comparisons are paired over seeds with an
+equivalence margin (``settings["equivalence_margin"]``). A part whose selection or final runs are
+not complete is marked **PENDING** and is never stated as a finding.
 """
 
 from __future__ import annotations
@@ -10,57 +13,25 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional
 
-import numpy as np
+from . import plan, select, stats
 
-ORDER = {"linear_probe": 0, "full": 1, "lora": 2, "heads": 3, "layer": 4, "scl": 5}
-LABEL = {"linear_probe": "linear probe", "full": "full FT", "lora": "LoRA", "heads": "head FT", "layer": "Layer FT", "scl": "SCL FT"}
-MODEL_NAMES = {"tiny": "shipped tiny ViT (12x64, FMNIST)", "dinov2": "DINOv2-S/14 (offline, 56x56)"}
+LABEL = {"logreg": "logistic-regression probe", "linear_probe": "linear probe (AdamW head)", "full": "full FT",
+         "lpft": "LP-then-FT", "lora": "LoRA", "heads": "head FT", "layer": "Layer FT", "scl": "SCL FT"}
+MODEL_NAMES = {"tiny": "shipped tiny ViT (12x64, trained on Fashion-MNIST)", "dinov2": "DINOv2-S/14 (offline, 56x56)"}
 ALPHA = 0.05
 
 
-# ---------------------------------------------------------------------------------------------- numbers
-def spearman(x, y) -> tuple[float, float, int] | None:
-    """``(rho, p, n)`` over the finite pairs, or ``None`` when undefined (n < 3 or a constant side)."""
-    from scipy.stats import spearmanr
-
-    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
-    if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
-        return None
-    res = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
-    return float(res.statistic), float(res.pvalue), len(pairs)
+def pts(x: float) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.1f}"
 
 
-def fmt_corr(c) -> str:
-    if c is None:
-        return "n/a (fewer than 3 points or constant)"
-    rho, p, n = c
-    return f"rho = {rho:+.2f} (" + ("p < 0.001" if p < 1e-3 else f"p = {p:.3g}") + f", n = {n})"
-
-
-def verdict(c, expected_sign: int) -> str:
-    """Plain words: reproduces (expected sign, p < 0.05), same direction but not significant, or not."""
-    if c is None:
-        return "cannot be tested (too few points)"
-    rho, p, _ = c
-    if rho * expected_sign > 0 and p < ALPHA:
-        return "**reproduces** (expected sign, p < 0.05)"
-    if rho * expected_sign > 0:
-        return "**same direction, not significant** at this scale"
-    return "**does not reproduce** at this scale (opposite sign or zero)"
-
-
-def mean_std(values) -> tuple[float, float, int]:
-    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan"), 0
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
-
-
-def pct(mean: float, std: float, n: int) -> str:
+def ci_text(m: float, lo: float, hi: float, n: int, signed: bool = False) -> str:
     if n == 0:
         return "-"
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if n > 1 else "") + f" (n={n})"
+    f = (lambda v: f"{100 * v:+.1f}") if signed else pts
+    return f"{f(m)} [{f(lo)}, {f(hi)}] (n={n})" if n > 1 else f"{f(m)} (n=1)"
 
 
 def g(x, digits: int = 3) -> str:
@@ -71,349 +42,466 @@ def table(header: list[str], rows: list[list]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
 
 
+def fmt_corr(c) -> str:
+    if c is None:
+        return "n/a (too few points or constant)"
+    rho, p, n = c
+    return f"rho = {rho:+.2f} (" + ("p < 0.001" if p < 1e-3 else f"p = {p:.3g}") + f", n = {n})"
+
+
+def corr_verdict(c, expected_sign: int) -> str:
+    if c is None:
+        return "cannot be tested (too few points)"
+    rho, p, _ = c
+    if rho * expected_sign > 0 and p < ALPHA:
+        return "**expected sign, p < 0.05**"
+    if rho * expected_sign > 0:
+        return "expected sign, not significant"
+    return "**not the expected sign**"
+
+
+def describe_choice(ch: select.Choice, family: str) -> str:
+    what = LABEL.get(ch.method, ch.method) + ("" if ch.block is None else f" @ block {ch.block}") + (f" [{ch.variant}]" if ch.variant else "")
+    hp = f"C = {ch.hp:g}" if ch.method == "logreg" else f"LR {ch.hp:g}"
+    if ch.head_factor is not None:
+        hp += f", head LR {ch.hp * ch.head_factor:g}"
+    return f"{what} ({hp})"
+
+
 # ---------------------------------------------------------------------------------------------- records
-class Results:
-    def __init__(self, records: list[dict]):
-        self.ok = [r for r in records if r.get("status") == "ok"]
-        self.failed = [r for r in records if r.get("status") != "ok"]
-        self.pretrain = {r["spec"]["id"]: r for r in self.ok if r["spec"]["kind"] == "pretrain"}
-        self.probes = [r for r in self.ok if r["spec"]["kind"] == "probe"]
-        self.ft = [r for r in self.ok if r["spec"]["kind"] == "finetune"]
+class Cell:
+    """One ``(model, task, shots)`` cell: its selection table, flags and final runs."""
 
-    def probe(self, model: str, task: str, shots):
-        hits = [r for r in self.probes if r["spec"]["model"] == model and r["spec"]["task"] == task and r["spec"]["shots"] == shots]
-        return hits[0]["result"] if hits else None
+    def __init__(self, s: dict, cell, records: dict):
+        self.s, self.cell = s, tuple(cell)
+        self.name = plan.cell_name(cell)
+        self.model = cell[0]
+        self.sel = select.SelectionTable.from_records(records.values(), self.name)
+        self.flags: dict = {}
+        models = plan.model_runs(s)
+        run = models.get(self.model)
+        self.ready = run is None or (run["id"] in records and records[run["id"]].get("status") == "ok")
+        if self.ready:
+            plan.cell_steps(s, cell, run["id"] if run else None, records, self.flags)
+        self.final = defaultdict(dict)  # (config, hp) -> {seed: result}
+        for r in records.values():
+            sp = r.get("spec", {})
+            if sp.get("stage") == "final" and sp.get("cell") == self.name and r.get("status") == "ok":
+                self.final[(sp["config"], float(sp["hp"]))][sp["seed"]] = r["result"]
+        self.nfinal = len(s["final_seeds"])
 
-    def groups(self, model: str, task: str = "digits", group: str = "grid") -> dict:
-        """``{(shots, method, block, tag): [result, ...]}`` over seeds."""
-        out = defaultdict(list)
-        for r in self.ft:
-            s = r["spec"]
-            if s["model"] == model and s["task"] == task and s.get("group", "grid") == group:
-                out[(s["shots"], s["method"], s["block"], s.get("tag", ""))].append(r["result"])
-        return out
+    def choice(self, method: str, keys: Optional[list[str]] = None) -> Optional[select.Choice]:
+        if not self.flags.get(method):
+            return None
+        keys = keys or self.keys(method)
+        return self.sel.choose(keys)
 
-    def grid_models(self) -> list[str]:
-        seen = []
-        for r in self.ft:
-            m = r["spec"]["model"]
-            if r["spec"].get("group", "grid") == "grid" and m not in seen:
-                seen.append(m)
-        return seen
+    def keys(self, method: str) -> list[str]:
+        if method == "full":
+            return [plan.config_key("full", head_factor=f) for f in self.s["full_head_factors"]]
+        if method in ("layer", "scl"):
+            return [plan.config_key(method, b) for b in plan.blocks_of(self.s, self.model, method)]
+        return [plan.config_key(method)]
+
+    def runs(self, ch: Optional[select.Choice], metric: str = "test_accuracy") -> dict:
+        if ch is None:
+            return {}
+        return {seed: r.get(metric) for seed, r in self.final.get((ch.key, float(ch.hp)), {}).items()}
+
+    def complete(self, ch: Optional[select.Choice]) -> bool:
+        return ch is not None and len(self.runs(ch)) >= self.nfinal
+
+    def block_choice(self, method: str, block: int) -> Optional[select.Choice]:
+        key = plan.config_key(method, block)
+        if not self.flags.get(key):
+            return None
+        return self.sel.choose([key])
+
+    def params(self, ch) -> Optional[int]:
+        vals = [r.get("trainable_params") for r in self.final.get((ch.key, float(ch.hp)), {}).values()] if ch else []
+        return vals[0] if vals else None
 
 
-def _method_label(method: str, block, tag: str = "") -> str:
-    return LABEL.get(method, method) + ("" if block is None else f" @ block {block}") + (f" [{tag}]" if tag else "")
-
-
-def _sort_key(key):
-    shots, method, block, tag = key
-    return (shots, ORDER.get(method, 9), -1 if block is None else block, tag)
+def status_word(cell: Cell, ch: Optional[select.Choice]) -> str:
+    if ch is None:
+        return "PENDING (selection running)"
+    n = len(cell.runs(ch))
+    return "complete" if n >= cell.nfinal else f"PENDING ({n}/{cell.nfinal} final seeds)"
 
 
 # ---------------------------------------------------------------------------------------------- sections
-def section_pretrain(res: Results, meta: dict, plots: Path, rel: str) -> tuple[list[str], list[str]]:
-    lines, misses = ["## Finding (i): pre-training that keeps source variability transfers better", ""], []
-    if not res.pretrain:
-        return lines + ["No pre-training runs in these results.", ""], misses
-    args = next(iter(res.pretrain.values()))["spec"]["args"]
-    lines += [f"Variants pre-trained by `recipes/pretrain_vit.py` on Fashion-MNIST classes 0-4 with a **short budget** "
-              f"(`{' '.join(args)}`), so that all of them fit the study's time; the paper pre-trains to convergence. "
-              "Source NC1: penultimate features on a fixed subset of the source training images. Downstream: frozen "
-              "features on the downstream training split (NC1, lower = more collapsed) and a logistic-regression linear "
-              "probe (`hf_nc.selection.rank_models(linear_probe=True)`) scored on the test split.", ""]
-    tasks = sorted({r["spec"]["task"] for r in res.probes if r["spec"]["model"].startswith("pt_")})
-    header = ["variant", "loss", "proj. head", "augment", "source NC1", "source test acc"]
-    for t in tasks:
-        header += [f"{t} frozen NC1", f"{t} LP acc"]
-    rows, series = [], defaultdict(lambda: defaultdict(list))
-    for rid, rec in sorted(res.pretrain.items(), key=lambda kv: kv[1]["result"]["source_nc1"]):
-        s, r = rec["spec"], rec["result"]
-        row = [s["variant"], s["loss"], "yes" if s["projection_head"] else "no", s["augment"], g(r["source_nc1"]), f"{r['source_test_accuracy']:.3f}"]
-        for t in tasks:
-            p = next((q["result"] for q in res.probes if q["spec"]["model_run"] == rid and q["spec"]["task"] == t), None)
-            row += [g(p["frozen_nc1"]) if p else "-", f"{p['lp_test_accuracy']:.3f}" if p else "-"]
-            if p:
-                for k, v in (("source", r["source_nc1"]), ("down", p["frozen_nc1"]), ("lp", p["lp_test_accuracy"])):
-                    series[t][k].append(v)
-        rows.append(row)
-    lines += table(header, rows) + [""]
-    lines += ["Spearman correlations across the variants (paper: source NC1 vs transfer accuracy **positive**; "
-              "downstream NC1 vs accuracy **negative**):", ""]
-    for t in tasks:
-        c1 = spearman(series[t]["source"], series[t]["lp"])
-        c2 = spearman(series[t]["down"], series[t]["lp"])
-        lines.append(f"- `{t}`: source NC1 vs LP accuracy: {fmt_corr(c1)} -> {verdict(c1, +1)}")
-        lines.append(f"- `{t}`: downstream (frozen) NC1 vs LP accuracy: {fmt_corr(c2)} -> {verdict(c2, -1)}")
-        for c, sign, what in ((c1, +1, f"(i) source NC1 vs LP accuracy on {t}"), (c2, -1, f"frozen downstream NC1 vs LP accuracy on {t}")):
-            if c is None or not (c[0] * sign > 0 and c[1] < ALPHA):
-                misses.append(f"{what}: {fmt_corr(c)}")
-    lines.append("")
-    if tasks and _plot_pretrain(series, plots / "source_nc1_vs_lp.png"):
-        lines += [f"![source NC1 vs linear-probe accuracy]({rel}/source_nc1_vs_lp.png)", ""]
-    return lines, misses
-
-
-def section_methods(res: Results, model: str, plots: Path, rel: str) -> list[str]:
-    groups = res.groups(model)
-    if not groups:
-        return []
-    lines = [f"### {MODEL_NAMES.get(model, model)} on `digits`", ""]
-    full_params = next((v[0]["trainable_params"] for k, v in groups.items() if k[1] == "full"), None)
-    full_params = full_params or next((v[0]["total_params"] for v in groups.values() if "total_params" in v[0]), None)
+def section_protocol(s: dict, meta: dict) -> list[str]:
+    margin = 100 * s["equivalence_margin"]
+    lines = ["## Protocol", "",
+             f"- **Splits.** Few-shot training set (the cell's shots per class, drawn by the run's seed); a **validation** split of "
+             f"{s['val_shots']} images per class drawn by the same seed from the training images *outside* the few-shot subset "
+             "(`--validation_shots_per_class`); the **test** split (digits: the fixed 450-image split; Fashion-MNIST: a seeded "
+             f"stratified subset of {plan.TASKS['fmnist']['max_eval']} test images per seed).",
+             f"- **Selection stage** (validation only): seeds {s['selection_seeds']} (never reported). Every choice (learning rate, "
+             "full FT's head LR, the block of Layer/SCL FT, the SCL variant, the logistic-regression C, LP-then-FT's probe) is the "
+             "highest mean validation accuracy over these seeds (`recipes/study/select.py`). Selection records hold no test number "
+             "(dropped before they are written), so no choice can read one; `tests/test_transfer_study.py` poisons the test labels "
+             "and checks that every choice stays the same.",
+             f"- **Final stage**: each chosen configuration with seeds {s['final_seeds'][0]}..{s['final_seeds'][-1]} "
+             f"(n = {len(s['final_seeds'])}); the test split is read once per final run.",
+             f"- **Equal tuning.** Every method gets a grid of {s['grid_size']} values in half-decade steps around its prior "
+             f"(below), extended by up to {s['grid_extend']} value(s) while the best value is at an edge; a choice still at an edge is "
+             "flagged **edge**. Full FT also chooses its head LR (factor " + ", ".join(f"x{f:g}" for f in s["full_head_factors"])
+             + " of its LR): it gets more configurations than any other method, which favours the baseline. LP-then-FT: a "
+             "logistic-regression head (C chosen on validation) then full FT with the LR grid. Layer FT and SCL FT: the grid at every "
+             "block; the block is chosen with the LR.",
+             "- **Budget** (fixed, the same for every method, not tuned): epochs " + ", ".join(
+                 f"{fam}: " + ", ".join(f"{k} shots {v}" for k, v in e.items()) for fam, e in s["epochs"].items())
+             + "; batch " + ", ".join(f"{k} shots {v}" for k, v in s["batch"].items()) + "; AdamW, cosine schedule, 5% warm-up.",
+             f"- **Statistics.** Mean test accuracy with its 95% Student-t interval over seeds; comparisons are paired differences over "
+             f"seeds (same training images and test split) with their 95% t interval. *Equivalent*: the interval inside "
+             f"±{margin:.1f} points; *not worse* (= **matches**): its lower end above -{margin:.1f}; *better* / *worse*: it excludes 0 "
+             "beyond the margin; otherwise *inconclusive*. Correlations are Spearman's, on configuration means (not pooled runs).", ""]
     rows = []
-    for key in sorted(groups, key=_sort_key):
-        shots, method, block, tag = key
-        vals = groups[key]
-        m, s, n = mean_std([v["test_accuracy"] for v in vals])
-        nc, _, _ = mean_std([v["train_nc1"] for v in vals])
-        params = vals[0]["trainable_params"]
-        share = f"{100 * params / full_params:.1f}%" if full_params else "-"
-        rows.append([shots, _method_label(method, block, tag), f"{params:,}", share, pct(m, s, n), g(nc)])
-    lines += table(["shots", "method", "trained params", "vs full FT", "test acc % (mean ± std over seeds)", "train NC1 (mean)"], rows)
-    lines += ["", "Train NC1: penultimate features (classifier input) on the fine-tuning training images after training."]
-    if _plot_blocks(groups, model, plots / f"acc_vs_block_{model}.png"):
-        lines += ["", f"![test accuracy vs tuned block, {model}]({rel}/acc_vs_block_{model}.png)"]
-    return lines + [""]
+    for fam in sorted({plan.family(c[0]) for c in s["cells"]}):
+        for m in s["methods"]:
+            grid = plan.method_grid(s, "dinov2" if fam == "dinov2" else "tiny", m)
+            rows.append([fam, LABEL.get(m, m), ", ".join(f"{v:g}" for v in grid) + (" (C)" if m == "logreg" else "")])
+    lines += ["Initial grids (learning rate; C for the logistic-regression probe):", ""] + table(["model", "method", "grid"], rows) + [""]
+    if s["scl_variants"]:
+        lines += ["SCL variants compared on validation at SCL's chosen block: default (`add`, `delta`, `pre_norm`), "
+                  + ", ".join(f"`{v}` ({' '.join(plan.SCL_VARIANTS[v])})" for v in s["scl_variants"]) + ". Not run: "
+                  + "; ".join(f"`{k}`: {v}" for k, v in plan.SCL_NOT_RUNNABLE.items()) + ".", ""]
+    return lines
 
 
-def section_nc_accuracy(res: Results, plots: Path, rel: str) -> tuple[list[str], list[str]]:
-    lines = ["## Finding (ii): more collapse on the downstream training data goes with higher test accuracy", "",
-             "Spearman correlation between train NC1 after fine-tuning and test accuracy, across all grid runs "
-             "(methods, blocks, seeds) of one model and shot count; paper: **negative**. The linear probe barely "
-             "changes the features, so the correlation is also given without it.", ""]
-    misses, scatter = [], {}
+def section_headline(cell: Cell) -> tuple[list[str], list[str], bool]:
+    """Chosen configurations on test, paired comparisons. Returns lines, findings, complete."""
+    s, margin = cell.s, cell.s["equivalence_margin"]
+    lines = [f"### {MODEL_NAMES.get(cell.model, cell.model)} · `{cell.cell[1]}` · {cell.cell[2]} shots", ""]
+    fam = plan.family(cell.model)
+    chosen = {m: cell.choice(m) for m in s["methods"]}
+    full_params = cell.params(chosen.get("full"))
     rows = []
-    for model in res.grid_models():
-        for shots in sorted({k[0] for k in res.groups(model)}):
-            runs = [v for k, vs in res.groups(model).items() if k[0] == shots for v in vs]
-            no_lp = [v for k, vs in res.groups(model).items() if k[0] == shots and k[1] != "linear_probe" for v in vs]
-            c_all = spearman([v["train_nc1"] for v in runs], [v["test_accuracy"] for v in runs])
-            c_ft = spearman([v["train_nc1"] for v in no_lp], [v["test_accuracy"] for v in no_lp])
-            rows.append([model, shots, fmt_corr(c_all), verdict(c_all, -1), fmt_corr(c_ft), verdict(c_ft, -1)])
-            scatter[(model, shots)] = runs
-            if c_all is None or not (c_all[0] < 0 and c_all[1] < ALPHA):
-                misses.append(f"(ii) train NC1 vs test accuracy, {model}, {shots} shots: {fmt_corr(c_all)}")
-    if not rows:
-        return lines + ["No fine-tuning runs in these results.", ""], misses
-    lines += table(["model", "shots", "all runs", "verdict", "without linear probe", "verdict"], rows)
-    if _plot_scatter(res, scatter, plots / "train_nc1_vs_acc.png"):
-        lines += ["", f"![train NC1 vs test accuracy]({rel}/train_nc1_vs_acc.png)"]
-    return lines + [""], misses
+    for m in s["methods"]:
+        ch = chosen[m]
+        if ch is None:
+            rows.append([LABEL.get(m, m), "-", "-", "-", "-", status_word(cell, None)])
+            continue
+        p = cell.params(ch)
+        share = f"{100 * p / full_params:.1f}%" if p and full_params else "-"
+        edge = " **edge**" if ch.at_edge else ""
+        rows.append([describe_choice(ch, fam) + edge, f"{pts(ch.val_mean)} (n={ch.n})", ci_text(*stats.mean_ci(cell.runs(ch).values())),
+                     f"{p:,}" if p else "-", share, status_word(cell, ch)])
+    ch = chosen.get("scl")
+    if ch is not None and s["scl_variants"]:
+        best = cell.choice("scl_variants", [plan.config_key("scl", ch.block, v) for v in [""] + list(s["scl_variants"])])
+        if best is not None and best.variant:
+            p = cell.params(best)
+            rows.append([describe_choice(best, fam) + " (best SCL variant on validation)" + (" **edge**" if best.at_edge else ""),
+                         f"{pts(best.val_mean)} (n={best.n})", ci_text(*stats.mean_ci(cell.runs(best).values())),
+                         f"{p:,}" if p else "-", f"{100 * p / full_params:.1f}%" if p and full_params else "-", status_word(cell, best)])
+    lines += table(["chosen on validation", "val acc % (selection seeds)", "test acc % [95% CI] (final seeds)", "trained params",
+                    "vs full FT", "status"], rows) + [""]
+    # paired comparisons
+    pairs = [("scl", "full"), ("layer", "full"), ("scl", "layer"), ("lpft", "full"), ("lora", "full"), ("heads", "full"),
+             ("logreg", "full"), ("linear_probe", "logreg")]
+    rows, findings = [], []
+    headline_complete = all(cell.complete(chosen.get(m)) for m in ("full", "layer", "scl") if m in s["methods"])
+    for a, b in pairs:
+        if a not in s["methods"] or b not in s["methods"]:
+            continue
+        ca, cb = chosen[a], chosen[b]
+        if ca is None or cb is None:
+            rows.append([f"{LABEL[a]} - {LABEL[b]}", "-", "PENDING"])
+            continue
+        d = stats.paired(cell.runs(ca), cell.runs(cb))
+        complete = cell.complete(ca) and cell.complete(cb)
+        v = stats.verdict(d[1], d[2], margin, d[3])
+        rows.append([f"{LABEL[a]} - {LABEL[b]}", ci_text(*d, signed=True), v if complete else f"PENDING ({v} so far)"])
+        if complete and headline_complete and (a, b) in (("scl", "full"), ("layer", "full"), ("scl", "layer")):
+            findings.append(f"{cell.name}: {LABEL[a]} - {LABEL[b]} = {ci_text(*d, signed=True)} points -> {v}")
+    lines += [f"Paired differences (test accuracy points, same seeds; margin ±{100 * margin:.1f}):", ""]
+    lines += table(["comparison", "mean [95% CI] (n)", "verdict"], rows) + [""]
+    return lines, findings, headline_complete
 
 
-def _best_block(groups: dict, shots: int, method: str):
-    means = {k[2]: mean_std([v["test_accuracy"] for v in vs])[0] for k, vs in groups.items()
-             if k[0] == shots and k[1] == method and k[2] is not None and not k[3]}
-    if not means:
-        return None, {}
-    return max(means, key=lambda b: (means[b], -b)), means
+def section_skip(cell: Cell) -> tuple[list[str], list[str], bool]:
+    s, margin = cell.s, cell.s["equivalence_margin"]
+    lines = [f"### {cell.name}", ""]
+    rows, diffs, complete = [], [], True
+    counts = defaultdict(int)
+    for b in plan.blocks_of(s, cell.model, "scl"):
+        cl, cs = cell.block_choice("layer", b), cell.block_choice("scl", b)
+        if cl is None or cs is None:
+            rows.append([b, "-", "-", "-", "PENDING (selection)"])
+            complete = False
+            continue
+        d = stats.paired(cell.runs(cs), cell.runs(cl))
+        ok = cell.complete(cl) and cell.complete(cs)
+        complete &= ok
+        v = stats.verdict(d[1], d[2], margin, d[3])
+        if ok:
+            counts[v] += 1
+            diffs.append(d[0])
+        rows.append([b, f"{ci_text(*stats.mean_ci(cell.runs(cl).values()))} (LR {cl.hp:g})",
+                     f"{ci_text(*stats.mean_ci(cell.runs(cs).values()))} (LR {cs.hp:g})", ci_text(*d, signed=True),
+                     v if ok else f"PENDING ({v} so far)"])
+    lines += table(["block", "Layer FT test % [CI]", "SCL FT test % [CI]", "SCL - Layer, paired [CI]", "verdict"], rows) + [""]
+    findings = []
+    if diffs:
+        summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        m = stats.mean_ci(diffs)
+        lines += [f"Over the {len(diffs)} complete blocks: {summary}; mean of the per-block differences "
+                  f"{ci_text(*m, signed=True)} (blocks as units)." + ("" if complete else " **PENDING**: not every block is complete."), ""]
+        if complete:
+            findings.append(f"{cell.name}: SCL - Layer FT at the same block, over {len(diffs)} blocks: {summary}; mean {ci_text(*m, signed=True)}")
+    return lines, findings, complete
 
 
-def section_suggest(res: Results) -> tuple[list[str], list[str]]:
-    lines = ["## `suggest_layer` validation", "",
-             "The block `hf_nc.selection.suggest_layer` picks from the frozen model's per-block NC1 curve on the "
-             "few-shot training data (seed 0), against the best block of the grid (highest mean test accuracy over "
-             "seeds). Rank: position of the suggested block among the grid's blocks (1 = best).", ""]
-    rows, misses = [], []
-    for model in res.grid_models():
-        groups = res.groups(model)
-        for shots in sorted({k[0] for k in groups}):
-            probe = res.probe(model, "digits", shots)
-            for method, key in (("scl", "suggest_scl"), ("layer", "suggest_layer")):
-                best, means = _best_block(groups, shots, method)
-                if best is None or probe is None:
-                    continue
-                sug = probe[key]
-                order = sorted(means, key=lambda b: -means[b])
-                in_grid = sug in means
-                rank = f"{order.index(sug) + 1}/{len(order)}" if in_grid else "not in grid"
-                gap = f"{100 * (means[sug] - means[best]):+.1f}" if in_grid else "-"
-                rows.append([model, shots, LABEL[method], sug, best, rank,
-                             f"{100 * means[sug]:.1f}" if in_grid else "-", f"{100 * means[best]:.1f}", gap])
-                if sug != best:
-                    misses.append(f"suggest_layer ({method}, {model}, {shots} shots) picked block {sug}, best in grid {best} ({rank})")
-    if not rows:
-        return lines + ["No suggestions and grid runs to compare.", ""], misses
-    lines += table(["model", "shots", "method", "suggested", "best in grid", "rank of suggested", "acc % suggested", "acc % best", "points"], rows)
-    return lines + [""], misses
-
-
-def _compare(groups, shots):
-    full = mean_std([v["test_accuracy"] for k, vs in groups.items() if k[0] == shots and k[1] == "full" and not k[3] for v in vs])
-    full_params = next((vs[0]["trainable_params"] for k, vs in groups.items() if k[1] == "full"), None)
-    best = None
-    for k, vs in groups.items():
-        if k[0] == shots and k[1] in ("scl", "layer") and not k[3]:
-            m = mean_std([v["test_accuracy"] for v in vs])
-            if best is None or m[0] > best[1][0]:
-                best = (k, m, vs[0]["trainable_params"])
-    return full, full_params, best
-
-
-def section_goal(res: Results) -> tuple[list[str], list[str]]:
-    lines = ["## Goal: SCL FT or Layer FT matches full FT with >= 90% fewer trained parameters", "",
-             "Best SCL/Layer FT configuration of the grid (chosen on mean test accuracy over seeds: an optimistic "
-             "choice, made on the test split) against full FT. *Matches*: mean within 0.5 points of full FT or "
-             "better, with at most 10% of full FT's trained parameters.", ""]
-    rows, misses = [], []
-    for model in res.grid_models():
-        groups = res.groups(model)
-        for shots in sorted({k[0] for k in groups}):
-            full, full_params, best = _compare(groups, shots)
-            if best is None or full[2] == 0:
+def section_selection(cell: Cell) -> list[str]:
+    s = cell.s
+    lines = [f"### {cell.name}", ""]
+    rows = []
+    for b in plan.blocks_of(s, cell.model, "layer"):
+        row = [b]
+        for m in ("layer", "scl"):
+            key = plan.config_key(m, b)
+            best = cell.sel.best_hp(key)
+            if m == "scl" and b not in plan.blocks_of(s, cell.model, "scl"):
+                row += ["(last block: no SCL)"]
                 continue
-            (_, method, block, _), (m, s, n), params = best
-            diff = 100 * (m - full[0])
-            share = params / full_params if full_params else float("nan")
-            ok = diff >= -0.5 and share <= 0.10
-            rows.append([model, shots, pct(*full), f"{_method_label(method, block)}: {pct(m, s, n)}", f"{diff:+.1f}",
-                         f"{100 * share:.1f}%", "**yes**" if ok else "no"])
-            if not ok:
-                misses.append(f"goal not met: {model}, {shots} shots: best {_method_label(method, block)} {diff:+.1f} points vs full FT, {100 * share:.1f}% params")
-    if not rows:
-        return lines + ["No full FT and SCL/Layer FT runs to compare.", ""], misses
-    return lines + table(["model", "shots", "full FT acc %", "best SCL/Layer FT acc %", "points vs full", "trained params vs full", "matches"], rows) + [""], misses
-
-
-def section_ablations(res: Results) -> list[str]:
-    abl = res.groups("tiny", group="ablation")
-    if not abl:
-        return []
-    grid = res.groups("tiny")
-    lines = ["### What narrows the gap on the tiny ViT (ablations)", "",
-             "One change at a time against the grid's default for the same method, block, shots and seeds "
-             "(`recipes/study/plan.py` has the default learning rates and epochs).", ""]
+            curve = cell.sel.curve(key)
+            row.append(("; ".join(f"{hp:g}: {pts(v)}" for hp, v, _ in curve) or "-")
+                       + (f" -> **{best.hp:g}**" + (" **edge**" if best.at_edge and cell.flags.get(key) else "") if best else "")
+                       + ("" if cell.flags.get(key) else " (running)"))
+        rows.append(row)
+    if "layer" in s["methods"] and "scl" in s["methods"]:
+        lines += ["Mean validation accuracy (%) per learning rate, over the selection seeds:", ""]
+        lines += table(["block", "Layer FT", "SCL FT"], rows) + [""]
     rows = []
-    for key in sorted(abl, key=_sort_key):
-        shots, method, block, tag = key
-        m, s, n = mean_std([v["test_accuracy"] for v in abl[key]])
-        base = grid.get((shots, method, block, ""))
-        bm = mean_std([v["test_accuracy"] for v in base])[0] if base else float("nan")
-        rows.append([shots, _method_label(method, block), tag, f"{abl[key][0]['trainable_params']:,}", pct(m, s, n),
-                     f"{100 * bm:.1f}" if math.isfinite(bm) else "-", f"{100 * (m - bm):+.1f}" if math.isfinite(bm) else "-"])
-    return lines + table(["shots", "method", "change", "trained params", "test acc %", "default acc %", "points"], rows) + [""]
+    for m in s["methods"]:
+        if m in ("layer", "scl"):
+            continue
+        for key in cell.keys(m):
+            curve = cell.sel.curve(key)
+            best = cell.sel.best_hp(key)
+            rows.append([key, "; ".join(f"{hp:g}: {pts(v)}" for hp, v, _ in curve) or "-",
+                         (f"{best.hp:g}" + (" **edge**" if best.at_edge and cell.flags.get(key) else "")) if best else "-",
+                         "complete" if cell.flags.get(key) else "running"])
+    lines += table(["configuration", "validation acc % per value", "best", "grid"], rows) + [""]
+    ch = cell.choice("scl")
+    if ch is not None and s["scl_variants"]:
+        rows = []
+        for v in [""] + list(s["scl_variants"]):
+            key = plan.config_key("scl", ch.block, v)
+            best = cell.sel.best_hp(key)
+            rows.append([v or "default (add, delta, pre_norm)", f"{pts(best.mean)} (LR {best.hp:g}, n={best.n})" if best else "-",
+                         "complete" if cell.flags.get(key) else "running"])
+        best = cell.choice("scl_variants", [plan.config_key("scl", ch.block, v) for v in [""] + list(s["scl_variants"])])
+        lines += [f"SCL variants at block {ch.block} (validation):", ""] + table(["variant", "best val acc %", "grid"], rows) + [""]
+        if best is not None:
+            lines += [f"Best on validation: `{best.variant or 'default'}`"
+                      + (" (the documented default)." if not best.variant else " (differs from the documented default; see its final runs above).")
+                      + " Validation over the selection seeds only: a ranking, not a significance test.", ""]
+    return lines
 
 
-# ---------------------------------------------------------------------------------------------- plots
-def _plt():
+def section_finding_ii(cells: list[Cell], complete: set) -> tuple[list[str], list[str]]:
+    lines = ["## Finding (ii): more collapse on the training data goes with higher test accuracy", "",
+             "Spearman correlation of mean train NC1 (penultimate features of the fine-tuning images after training) and mean "
+             "test accuracy over the final seeds, with **configurations as the units** (each method, and each block of Layer/SCL "
+             "FT, at its chosen LR), and within one method across its blocks. Paper: negative. Only configurations with all final "
+             "seeds enter.", ""]
+    rows, findings = [], []
+    for cell in cells:
+        means = {}
+        for (key, hp), runs in cell.final.items():
+            if len(runs) >= cell.nfinal and not (key.startswith("scl@") and "[" in key):  # SCL variants: not a new configuration
+                nc = stats.mean_ci([r.get("train_nc1") for r in runs.values()])[0]
+                acc = stats.mean_ci([r.get("test_accuracy") for r in runs.values()])[0]
+                means[key] = (nc, acc)
+        if not means:
+            continue
+        groups = [("all configurations", list(means))]
+        groups += [(f"{LABEL[m]} across blocks", [k for k in means if k.startswith(m + "@")]) for m in ("layer", "scl")]
+        for what, keys in groups:
+            c = stats.spearman([means[k][0] for k in keys], [means[k][1] for k in keys])
+            done = cell.name in complete
+            rows.append([cell.name, what, fmt_corr(c), corr_verdict(c, -1) if done else "PENDING (cell incomplete)"])
+            if what == "all configurations" and c is not None and done:
+                findings.append(f"(ii) {cell.name}, configurations: {fmt_corr(c)}")
+    if not rows:
+        return lines + ["**PENDING**: no configuration has all its final seeds yet.", ""], findings
+    return lines + table(["cell", "units", "correlation", "verdict"], rows) + [""], findings
+
+
+def section_finding_i(s: dict, records: dict) -> tuple[list[str], list[str]]:
+    lines = ["## Finding (i): pre-training that keeps source variability transfers better", ""]
+    p = s.get("pretrain")
+    if not p:
+        return lines + ["Not part of this mode.", ""], []
+    pre = [r for r in records.values() if r.get("spec", {}).get("kind") == "pretrain" and r.get("status") == "ok"]
+    planned = len(plan.pretrain_specs(s))
+    lines += [f"ViTs pre-trained by `recipes/pretrain_vit.py` on Fashion-MNIST classes 0-4; one factor varied at a time from "
+              f"CE / no projection head / no augmentation; two budgets: " + "; ".join(f"`{k}` (`{' '.join(v)}`)" for k, v in p["regimes"].items())
+              + ". Downstream: frozen features, logistic regression with C chosen on validation, test read once; frozen NC1 "
+              "of the downstream training features. Source NC1: penultimate features on a fixed subset of the source training "
+              "images. Partial correlations control for source test accuracy (training progress) and optimizer steps.", ""]
+    if len(pre) < planned:
+        lines += [f"**PENDING**: {len(pre)} of {planned} pre-training runs finished.", ""]
+    probes = [r for r in records.values() if r.get("spec", {}).get("kind") == "probe" and r.get("status") == "ok"]
+    findings = []
+    for regime in p["regimes"]:
+        runs = [r for r in pre if r["spec"]["regime"] == regime]
+        if not runs:
+            continue
+        rows, series = [], defaultdict(lambda: defaultdict(list))
+        for rec in sorted(runs, key=lambda r: r["result"]["source_nc1"]):
+            sp, r = rec["spec"], rec["result"]
+            row = [sp["variant"], g(r["source_nc1"]), f"{r['source_test_accuracy']:.3f}", r["steps"]]
+            for t in p["probe_tasks"]:
+                q = next((x["result"] for x in probes if x["spec"]["model_run"] == sp["id"] and x["spec"]["task"] == t), None)
+                row += [g(q["frozen_nc1"]) if q else "-", f"{q['lp_test_accuracy']:.3f}" if q else "-"]
+                if q:
+                    for k, v in (("source", r["source_nc1"]), ("acc", r["source_test_accuracy"]), ("steps", r["steps"]),
+                                 ("down", q["frozen_nc1"]), ("lp", q["lp_test_accuracy"])):
+                        series[t][k].append(v)
+            rows.append(row)
+        header = ["variant", "source NC1", "source test acc", "steps"]
+        for t in p["probe_tasks"]:
+            header += [f"{t} frozen NC1", f"{t} LP test acc"]
+        ce = [r["result"]["source_nc1"] for r in runs if r["spec"]["variant"] == "ce"]
+        lines += [f"### Budget `{regime}`" + (f" (CE source NC1 {g(ce[0])}: " + ("strong source collapse" if ce[0] < 0.1 else "weak source collapse") + ")" if ce else ""), ""]
+        lines += table(header, rows) + [""]
+        for t in p["probe_tasks"]:
+            x = series[t]
+            c = stats.spearman(x["source"], x["lp"])
+            pc = stats.partial_spearman(x["source"], x["lp"], [x["acc"]])
+            c2 = stats.spearman(x["down"], x["lp"])
+            lines.append(f"- `{t}`: source NC1 vs LP accuracy {fmt_corr(c)} ({corr_verdict(c, +1)}); controlling for source accuracy "
+                         f"{fmt_corr(pc)} ({corr_verdict(pc, +1)}); frozen downstream NC1 vs LP accuracy {fmt_corr(c2)} ({corr_verdict(c2, -1)}).")
+            if len(runs) == planned // len(p["regimes"]):
+                findings.append(f"(i) {regime}, {t}: source NC1 vs LP acc {fmt_corr(c)}; partial (source acc) {fmt_corr(pc)}")
+        lines.append("")
+    return lines, findings
+
+
+def _plot_blocks(cell: Cell, path: Path) -> bool:
+    pts_ = {}
+    for m in ("layer", "scl"):
+        xs = []
+        for b in plan.blocks_of(cell.s, cell.model, m):
+            ch = cell.block_choice(m, b)
+            if ch is None:
+                continue
+            test = stats.mean_ci(cell.runs(ch).values())
+            xs.append((b, ch.val_mean, test))
+        if xs:
+            pts_[m] = xs
+    if not pts_:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
-
-
-def _plot_pretrain(series: dict, path: Path) -> bool:
-    if not any(len(s["lp"]) for s in series.values()):
-        return False
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.6), squeeze=False)
-    for ax, (task, s) in zip(axes[0], series.items()):
-        ax.scatter(s["source"], s["lp"])
-        ax.set_xscale("log")
-        ax.set(xlabel="source NC1 (log)", ylabel=f"{task} linear-probe test acc", title=task)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for m, marker in (("layer", "o"), ("scl", "s")):
+        xs = pts_.get(m, [])
+        ax.plot([b for b, _, _ in xs], [v for _, v, _ in xs], marker + ":", alpha=0.5, label=f"{LABEL[m]} (validation, selection seeds)")
+        tx = [(b, t) for b, _, t in xs if t[3]]
+        if tx:
+            ax.errorbar([b for b, _ in tx], [t[0] for _, t in tx], yerr=[[t[0] - t[1] for _, t in tx], [t[2] - t[0] for _, t in tx]],
+                        fmt=marker + "-", capsize=3, label=f"{LABEL[m]} (test, 95% CI)")
+    ax.set(xlabel="tuned block", ylabel="accuracy", title=cell.name)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _plot_blocks(groups: dict, model: str, path: Path) -> bool:
-    shots_list = sorted({k[0] for k in groups if k[1] in ("scl", "layer") and k[2] is not None})
-    if not shots_list:
-        return False
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(shots_list), figsize=(5 * len(shots_list), 3.6), squeeze=False)
-    for ax, shots in zip(axes[0], shots_list):
-        for method, marker in (("layer", "o-"), ("scl", "s-")):
-            pts = sorted((k[2], mean_std([v["test_accuracy"] for v in vs])) for k, vs in groups.items()
-                         if k[0] == shots and k[1] == method and k[2] is not None and not k[3])
-            if pts:
-                ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts], fmt=marker, capsize=3, label=LABEL[method])
-        for method, style in (("full", "k--"), ("linear_probe", "k:")):
-            vs = groups.get((shots, method, None, ""))
-            if vs:
-                ax.axhline(mean_std([v["test_accuracy"] for v in vs])[0], color=style[0], linestyle=style[1:], label=LABEL[method])
-        ax.set(xlabel="tuned block", ylabel="test accuracy", title=f"{model}, digits, {shots} shots")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _plot_scatter(res: Results, scatter: dict, path: Path) -> bool:
-    if not scatter:
-        return False
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(scatter), figsize=(4.5 * len(scatter), 3.6), squeeze=False)
-    for ax, ((model, shots), _) in zip(axes[0], scatter.items()):
-        for key, vs in res.groups(model).items():
-            if key[0] == shots:
-                ax.scatter([v["train_nc1"] for v in vs], [v["test_accuracy"] for v in vs], s=14, label=LABEL.get(key[1], key[1]))
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=6)
-        ax.set_xscale("log")
-        ax.set(xlabel="train NC1 after FT (log)", ylabel="test accuracy", title=f"{model}, {shots} shots")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
 
 # ---------------------------------------------------------------------------------------------- document
-def write_report(records: list[dict], out_md: str | Path, plots_dir: str | Path, meta: dict | None = None) -> Path:
-    """Writes the markdown report (and PNG plots in ``plots_dir``); returns its path."""
+def write_report(records: dict, settings: dict, out_md: str | Path, plots_dir: str | Path, meta: Optional[dict] = None) -> Path:
+    """Writes the markdown report (and PNG plots in ``plots_dir``) from ``{run id: record}``; returns its path."""
     meta = meta or {}
+    s = settings
     out_md, plots = Path(out_md), Path(plots_dir)
-    plots.mkdir(parents=True, exist_ok=True)
     try:
         rel = plots.resolve().relative_to(out_md.parent.resolve()).as_posix()
     except ValueError:
         rel = plots.resolve().as_posix()
-    res = Results(records)
-    compute = sum(r.get("wall_time_s", 0.0) for r in records)
+    ok = [r for r in records.values() if r.get("status") == "ok"]
+    failed = [r for r in records.values() if r.get("status") != "ok"]
+    cells = [Cell(s, c, records) for c in s["cells"]]
+    compute = sum(r.get("wall_time_s", 0.0) for r in ok)
+    body, findings, pending = [], [], []
+    complete_cells = set()
+
+    body += ["## Headline: SCL FT vs Layer FT vs full FT (and every other method), chosen on validation, tested once", ""]
+    for cell in cells:
+        if not cell.ready:
+            body += [f"### {cell.name}", "", "**PENDING**: the model is not built yet.", ""]
+            pending.append(f"{cell.name}: everything (model not built)")
+            continue
+        part, f, complete = section_headline(cell)
+        body += part
+        findings += f
+        if complete:
+            complete_cells.add(cell.name)
+        if not complete:
+            pending.append(f"{cell.name}: headline (selection or final seeds of full / Layer / SCL FT)")
+    body += ["## The skip's own test: SCL FT at block l against Layer FT at block l", "",
+             "Each block's Layer FT and SCL FT at their own learning rate (chosen on validation at that block), the same final "
+             "seeds; the difference isolates the skip connection.", ""]
+    for cell in cells:
+        if cell.ready and any(cell.block_choice("scl", b) for b in plan.blocks_of(s, cell.model, "scl")):
+            part, f, complete = section_skip(cell)
+            body += part
+            findings += f
+            if not complete:
+                complete_cells.discard(cell.name)
+                pending.append(f"{cell.name}: the every-block skip test")
+            if _plot_blocks(cell, plots / f"blocks_{cell.name.replace('/', '_')}.png"):
+                body += [f"![Layer/SCL FT per block, {cell.name}]({rel}/blocks_{cell.name.replace('/', '_')}.png)", ""]
+        elif cell.ready:
+            complete_cells.discard(cell.name)
+            body += [f"### {cell.name}", "", "**PENDING** (selection at every block still running).", ""]
+            pending.append(f"{cell.name}: the every-block skip test")
+    part, f = section_finding_ii(cells, complete_cells)
+    body += part
+    findings += f
+    part, f = section_finding_i(s, records)
+    body += part
+    findings += f
+    if s.get("pretrain") and not f:
+        pending.append("finding (i): pre-training variants and probes")
+    body += ["## Selection details (validation only)", ""]
+    for cell in cells:
+        if cell.ready:
+            body += section_selection(cell)
+
     lines = ["# Transfer study: neural collapse and transfer learning at small scale", "",
-             f"Generated by `recipes/transfer_study.py` (mode `{meta.get('mode', '?')}`) from {len(res.ok)} run results "
-             f"({len(res.failed)} failed); compute time summed over runs: {compute / 60:.1f} min (CPU, one torch thread per run).",
+             f"Generated by `recipes/transfer_study.py` (mode `{s['mode']}`) from {len(ok)} run results ({len(failed)} failed); "
+             f"compute summed over runs: {compute / 3600:.1f} h (CPU, one torch thread per run).",
              "Paper: Li et al., TMLR 2024, *Understanding and Improving Transfer Learning of Deep Models via Neural Collapse*.", ""]
+    if pending:
+        lines += ["> **STATUS: PARTIAL — NOT THE FINDING.** The study is still running (it resumes where it stopped). Parts marked "
+                  "**PENDING** below are partial results: a choice whose selection grid is incomplete, or a mean over fewer than "
+                  f"{len(s['final_seeds'])} final seeds, is shown only to track progress and must not be cited. Pending:", ">"]
+        lines += [f"> - {p}" for p in pending] + [""]
     for note in meta.get("notes", []):
         lines.append(f"> **Note:** {note}")
     if meta.get("notes"):
         lines.append("")
-    misses = []
-    part, m = section_pretrain(res, meta, plots, rel)
-    lines += part
-    misses += m
-    lines += ["## Methods on data-scarce `digits`", "",
-              "Test accuracy on the fixed 450-image `digits` test split after fine-tuning on 10 or 50 images per class "
-              "(`recipes/finetune_vit.py`, one run per seed; the seed also draws the few-shot subset).", ""]
-    for model in res.grid_models():
-        lines += section_methods(res, model, plots, rel)
-    lines += section_ablations(res)
-    part, m = section_nc_accuracy(res, plots, rel)
-    lines += part
-    misses += m
-    part, m = section_suggest(res)
-    lines += part
-    misses += m
-    part, m = section_goal(res)
-    lines += part
-    misses += m
-    lines += ["## Where the findings do not reproduce at this scale", ""]
-    lines += [f"- {x}" for x in misses] or ["- Every tested finding reproduced in these results."]
-    lines += ["- Caveats: short pre-training (a subset of the source data, 1-2 epochs), small models and data, few "
-              "variants and seeds, so p-values are weak; blocks are compared on the test split.", ""]
-    if res.failed:
-        lines += ["## Failed runs", ""] + [f"- `{r['id']}`: {r.get('error', '?')}" for r in res.failed] + [""]
+    lines += ["## Findings supported by complete parts", ""]
+    lines += [f"- {x}" for x in findings] or ["- None yet: no part of the study is complete."]
+    lines += ["", "Only comparisons whose selection and all final seeds are complete are listed here; read each with its CI "
+              "and the margin (see Protocol).", ""]
+    lines += section_protocol(s, meta) + body
+    if failed:
+        lines += ["## Failed runs", ""] + [f"- `{r['id']}`: {r.get('error', '?')}" for r in failed] + [""]
     if meta.get("command"):
-        lines += ["## Reproduce", "", "```", meta["command"], "```", ""]
+        lines += ["## Reproduce / resume", "", "The study is resumable (one JSON per run under its `--out_dir`); the same command "
+                  "continues it, and `report` rewrites this file from the results:", "", "```", meta["command"],
+                  meta["command"].replace("transfer_study.py", "transfer_study.py report", 1), "```", ""]
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(lines))
     return out_md
