@@ -303,6 +303,8 @@ def test_suggest_layer_score_and_probe_rules(data):
     v = suggest_layer(model, with_val, rule="probe", progress=False)
     assert v.extra["probe_per_layer"][-1] == pytest.approx(1.0)  # the separable classes probe perfectly on validation
     assert suggest_layer(model, data, rule="ncti", progress=False).extra["ncti_per_layer"]
+    by_name = suggest_layer(model, "digits", rule="probe", shots_per_class=5, validation_fraction=0.05, progress=False)
+    assert 0 <= by_name.block < LAYERS and len(by_name.extra["probe_per_layer"]) == LAYERS
     with pytest.raises(ValueError, match="rule"):
         suggest_layer(model, data, rule="leep", progress=False)
 

@@ -200,8 +200,11 @@ def suggest_layer(
       frozen training features score best;
     - ``"probe"``: the block whose frozen features linearly probe best (the standardised
       logistic regression of :func:`hf_nc.probe.linear_probe`) on a validation split: the
-      dataset's ``validation`` split, else a stratified ``validation_fraction`` of the
-      training split (the probe is fitted on the rest). The test split is never read.
+      dataset's ``validation`` split; for a dataset given by name, ``validation_fraction`` of
+      the training images drawn outside the few-shot subset (``load_image_dataset``'s
+      ``validation_split``); for a ``DatasetDict`` without one, a stratified
+      ``validation_fraction`` of its training split (the probe is fitted on the rest). The
+      test split is never read.
 
     Cost, relative to one fine-tuning run: every rule is one forward pass over the training
     data (``"probe"``: plus one over the validation split and one small logistic regression
@@ -234,7 +237,8 @@ def suggest_layer(
     if isinstance(dataset, str) and rule == "probe":
         from ..data import load_image_dataset
 
-        dataset = load_image_dataset(dataset, shots_per_class=shots_per_class, seed=seed)
+        # validation drawn from the training images outside the few-shot subset (same subset)
+        dataset = load_image_dataset(dataset, shots_per_class=shots_per_class, seed=seed, validation_split=validation_fraction)
         shots_per_class = None
     train, _, k, _ = _measure.resolve_data(dataset, shots_per_class=shots_per_class, seed=seed)
     k = num_classes or k
