@@ -331,6 +331,79 @@ def test_single_sample_class_is_valid():
     assert_close(out, reference_nc(h, y, 3))
 
 
+# ----------------------------------------------------------------------------- device-side checks
+class _NoHostSync:
+    """Makes every host read of a tensor value raise (item, tolist, bool, float, int, numpy)."""
+
+    NAMES = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu")
+
+    def __enter__(self):
+        def refuse(*a, **k):
+            raise AssertionError("host sync in a per-batch call")
+
+        self.saved = {n: getattr(torch.Tensor, n) for n in self.NAMES}
+        for n in self.NAMES:
+            setattr(torch.Tensor, n, refuse)
+        return self
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, f)
+
+
+def test_update_and_ncc_pass_never_read_tensor_values_with_deferred_checks():
+    # issue 13 section 2: no .item()/.cpu()/branching on tensor values per batch
+    K, d = 4, 6
+    h, y = make_data(K, d, [30, 31, 32, 33], seed=12, offset=5.0)
+    H, Y = torch.from_numpy(h).float(), torch.from_numpy(y)
+    stats = NCStats(K, d, check_every=0)
+    bad = H[:7].clone()
+    bad[3, 2] = float("nan")
+    with _NoHostSync():
+        for i in range(0, len(y), 9):  # 14 batches: past every re-centring but the 32nd
+            stats.update(H[i : i + 9], Y[i : i + 9])
+    stats.ncc_pass(H[:5], Y[:5])  # the first ncc_pass checks (one sync)
+    with _NoHostSync():
+        stats.ncc_pass(H[5:], Y[5:])
+    assert_close(stats.compute(), reference_nc(H.double().numpy(), y, K), rtol=1e-9)
+    # and a bad batch is only reported at compute(), naming it
+    late = NCStats(K, d, check_every=0)
+    with _NoHostSync():
+        late.update(H, Y).update(bad, Y[:7]).update(H[:3], torch.tensor([0, 9, 1]))
+    with pytest.raises(ValueError) as err:
+        late.compute()
+    msg = str(err.value)
+    assert "features contain NaN or inf values (batch 1 given to update())" in msg
+    assert "labels outside [0, 4) (num_classes=4): [9] (batch 2 given to update()" in msg
+    with pytest.raises(ValueError, match="batch 1"):  # deferred errors stay
+        late.compute()
+
+
+def test_check_every_raises_at_the_bounded_interval():
+    h, y = _ok()
+    bad = h.clone()
+    bad[0, 0] = float("inf")
+    stats = NCStats(3, 4, check_every=3)
+    stats.update(h, y).update(bad, y)  # calls 0, 1: no check yet
+    with pytest.raises(ValueError, match=r"NaN or inf values \(batch 1 given to update\(\)\)"):
+        stats.update(h, y)  # call 2: the third call checks
+    assert stats.check_every == 3
+    assert NCStats(3, 4).update(h, y).check_every == 1  # CPU default: every call
+    assert NCStats(3, 4, check_every=0).update(h, y).check_every == 0
+
+
+def test_cpu_default_raises_at_the_bad_call_and_the_batch_is_skipped():
+    h, y = _ok()
+    bad = h.clone()
+    bad[1] = float("nan")
+    stats = NCStats(3, 4).update(h[:9], y[:9])
+    with pytest.raises(ValueError, match=r"NaN or inf values \(batch 1 given"):
+        stats.update(bad, y)
+    stats.update(h[9:], y[9:])  # go on: the bad batch was left out
+    stats.ncc_pass(h, y)
+    assert_close(stats.compute(), reference_nc(h.numpy(), y.numpy(), 3), rtol=1e-10)
+
+
 # ----------------------------------------------------------------------------- CUDA
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -342,11 +415,22 @@ def test_cuda_features_accumulate_in_float64_on_the_device(dtype):
     stats = NCStats(K, d)
     for sl in split(len(y), [5, 60, 1]):
         stats.update(x[sl], yy[sl])
-    assert stats.device.type == "cuda" and stats.second.dtype == torch.float64
+    assert stats.device.type == "cuda" and stats._S.dtype == torch.float64
     stats.ncc_pass(x, yy)
     ref = reference_nc(x.double().cpu().numpy(), y, K, W.double().cpu().numpy())
     assert_close(stats.compute(W), ref)
     assert_close(nc_metrics(x, yy, classifier_weight=W), ref)
-    with pytest.raises(ValueError, match="NaN or inf"):
-        stats_bad = NCStats(K, d)
-        stats_bad.update(torch.full((2, d), float("nan"), device="cuda", dtype=dtype), yy[:2])
+    # CUDA default: checks on the device, raised at compute() (no host sync per batch)
+    stats_bad = NCStats(K, d)
+    stats_bad.update(x[:20], yy[:20])
+    stats_bad.update(torch.full((2, d), float("nan"), device="cuda", dtype=dtype), yy[:2])
+    assert stats_bad.check_every == 0
+    with pytest.raises(ValueError, match=r"NaN or inf values \(batch 1 given"):
+        stats_bad.compute()
+    f32 = NCStats(K, d, dtype=torch.float32)
+    for sl in split(len(y), [5, 60, 1]):
+        f32.update(x[sl], yy[sl])
+    f32.ncc_pass(x, yy)
+    got = f32.compute(W)
+    for k in ("nc1", "nc2_etf", "nc2_equinorm", "nc2_equiangle", "nc3", "cdnv"):
+        assert got[k] == pytest.approx(ref[k], rel=1e-3, abs=1e-5), k
