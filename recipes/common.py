@@ -32,12 +32,7 @@ from transformers.utils import logging as hf_logging
 import hf_nc  # noqa: F401  (registers the hf-nc PEFT methods)
 from hf_nc.backbones import resolve_backbone
 from hf_nc.data import build_transforms, collate_fn, load_image_dataset
-from hf_nc.trainer import NCTrainer
-
-try:  # the train-subset NC keys: eval_train_subset_nc1, ... (train_nc1 before the rename)
-    from hf_nc.trainer import TRAIN_SUBSET_PREFIX
-except ImportError:
-    TRAIN_SUBSET_PREFIX = "train"
+from hf_nc.trainer import TRAIN_SUBSET_PREFIX, NCTrainer  # train-subset NC keys: eval_train_subset_nc1, ...
 
 logger = hf_logging.get_logger("hf_nc.recipes")
 
@@ -353,6 +348,26 @@ def image_spec(model: nn.Module, processor=None, image_size: Optional[int] = Non
     return with_image_size(spec, image_size) if image_size else spec
 
 
+def interpolate_positions(model: nn.Module) -> int:
+    """Makes every patch embedding that takes ``interpolate_pos_encoding`` (ViT, CLIP) always interpolate; returns how many.
+
+    For ``--image_size``: every forward pass (training, evaluation, NCTrainer's train-subset pass)
+    then accepts the new size. DINOv2 always interpolates and needs nothing. A hook on the module,
+    not a saved setting: a reloaded model needs ``interpolate_pos_encoding=True`` in its calls.
+    """
+    import inspect
+
+    def always(module, args, kwargs):
+        return args, {**kwargs, "interpolate_pos_encoding": True}
+
+    count = 0
+    for m in model.modules():
+        if type(m).__name__.endswith("Embeddings") and "interpolate_pos_encoding" in inspect.signature(m.forward).parameters:
+            m.register_forward_pre_hook(always, with_kwargs=True)
+            count += 1
+    return count
+
+
 def resized_processor(processor, spec):
     """``processor`` with the size overrides of ``spec`` (``--image_size``) applied, to save next to the model."""
     import copy
@@ -509,10 +524,7 @@ def final_validation_metrics(trainer: NCTrainer) -> dict:
 
 def train_subset_metric(metrics: dict, name: str) -> float:
     """A train-subset NC metric from ``evaluate()``'s output, under the trainer's key for it."""
-    for key in (f"{TRAIN_SUBSET_PREFIX}_{name}", f"train_{name}"):
-        if key in metrics:
-            return metrics[key]
-    return float("nan")
+    return metrics.get(f"{TRAIN_SUBSET_PREFIX}_{name}", float("nan"))
 
 
 def plan_budget(targs: TrainingArguments, method: MethodArguments, num_train: int, head_reset: Optional[bool]) -> dict:
@@ -672,16 +684,12 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
     train_eval_view = train.with_transform(eval_transform)
     train_view = train.with_transform(build_transforms(spec, train=True, augment=dargs.augment)) if dargs.augment != "none" else train_eval_view
     push_to_hub, targs.push_to_hub = targs.push_to_hub, False  # pushed once, at the end, with a card
-    collator = collate_fn
-    if dargs.image_size:  # a ViT at another size interpolates its position embeddings (DINOv2 always does)
-        import inspect
-
-        if "interpolate_pos_encoding" in inspect.signature(resolve_backbone(model).model.forward).parameters:
-            collator = lambda examples: {**collate_fn(examples), "interpolate_pos_encoding": True}  # noqa: E731
+    if dargs.image_size:
+        interpolate_positions(model)
 
     trainer = RecipeTrainer(
         model=model, args=targs, train_dataset=train_view, eval_dataset=val.with_transform(eval_transform) if val is not None else None,
-        data_collator=collator, compute_metrics=compute_accuracy, processing_class=processor, nc_train_dataset=train_eval_view,
+        data_collator=collate_fn, compute_metrics=compute_accuracy, processing_class=processor, nc_train_dataset=train_eval_view,
         nc_train_samples=dargs.nc_train_samples, nc_layers=dargs.nc_layers, nc_num_classes=len(names),
         head_learning_rate=settings["head_learning_rate"],
     )

@@ -280,3 +280,15 @@ def test_nc_train_samples_values(value, measured, tiny_vit, tmp_path, monkeypatc
                                  "--max_steps", "1", "--eval_strategy", "no", "--nc_train_samples", value])
     assert seen.get("n") == measured
     assert (summary["train_nc1"] == summary["train_nc1"]) is (measured is not None)  # NaN when off
+
+
+def test_clip_recipe_runs_at_another_image_size(tmp_path):
+    import finetune_clip
+
+    summary = finetune_clip.main(["--output_dir", str(tmp_path), "--method", "lora", *SMALL, "--max_steps", "1", "--eval_strategy", "no",
+                                  "--image_size", "48"])
+    assert summary["settings"]["image_size"] == [48, 48] and summary["test_accuracy"] == summary["test_accuracy"]
+    import json as _json
+
+    saved = _json.loads((tmp_path / "adapter" / "preprocessor_config.json").read_text())
+    assert saved["crop_size"] == {"height": 48, "width": 48}  # the saved processor feeds the size the model was trained at
