@@ -558,6 +558,19 @@ def _fsdp_text(value) -> str:
     return str(value)
 
 
+def resume_path(targs: TrainingArguments) -> Optional[str]:
+    """``--resume_from_checkpoint``: a checkpoint folder, or ``last`` / ``true`` for the newest one in ``output_dir``."""
+    value = targs.resume_from_checkpoint
+    if value is None or str(value).lower() not in ("last", "true"):
+        return value
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(targs.output_dir) if os.path.isdir(targs.output_dir) else None
+    if last is None:
+        raise ValueError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {targs.output_dir}")
+    return last
+
+
 def check_fsdp(trainer: NCTrainer) -> None:
     """``--fsdp`` that the Trainer did not turn on (e.g. on CPU, where transformers trains with plain DDP) is an error."""
     if trainer.args.fsdp and not getattr(trainer, "is_fsdp_enabled", False):
@@ -694,7 +707,7 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
         head_learning_rate=settings["head_learning_rate"],
     )
     check_fsdp(trainer)
-    trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_path(targs))
     val_metrics = final_validation_metrics(trainer) if val is not None else {}
     test_metrics = trainer.evaluate(eval_dataset=test.with_transform(eval_transform), metric_key_prefix="test")  # once, at the end
     trainable = trainable_count(model)
@@ -714,6 +727,7 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
         "metrics": {k: v for k, v in {**val_metrics, **test_metrics}.items()
                     if not k.endswith(("_runtime", "_per_second")) and k not in ("epoch", "step")},
         "settings": settings,
+        "training_args": targs.to_dict(),  # all of them (tokens masked), to repeat the run
         "args": {"model": asdict(margs), "method": asdict(method), "data": asdict(dargs)},
     }
     summary["eval_nc1"] = summary["test_nc1"]  # the name of earlier releases (NC of the test data)

@@ -188,6 +188,8 @@ def test_summary_records_every_setting_and_the_tuned_blocks(tiny_vit, tmp_path, 
     assert s["global_batch_size"] == 8 and s["num_processes"] == 1 and s["seed"] == 3 and s["image_size"] == [24, 24]
     assert s["transformers"] == transformers.__version__ and s["peft"] == peft.__version__ and s["torch"] == torch.__version__
     assert s["hf_nc"] and s["num_train_epochs"] > 0
+    training_args = json.loads((tmp_path / "summary.json").read_text())["training_args"]  # every TrainingArguments value
+    assert training_args["seed"] == 3 and training_args["learning_rate"] == 3e-3 and training_args["max_steps"] == 3
     assert summary["tuned"] == "block 3,2"  # 4 blocks: -1, -2 -> 3, 2
     printed = capsys.readouterr().out
     assert "block 3,2" in printed and "% of base" in printed

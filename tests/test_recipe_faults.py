@@ -56,6 +56,12 @@ def test_recipe_checkpoints_keeps_best_by_train_nc1_and_resumes(tiny_vit, tmp_pa
     assert second["train_nc1"] == pytest.approx(first["train_nc1"], rel=1e-6)
 
 
+def test_resume_from_last_without_a_checkpoint_is_an_error(tiny_vit, tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint"):
+        finetune_vit.main(["--model_name_or_path", tiny_vit, *SMALL, "--max_steps", "1", "--output_dir", str(tmp_path),
+                           "--resume_from_checkpoint", "last"])
+
+
 def test_clip_recipe_saves_a_checkpoint(tmp_path):
     finetune_clip.main(["--output_dir", str(tmp_path), *SMALL, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
                         "--eval_strategy", "no"])
@@ -97,7 +103,7 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_result(tiny_vit, tmp_
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert (killed / "checkpoint-4" / "trainer_state.json").is_file() and not (killed / "summary.json").exists()
 
-    resumed = finetune_vit.main([*args, "--output_dir", str(killed), "--resume_from_checkpoint", str(killed / "checkpoint-4")])
+    resumed = finetune_vit.main([*args, "--output_dir", str(killed), "--resume_from_checkpoint", "last"])  # the newest: checkpoint-4
     expected, got = records(tmp_path / "reference"), records(killed)
     assert [r["step"] for r in got] == [r["step"] for r in expected] == [2, 4, 6]
     for a, b in zip(expected, got):
