@@ -202,7 +202,7 @@ class NCStats:
         """Stores call index ``i`` in the slots of the problems seen first now (no sync)."""
         new = torch.stack([nonfinite, overflow, bad_labels])  # (3,) bool
         first = (flags[:3] < 0) & new
-        flags[:3] = torch.where(first, i, flags[:3])
+        flags[:3].masked_fill_(first, i)
         flags[_LO] = torch.where(first[2], lo, flags[_LO])
         flags[_HI] = torch.where(first[2], hi, flags[_HI])
 
@@ -285,13 +285,13 @@ class NCStats:
         if i > 0 and _recenter_due(i):
             self._recenter_classes_()
         acc = self.dtype
-        # NaN/inf anywhere make the float64 total non-finite (a reduction, not an N*d mask)
-        finite = torch.isfinite(x.sum(dtype=torch.float64))
         lo, hi = torch.aminmax(y)
         labels_ok = (lo >= 0) & (hi < self.num_classes)
-        ok = finite & labels_ok
         yc = y.clamp(0, self.num_classes - 1)  # safe indices; a bad batch adds zeros below
         if i == 0:  # shifts: this batch's mean and class means (zeros if the batch is bad)
+            # NaN/inf anywhere make the float64 total non-finite (a reduction, no N*d mask)
+            finite = torch.isfinite(x.sum(dtype=torch.float64))
+            ok = finite & labels_ok
             x64 = x.to(torch.float64)
             mean = torch.where(ok, x64.mean(dim=0), 0.0)  # (d,)
             part = torch.zeros(self.num_classes, d + 1, dtype=torch.float64, device=self.device)
@@ -311,6 +311,9 @@ class NCStats:
         xs.sub_(torch.index_select(self._E_acc, 0, yc))  # (h - g) - E_k: no large offset formed
         aug[:, d] = torch.linalg.vector_norm(xs, dim=1).square_()  # ||h - c_k||^2
         aug[:, d + 1] = 1.0
+        if i > 0:  # NaN/inf in h make the total of h - c_k non-finite
+            finite = torch.isfinite(xs.sum())
+            ok = finite & labels_ok
         overflow = finite & ~torch.isfinite(aug[:, d]).all()  # finite features, squares overflow
         good = ok & ~overflow
         if i == 0:
