@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None, settings: dict | None = None) -> dict:
         settings, notes = plan.settings_for(mode, dinov2=False if args.no_dinov2 else None)
     else:
         notes = []
+    if mode == "full":
+        notes.append("This protocol replaces the first study's (3 seeds; learning rates and blocks chosen on the test split; "
+                     "unequal tuning), whose numbers are withdrawn: none of them is repeated here.")
     flags = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("run", "report")]
     flags = [a for i, a in enumerate(flags) if a != "--max_runs" and (i == 0 or flags[i - 1] != "--max_runs")]
     meta = {"mode": mode, "notes": notes, "command": f"python recipes/transfer_study.py {' '.join(shlex.quote(a) for a in flags)}".strip()}

@@ -298,3 +298,19 @@ def test_report_marks_partial_results(tmp_path):
     assert "STATUS: PARTIAL — NOT THE FINDING" in text and "> - tiny/digits/5: headline" in text
     assert "PENDING (1/2 final seeds)" in text and "- None yet" in text
     assert "SCL FT - full FT = " not in text.split("## Protocol")[0]  # no partial comparison among the findings
+
+
+def test_prefix_cached_run_equals_uncached(tmp_path, monkeypatch):
+    """The study trains Layer/SCL/head FT from the frozen-prefix cache: the same run uncached gives
+    the same numbers (and the record says which way it ran)."""
+    s = smoke_settings(max_steps=4)
+    spec = plan.run_spec(s, ("tiny", "digits", 5), "final", 0, "scl", 3e-3, 8)
+    out = {}
+    for use in (False, True):
+        monkeypatch.setattr(execute, "USE_PREFIX_CACHE", use)
+        rec = execute.execute(spec, tmp_path / str(use))
+        assert rec["status"] == "ok", rec.get("traceback")
+        out[use] = rec["result"]
+    assert out[True]["prefix_cache"] is True and out[True]["prefix_cache_block"] == 8 and out[False]["prefix_cache"] is False
+    for key in ("validation_accuracy", "test_accuracy", "train_nc1", "validation_nc1"):
+        assert out[True][key] == pytest.approx(out[False][key], rel=1e-5, abs=1e-7), key

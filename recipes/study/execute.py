@@ -262,6 +262,44 @@ def build_lp_init(spec: dict, path: str, folder: Path) -> dict:
     return {"lp_train_accuracy": float(np.mean(clf.predict(x) == y))}
 
 
+#: Use the frozen-prefix cache (``hf_nc.prefix_cache``) for the methods whose prefix is frozen.
+#: Its runs equal uncached runs up to float rounding (the prefix-cache tests); off: ``HF_NC_STUDY_NO_CACHE=1``.
+USE_PREFIX_CACHE = os.environ.get("HF_NC_STUDY_NO_CACHE", "") in ("", "0")
+
+
+@contextmanager
+def prefix_cached(enabled: bool):
+    """While active, the recipe's trainer trains from a frozen-prefix cache of its (un-augmented)
+    training set: ``common.RecipeTrainer`` is swapped for a subclass that builds the cache
+    (``PrefixCache.build_or_none``: falls back to uncached training, with a warning, where the
+    cache would not be exact) and passes it as ``train_dataset``. Yields ``{"prefix_cache": bool}``."""
+    info = {"prefix_cache": False}
+    if not enabled:
+        yield info
+        return
+    _recipes_on_path()
+    import common
+    from hf_nc.prefix_cache import PrefixCache
+
+    base = common.RecipeTrainer
+
+    class CachedRecipeTrainer(base):
+        def __init__(self, *args, **kwargs):
+            model, train, collator = kwargs.get("model"), kwargs.get("train_dataset"), kwargs.get("data_collator")
+            cache = PrefixCache.build_or_none(model, train, collator, batch_size=64, progress=False)
+            if cache is not None:
+                cache.attach(model)
+                kwargs["train_dataset"] = cache
+                info.update(prefix_cache=True, prefix_cache_block=cache.layout.block)
+            super().__init__(*args, **kwargs)
+
+    common.RecipeTrainer = CachedRecipeTrainer
+    try:
+        yield info
+    finally:
+        common.RecipeTrainer = base
+
+
 def run_finetune(spec: dict, out_dir: Path, keep_work: bool = False) -> dict:
     _recipes_on_path()
     import finetune_vit
@@ -269,12 +307,18 @@ def run_finetune(spec: dict, out_dir: Path, keep_work: bool = False) -> dict:
     work = Path(out_dir) / "work" / spec["id"]
     path = model_path(out_dir, spec["model"], spec["model_run"])
     extra = {}
+    flags = recipe_flags()
+    cache = USE_PREFIX_CACHE and spec["method"] in CACHEABLE and "cache_frozen_prefix" not in flags
     try:
         if spec["method"] == "lpft":
             init = work / "lp_init"
             extra = build_lp_init(spec, path, init)
             path = str(init)
-        s = finetune_vit.main(finetune_argv(spec, path, work / "run", recipe_flags()))
+        with prefix_cached(cache) as info:
+            s = finetune_vit.main(finetune_argv(spec, path, work / "run", flags if USE_PREFIX_CACHE else None))
+        extra.update(info)
+        if "cache_frozen_prefix" in flags and USE_PREFIX_CACHE and spec["method"] in CACHEABLE:
+            extra["prefix_cache"] = "recipe flag"
     finally:
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)

@@ -316,10 +316,15 @@ def cell_steps(s: dict, cell, model_run, records: dict, flags: Optional[dict] = 
         groups["full"] = [config_key("full", head_factor=f) for f in s["full_head_factors"]]
         done = [sel("headline_selection", "full", head_factor=f) for f in s["full_head_factors"]]
         groups["full_done"] = all(done)
+    done = {m: [] for m in ("layer", "scl")}
+    for b in blocks["layer"]:  # Layer FT and SCL FT block by block: a block's pair is complete early
+        for m in ("layer", "scl"):
+            if m in methods and b in blocks[m]:
+                done[m].append(sel("headline_selection", m, b))
     for m in ("layer", "scl"):
         if m in methods:
             groups[m] = [config_key(m, b) for b in blocks[m]]
-            groups[m + "_done"] = all([sel("headline_selection", m, b) for b in blocks[m]])
+            groups[m + "_done"] = all(done[m])
     for m in ("full", "layer", "scl"):
         if m in methods and groups[m + "_done"]:
             ch = c.chosen(groups[m])

@@ -342,7 +342,8 @@ def section_finding_i(s: dict, records: dict) -> tuple[list[str], list[str]]:
               f"CE / no projection head / no augmentation; two budgets: " + "; ".join(f"`{k}` (`{' '.join(v)}`)" for k, v in p["regimes"].items())
               + ". Downstream: frozen features, logistic regression with C chosen on validation, test read once; frozen NC1 "
               "of the downstream training features. Source NC1: penultimate features on a fixed subset of the source training "
-              "images. Partial correlations control for source test accuracy (training progress) and optimizer steps.", ""]
+              "images. Partial correlations control for source test accuracy (how far training got; every variant of a budget "
+              "runs the same number of steps).", ""]
     if len(pre) < planned:
         lines += [f"**PENDING**: {len(pre)} of {planned} pre-training runs finished.", ""]
     probes = [r for r in records.values() if r.get("spec", {}).get("kind") == "probe" and r.get("status") == "ok"]
@@ -376,7 +377,7 @@ def section_finding_i(s: dict, records: dict) -> tuple[list[str], list[str]]:
             c2 = stats.spearman(x["down"], x["lp"])
             lines.append(f"- `{t}`: source NC1 vs LP accuracy {fmt_corr(c)} ({corr_verdict(c, +1)}); controlling for source accuracy "
                          f"{fmt_corr(pc)} ({corr_verdict(pc, +1)}); frozen downstream NC1 vs LP accuracy {fmt_corr(c2)} ({corr_verdict(c2, -1)}).")
-            if len(runs) == planned // len(p["regimes"]):
+            if len(runs) == planned // len(p["regimes"]) and len(x["lp"]) == len(runs):
                 findings.append(f"(i) {regime}, {t}: source NC1 vs LP acc {fmt_corr(c)}; partial (source acc) {fmt_corr(pc)}")
         lines.append("")
     return lines, findings
@@ -452,6 +453,8 @@ def write_report(records: dict, settings: dict, out_md: str | Path, plots_dir: s
              "Each block's Layer FT and SCL FT at their own learning rate (chosen on validation at that block), the same final "
              "seeds; the difference isolates the skip connection.", ""]
     for cell in cells:
+        if "scl" not in s["methods"] or "layer" not in s["methods"]:
+            continue
         if cell.ready and any(cell.block_choice("scl", b) for b in plan.blocks_of(s, cell.model, "scl")):
             part, f, complete = section_skip(cell)
             body += part
