@@ -99,3 +99,15 @@ def test_train_only_folder_split_is_reported_in_the_summary(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"test: {saved['splits']['test']}" in printed
     assert summary["head_reset"] is True  # the built-in model's Fashion-MNIST head is not kept for cat/dog
+
+
+def test_validation_comes_from_training_images_outside_the_few_shot_subset(sorted_by_class):
+    def pixels(ds):
+        return {np.asarray(img).tobytes() for img in ds["image"]}
+
+    with_val = common.load_data(common.DataArguments(dataset=sorted_by_class, shots_per_class=3, validation_shots_per_class=2), seed=0)
+    without = common.load_data(common.DataArguments(dataset=sorted_by_class, shots_per_class=3, train_val_split=0), seed=0)
+    assert np.bincount(with_val.validation["label"]).tolist() == [2] * 10 and without.validation is None
+    assert not pixels(with_val.validation) & pixels(with_val.train)  # disjoint from the few-shot training images
+    assert pixels(with_val.train) == pixels(without.train)  # the same few-shot subset either way
+    assert not pixels(with_val.validation) & pixels(with_val.test)
