@@ -217,6 +217,10 @@ def test_input_errors_and_failed_scores_are_nan_with_reason():
         S.logme(x, y, num_classes=5)
     with pytest.raises(ValueError, match="outside"):
         S.hscore(x, y - 1)
+    with pytest.raises(ValueError, match="all zero"):  # regression: streamed LogME of zero features divided by zero
+        S.logme_from_stats(NCStats(3, 10).update(torch.zeros(6, 10), torch.tensor([0, 1, 2, 0, 1, 2])))
+    with pytest.raises(ValueError, match="all zero"):
+        S.logme(np.zeros((6, 10)), np.array([0, 1, 2, 0, 1, 2]))
     out = S.compute_scores(x[:4], y[:4], ["logme", "ncti"], num_classes=3)
     assert math.isfinite(out["logme"]) and math.isnan(out["ncti"]) and "too few" in out["errors"]["ncti"]
 

@@ -167,6 +167,24 @@ def test_rank_models_known_answer_probe_and_json_round_trip(data, tmp_path):
 SEVERAL = ["logme", "nc1", "ncti", "hscore", "hscore_shrinkage", "cdnv", "ncc_acc", "logme_thin"]
 
 
+def test_rank_models_streams_logme_without_keeping_features(data, monkeypatch):
+    """LogME and NC need no kept features (O(d^2) statistics); the values equal the feature path."""
+    from hf_nc.selection import _measure
+    from hf_nc.selection import scores as S
+
+    calls, orig = [], _measure.measure
+    monkeypatch.setattr(_measure, "measure", lambda *a, **kw: calls.append(kw) or orig(*a, **kw))
+    streamed = rank_models({"good": good_model()}, data, scores=["logme", "logme_thin", "nc1"], block_scores=["logme", "nc1"], progress=False)
+    assert calls[-1]["keep_final"] is False and calls[-1]["keep_blocks"] is False
+    kept = rank_models({"good": good_model()}, data, scores=["logme", "hscore"], block_scores=["logme", "hscore"], progress=False)
+    assert calls[-1]["keep_final"] is True and calls[-1]["keep_blocks"] is True
+    x, y = penultimate_features(good_model(), data["train"])
+    for form, name in (("evidence", "logme"), ("thin", "logme_thin")):
+        assert streamed.best.scores[name] == pytest.approx(S.logme(x, y, form=form), rel=1e-6)
+    for b in map(str, range(LAYERS)):
+        assert streamed.best.block_scores[b]["logme"] == pytest.approx(kept.best.block_scores[b]["logme"], rel=1e-6)
+
+
 def test_rank_models_several_scores_known_order(data):
     """good > damped > blind by construction: every score but NC2 orders them so, whichever it
     ranks by; given accuracies in that order give tau = 1; scores equal an independent path."""

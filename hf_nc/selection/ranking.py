@@ -243,16 +243,38 @@ def _final_scores(names: Sequence[str], metrics: Mapping, kept, k: int, note: st
     return out, errors, terms
 
 
-def _block_scores(names: Sequence[str], kept, k: int) -> dict[str, dict[str, float]]:
-    blocks = sorted(key for key in kept if isinstance(key, int))
+STREAMED = ("nc1", "nc2_etf", "cdnv", "logme", "logme_thin")  # computed from the summed statistics, no features kept
+
+
+def _from_stats(names: Sequence[str], stats, metrics: Mapping) -> tuple[dict, dict]:
+    """The streamed scores among ``names``: NC from ``metrics`` (NCStats.compute, with the
+    undefined-NC1 rule), LogME from the statistics' F^T F and class sums."""
+    out, errors = {}, {}
+    for n in names:
+        if n in ("nc1", "nc2_etf", "cdnv") and n in metrics:
+            out[n] = float(metrics[n])
+        elif n in ("logme", "logme_thin"):
+            try:
+                out[n] = _scores.logme_from_stats(stats, form="thin" if n == "logme_thin" else "evidence")
+            except (ValueError, np.linalg.LinAlgError) as exc:
+                out[n], errors[n] = float("nan"), str(exc)
+    return out, errors
+
+
+def _block_scores(names: Sequence[str], kept, stats, metrics: Mapping, k: int) -> dict[str, dict[str, float]]:
+    blocks = sorted(key for key in stats if isinstance(key, int))
     out: dict[str, dict[str, float]] = {}
     terms = {}
     for b in blocks:
-        got = _scores.compute_scores(kept[b], kept["labels"], names, num_classes=k)
-        got.pop("errors", None)
+        got, _ = _from_stats(names, stats[b], metrics[str(b)])
+        rest = [n for n in names if n not in got]
+        if rest:
+            more = _scores.compute_scores(kept[b], kept["labels"], rest, num_classes=k)
+            more.pop("errors", None)
+            got.update(more)
         if "ncti" in got:
             terms[b] = got.pop("ncti")
-        out[str(b)] = got
+        out[str(b)] = {n: got[n] for n in names if n in got}
     if terms:  # NCTI per block: the pool is this candidate's blocks
         usable = [b for b, t in terms.items() if isinstance(t, _scores.NCTITerms)]
         for b, v in zip(usable, _scores.ncti_composite([terms[b] for b in usable])):
@@ -306,8 +328,10 @@ def rank_models(
     over blocks (``block_correlations``).
 
     Cost per candidate: one forward pass over the training data (all chosen blocks and
-    "final" from the same pass; no NCC pass). Scores other than the streamed NC1/NC2/CDNV
-    keep the final training features (N x d floats; each block's too with ``block_scores``);
+    "final" from the same pass; no NCC pass). NC1, NC2, CDNV and LogME are computed from the
+    streamed float64 statistics (O(d^2) memory, exact under torch.distributed); the other
+    scores keep the final training features (N x d floats; each block's too with
+    ``block_scores``);
     ``linear_probe`` costs one more pass over the test split. Models given by name are loaded
     one at a time and released.
 
@@ -356,22 +380,26 @@ def rank_models(
     train, test, k, description = _measure.resolve_data(dataset, shots_per_class=shots_per_class, seed=seed, need_test=linear_probe)
     k = num_classes or k
     block_layers = [] if layers == "final" else layers
-    nc_keys = ("nc1", "nc2_etf", "cdnv")  # streamed: from the statistics
-    keep_final = linear_probe or any(n not in nc_keys for n in score_names)
+    # Streamed scores come from the summed statistics; features are kept only for the others
+    # (and for the probe): memory O(d^2) per block instead of O(N d).
+    keep_final = linear_probe or any(n not in STREAMED for n in score_names)
+    keep_blocks = any(n not in STREAMED for n in block_names)
     results, pool = [], []
     for name, cand in tqdm(named, desc="candidates", disable=not (progress and is_main_process())):
         model = _measure.load_candidate(cand, seed=seed)
         _measure.device_of(model, device)
         stats, kept = _measure.measure(model, train, k, layers=block_layers, batch_size=batch_size, keep_final=keep_final,
-                                       keep_blocks=bool(block_names), progress=progress)
+                                       keep_blocks=keep_blocks, progress=progress)
         computed = {str(key): _measure.compute(s, degenerate_tol) for key, s in stats.items()}
         metrics, note = {key: m for key, (m, _) in computed.items()}, computed[FINAL][1]
-        final_metrics = {n: metrics[FINAL][n] for n in nc_keys if n in metrics[FINAL]}
+        final_metrics, stream_errors = _from_stats(score_names, stats[FINAL], metrics[FINAL])
         values, errors, terms = _final_scores(score_names, final_metrics, kept, k, note)
+        if not (note and "constant" in note):
+            errors.update(stream_errors)
         if terms is not None:
             values.update(ncti_seli=terms.seli, ncti_ncc=terms.ncc, ncti_vc=terms.vc)
         pool.append(terms)
-        per_block = _block_scores(block_names, kept, k) if block_names else {}
+        per_block = _block_scores(block_names, kept, stats, metrics, k) if block_names else {}
         probe = None
         if linear_probe:
             test_shard = _measure.shard(test)

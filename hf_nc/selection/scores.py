@@ -123,6 +123,8 @@ def _logme_class(sigma: np.ndarray, x2: np.ndarray, res_x2: float, n: int, d: in
         res2 = float((x2 / (1 + sigma / t) ** 2).sum()) + res_x2
         alpha = gamma / (m2 + eps)
         beta = (n - gamma) / (res2 + eps)
+        if alpha <= 0 or beta <= 0:
+            raise ValueError(f"LogME undefined: the fixed point reached alpha = {alpha:.3g}, beta = {beta:.3g}")
         if abs(alpha / beta - t) / t <= tol:
             break
     evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - 0.5 * float(np.log(alpha + beta * sigma).sum())
@@ -137,6 +139,8 @@ def _logme_spectrum(sigma, proj, ysq, n, d, form, max_iter, tol, eps) -> float:
     if form not in LOGME_FORMS:
         raise ValueError(f"form must be one of {LOGME_FORMS}, got {form!r}")
     k = len(sigma)
+    if k == 0:
+        raise ValueError("LogME undefined: the features are all zero")
     null_dims = d - k if form == "evidence" else 0
     x2 = proj**2  # (k, K)
     evidences = [_logme_class(sigma, x2[:, j], float(ysq[j] - x2[:, j].sum()), n, d, null_dims, max_iter, tol, eps)
@@ -484,7 +488,7 @@ def compute_scores(features: Any, labels: Any, names: Sequence[str], *, num_clas
         spec = get_score(name)
         try:
             out[name] = spec.fn(x, y, num_classes=k)
-        except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:
+        except (ValueError, ZeroDivisionError, np.linalg.LinAlgError, FloatingPointError) as exc:
             out[name] = float("nan")
             errors[name] = str(exc)
     if errors:
