@@ -418,7 +418,7 @@ def run_study(settings: dict, out_dir: str | Path, workers: int = 1, keep_work: 
     order, _ = plan.expand(settings, records)
     log(f"[study] {len(records)} results under {out_dir}; {sum(sp['id'] not in records for sp in order)} runs can start now "
         f"(more are planned as selections complete); {workers} worker{'s' if workers > 1 else ''}")
-    started, start = 0, time.perf_counter()
+    started, finished, start = 0, 0, time.perf_counter()
     in_flight: dict = {}
     pool = None
     if workers > 1:
@@ -437,8 +437,9 @@ def run_study(settings: dict, out_dir: str | Path, workers: int = 1, keep_work: 
                     break
                 rec = execute(todo[0], out_dir, keep_work)
                 started += 1
+                finished += 1
                 records[rec["id"]] = rec
-                _progress(log, started, rec, start, len(todo) - 1)
+                _progress(log, finished, rec, start, len(todo) - 1)
                 continue
             while todo and len(in_flight) < workers:
                 sp = todo.pop(0)
@@ -453,7 +454,8 @@ def run_study(settings: dict, out_dir: str | Path, workers: int = 1, keep_work: 
                 rec = fut.result()
                 in_flight.pop(rec["id"], None)
                 records[rec["id"]] = rec
-                _progress(log, started, rec, start, len(todo))
+                finished += 1
+                _progress(log, finished, rec, start, len(todo))
     finally:
         if pool is not None:
             pool.shutdown()

@@ -419,6 +419,32 @@ def _plot_blocks(cell: Cell, path: Path) -> bool:
     return True
 
 
+def section_status(s: dict, records: dict) -> list[str]:
+    """Runs done per cell and step (planned: what the plan holds so far; final steps grow as
+    selections complete, grids grow at edges)."""
+    _, status = plan.expand(s, records)
+    totals = plan.planned_total(s)
+    steps = ("headline_selection", "headline_final", "others_selection", "others_final", "blocks_final",
+             "variants_selection", "variants_final")
+    rows = []
+    for cell in s["cells"]:
+        name = plan.cell_name(cell)
+        st = status.get(name, {})
+        row = [name] + [f"{st[k]['done']}/{st[k]['planned']}" if k in st else "-" for k in steps]
+        tot = totals.get(name, {})
+        done = sum(v["done"] for v in st.values())
+        row.append(f"{done} / ~{tot.get('selection', 0) + tot.get('final', 0)}")
+        rows.append(row)
+    lines = ["## Study status", "", "Runs with a result / runs planned so far, per step (a final step is planned once its "
+             "selection is complete; the last column: all runs of the cell against the plan's size without grid extensions).", ""]
+    lines += table(["cell", "headline selection", "headline final", "other methods: selection", "final", "every block: final",
+                    "SCL variants: selection", "final", "cell total"], rows) + [""]
+    fi = status.get("finding_i", {}).get("pretrain")
+    if fi:
+        lines += [f"Finding (i): {fi['done']}/{fi['planned']} pre-training runs.", ""]
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------- document
 def write_report(records: dict, settings: dict, out_md: str | Path, plots_dir: str | Path, meta: Optional[dict] = None) -> Path:
     """Writes the markdown report (and PNG plots in ``plots_dir``) from ``{run id: record}``; returns its path."""
@@ -499,6 +525,7 @@ def write_report(records: dict, settings: dict, out_md: str | Path, plots_dir: s
     lines += ["", "Only comparisons whose selection and all final seeds are complete are listed here; read each with its CI "
               "and the margin (see Protocol).", ""]
     lines += section_protocol(s, meta) + body
+    lines += section_status(s, records)
     if failed:
         lines += ["## Failed runs", ""] + [f"- `{r['id']}`: {r.get('error', '?')}" for r in failed] + [""]
     if meta.get("command"):
