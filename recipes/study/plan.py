@@ -99,7 +99,7 @@ FULL = {
     # (model, task, shots), in priority order: the headline cells first
     "cells": [("tiny", "digits", 10), ("dinov2", "digits", 10), ("tiny", "digits", 50), ("dinov2", "digits", 50),
               ("dinov2", "fmnist", 10), ("tiny", "fmnist", 10)],
-    "headline_cells": 2,  # the first cells whose selection + final headline runs go before everything else
+    "headline_cells": 1,  # the first cells whose selection + final headline runs go before everything else
     "blocks": None,  # None: every block of the model
     "methods": ["logreg", "linear_probe", "full", "lpft", "lora", "heads", "layer", "scl"],
     "scl_variants": ["concat", "features", "post_norm"],
