@@ -290,6 +290,9 @@ def test_report_on_hand_made_results(tmp_path):
     assert "| 10 | 76.0 [63.3, 88.7] (n=2) (LR 0.003) | 82.0 [69.3, 94.7] (n=2) (LR 0.000949) | +6.0 [+6.0, +6.0] (n=2) | better |" in text
     assert "| tiny/digits/5 | all configurations | rho = -1.00 (p < 0.001, n = 4) | **expected sign, p < 0.05** |" in text
     assert "- tiny/digits/5: SCL FT - full FT = +1.0 [+1.0, +1.0] (n=2) points -> better" in text
+    # the goal: SCL FT (8% of the parameters, CI above -0.5) matches; Layer FT (-5.0) does not
+    assert "- Goal, SCL FT matches full FT (lower end of the paired CI above -0.5 points) with <= 10% of its trained parameters (8.0%): **yes**" in text
+    assert "- Goal, Layer FT matches full FT (lower end of the paired CI above -0.5 points) with <= 10% of its trained parameters (8.0%): **no**" in text
 
 
 def test_report_marks_partial_results(tmp_path):

@@ -152,7 +152,9 @@ def section_protocol(s: dict, meta: dict) -> list[str]:
              "block; the block is chosen with the LR.",
              "- **Budget** (fixed, the same for every method, not tuned): epochs " + ", ".join(
                  f"{fam}: " + ", ".join(f"{k} shots {v}" for k, v in e.items()) for fam, e in s["epochs"].items())
-             + "; batch " + ", ".join(f"{k} shots {v}" for k, v in s["batch"].items()) + "; AdamW, cosine schedule, 5% warm-up.",
+             + "; batch " + ", ".join(f"{k} shots {v}" for k, v in s["batch"].items()) + "; AdamW, cosine schedule, 5% warm-up. "
+             "Layer FT, SCL FT, head FT and the AdamW linear probe train from the frozen-prefix cache (`hf_nc.prefix_cache`: "
+             "the frozen blocks run once per image; equal to the uncached run up to float rounding, tested).",
              f"- **Statistics.** Mean test accuracy with its 95% Student-t interval over seeds; comparisons are paired differences over "
              f"seeds (same training images and test split) with their 95% t interval. *Equivalent*: the interval inside "
              f"±{margin:.1f} points; *not worse* (= **matches**): its lower end above -{margin:.1f}; *better* / *worse*: it excludes 0 "
@@ -218,6 +220,23 @@ def section_headline(cell: Cell) -> tuple[list[str], list[str], bool]:
             findings.append(f"{cell.name}: {LABEL[a]} - {LABEL[b]} = {ci_text(*d, signed=True)} points -> {v}")
     lines += [f"Paired differences (test accuracy points, same seeds; margin ±{100 * margin:.1f}):", ""]
     lines += table(["comparison", "mean [95% CI] (n)", "verdict"], rows) + [""]
+    # the paper's goal: SCL FT or Layer FT matches full FT with >= 90% fewer trained parameters
+    if chosen.get("full") is not None and full_params:
+        for m in ("scl", "layer"):
+            ch = chosen.get(m)
+            if ch is None or m not in s["methods"]:
+                continue
+            d = stats.paired(cell.runs(ch), cell.runs(chosen["full"]))
+            p = cell.params(ch)
+            small = p is not None and p <= 0.10 * full_params
+            ok = stats.matches(d[1], margin) and small
+            word = ("**yes**" if ok else "**no**") if headline_complete else "PENDING"
+            lines.append(f"- Goal, {LABEL[m]} matches full FT (lower end of the paired CI above -{100 * margin:.1f} points) with "
+                         f"<= 10% of its trained parameters ({100 * p / full_params:.1f}%): {word}" if p else f"- Goal, {LABEL[m]}: PENDING")
+            if headline_complete:
+                findings.append(f"{cell.name}: goal ({LABEL[m]} matches full FT within {100 * margin:.1f} points with <= 10% of its "
+                                f"parameters): {'yes' if ok else 'no'} (paired difference {ci_text(*d, signed=True)})")
+        lines.append("")
     return lines, findings, headline_complete
 
 
