@@ -304,19 +304,19 @@ def maybe_reset_head(model: nn.Module, names: list[str], reset: Optional[bool], 
 
 
 def build_processor(model: nn.Module):
-    """A ``ViTImageProcessor`` that preprocesses like the recipe, for a checkpoint that has no image processor."""
-    try:  # transformers 5: the PIL processor (ViTImageProcessor itself wants torchvision)
-        from transformers import ViTImageProcessorPil as ViTImageProcessor
-    except ImportError:
-        from transformers import ViTImageProcessor
+    """A ViT image processor that preprocesses like the recipe, for a checkpoint that has no image processor.
 
+    PIL backend (no torchvision): ``ViTImageProcessorPil``, or ``hf_nc.GrayscaleViTImageProcessor`` for a 1-channel
+    model (``pipeline()`` feeds RGB; it converts to one channel as the recipe's transforms do).
+    """
     from hf_nc.data.transforms import resolve_image_spec
+    from hf_nc.processing import vit_image_processor
 
     spec = resolve_image_spec(model.config)  # a bare config: its image_size, mean = std = 0.5
-    return ViTImageProcessor(do_resize=True, size={"height": spec.size[0], "width": spec.size[1]}, resample=spec.resample,
-                             do_rescale=True, rescale_factor=spec.rescale_factor, do_normalize=True,
-                             image_mean=list(spec.mean) * (spec.num_channels if len(spec.mean) == 1 else 1),
-                             image_std=list(spec.std) * (spec.num_channels if len(spec.std) == 1 else 1))
+    return vit_image_processor(spec.num_channels, do_resize=True, size={"height": spec.size[0], "width": spec.size[1]}, resample=spec.resample,
+                               do_rescale=True, rescale_factor=spec.rescale_factor, do_normalize=True,
+                               image_mean=list(spec.mean) * (spec.num_channels if len(spec.mean) == 1 else 1),
+                               image_std=list(spec.std) * (spec.num_channels if len(spec.std) == 1 else 1))
 
 
 def load_classifier(path: str, names: list[str], margs: ModelArguments):

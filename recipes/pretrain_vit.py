@@ -244,12 +244,12 @@ def build_model(margs: ModelArguments, names: list[str]) -> ViTForImageClassific
 
 
 def image_processor_for(config):
-    try:
-        from transformers import ViTImageProcessorPil as Processor  # no torchvision needed
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers import ViTImageProcessor as Processor
+    """The checkpoint's image processor (PIL backend, no torchvision): ``ViTImageProcessorPil``, or for a
+    1-channel model ``hf_nc.GrayscaleViTImageProcessor``, which ``pipeline()`` can feed (it passes RGB)."""
+    from hf_nc.processing import vit_image_processor
+
     c = config.num_channels
-    return Processor(size={"height": config.image_size, "width": config.image_size}, image_mean=[0.5] * c, image_std=[0.5] * c)
+    return vit_image_processor(c, size={"height": config.image_size, "width": config.image_size}, image_mean=[0.5] * c, image_std=[0.5] * c)
 
 
 def write_card(path: Path, title: str, record: dict) -> None:
