@@ -17,6 +17,9 @@ than an uncached epoch). The spread (max/min over the interleaved rounds of the 
 printed so that noise on a shared machine is visible, and the ratios of each method's fastest step
 ("min:" columns), which other load disturbs least.
 
+On a shared CPU the wall clock is noise (other processes steal the cores): use
+``--threads 1 --clock cpu`` (this process's CPU time) there.
+
 Goals (issue 13): cached Layer FT and SCL FT at block 10 <= 0.15x a full-FT step; a 10-epoch run
 >= 2x faster than uncached at block 10, >= 1.3x at block 6. The blocks after the tuned one still
 run forward and backward, so the cache cannot help much at early blocks.
