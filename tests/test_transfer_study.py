@@ -317,3 +317,31 @@ def test_prefix_cached_run_equals_uncached(tmp_path, monkeypatch):
     assert out[True]["prefix_cache"] is True and out[True]["prefix_cache_block"] == 8 and out[False]["prefix_cache"] is False
     for key in ("validation_accuracy", "test_accuracy", "train_nc1", "validation_nc1"):
         assert out[True][key] == pytest.approx(out[False][key], rel=1e-5, abs=1e-7), key
+
+
+def test_plain_scl_variant_adds_block_features_ungated(tmp_path):
+    """The "plain" SCL variant: skip_source=features with the gate fixed at 1 and frozen, so the
+    model computes h_L + h_l (checked against a forward of the base model with the hook's value)."""
+    import common
+    import torch
+    from hf_nc.checkpoints import DEFAULT_MODEL
+
+    names = [str(i) for i in range(10)]
+    margs = common.ModelArguments()
+    method = common.MethodArguments(method="scl", layer=8, scl_skip_source="features")
+    with execute.plain_skip(True):
+        model = common.apply_method(common.load_classifier(str(DEFAULT_MODEL), names, margs)[0], method)
+    gates = [p for n, p in model.named_parameters() if "hfnc_scl_scale" in n]
+    assert gates and all(bool((p == 1).all()) and not p.requires_grad for p in gates)
+    assert common.apply_method.__name__ == "apply_method" and common.apply_method.__module__ == "common"  # restored
+    # final norm(h_L + h_l), h_l = block 8's output (hidden_states[9]), from the base model's own forward
+    x = torch.randn(2, 1, 28, 28)
+    model.eval()
+    vit = model.base_model.model.vit
+    with torch.no_grad():
+        out = vit(x).last_hidden_state
+        with model.disable_adapter():
+            ref = vit(x, output_hidden_states=True)
+        want = vit.layernorm(ref.hidden_states[12] + ref.hidden_states[9])
+    torch.testing.assert_close(out, want)
+    assert (out - ref.last_hidden_state).abs().max() > 0.1  # not the base model

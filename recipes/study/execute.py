@@ -300,6 +300,38 @@ def prefix_cached(enabled: bool):
         common.RecipeTrainer = base
 
 
+@contextmanager
+def plain_skip(enabled: bool):
+    """While active, SCL adapters built by the recipe get their skip gate fixed at 1 and frozen:
+    ``h_L + h_l``, the plain un-gated reading of "add block l's features to the classifier input"
+    (with ``skip_source="features"``, ``combine="add"``)."""
+    if not enabled:
+        yield
+        return
+    _recipes_on_path()
+    import common
+    import torch
+
+    base = common.apply_method
+
+    def apply_method(model, method):
+        model = base(model, method)
+        gates = [p for n, p in model.named_parameters() if "hfnc_scl_scale" in n]
+        if not gates:
+            raise ValueError("plain SCL variant: no SCL gate (hfnc_scl_scale) found; needs --scl_combine add")
+        with torch.no_grad():
+            for p in gates:
+                p.fill_(1.0)
+                p.requires_grad_(False)
+        return model
+
+    common.apply_method = apply_method
+    try:
+        yield
+    finally:
+        common.apply_method = base
+
+
 def run_finetune(spec: dict, out_dir: Path, keep_work: bool = False) -> dict:
     _recipes_on_path()
     import finetune_vit
@@ -314,7 +346,7 @@ def run_finetune(spec: dict, out_dir: Path, keep_work: bool = False) -> dict:
             init = work / "lp_init"
             extra = build_lp_init(spec, path, init)
             path = str(init)
-        with prefix_cached(cache) as info:
+        with prefix_cached(cache) as info, plain_skip(spec["method"] == "scl" and spec.get("variant") == "plain"):
             s = finetune_vit.main(finetune_argv(spec, path, work / "run", flags if USE_PREFIX_CACHE else None))
         extra.update(info)
         if "cache_frozen_prefix" in flags and USE_PREFIX_CACHE and spec["method"] in CACHEABLE:

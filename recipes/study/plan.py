@@ -54,10 +54,12 @@ SCL_VARIANTS = {
     "concat": ["--scl_combine", "concat"],
     "features": ["--scl_skip_source", "features"],
     "post_norm": ["--scl_position", "post_norm"],
+    # the plain un-gated reading "add block l's features to the final features": skip_source=features
+    # with its gate fixed at 1 and frozen (execute.py sets it after the adapter is built; SCLConfig has
+    # no option for it)
+    "plain": ["--scl_skip_source", "features"],
 }
-#: Not runnable yet: the plain un-gated reading "h_L + h_l" (no learned alpha) has no SCLConfig option
-#: (``skip_source="features"`` learns a gate initialised at 0); the report lists it as not run.
-SCL_NOT_RUNNABLE = {"plain": "needs an SCLConfig option for a fixed, un-gated skip (h_L + h_l); not in hf_nc.adapters yet"}
+SCL_NOT_RUNNABLE: dict = {}
 
 #: Priors (centre of each method's grid) per model family; every grid has the same shape.
 PRIOR_LR = {
@@ -102,7 +104,7 @@ FULL = {
     "headline_cells": 1,  # the first cells whose selection + final headline runs go before everything else
     "blocks": None,  # None: every block of the model
     "methods": ["logreg", "linear_probe", "full", "lpft", "lora", "heads", "layer", "scl"],
-    "scl_variants": ["concat", "features", "post_norm"],
+    "scl_variants": ["concat", "features", "post_norm", "plain"],
     "pretrain": {
         # finding (i): fewer variants, two budgets: "short" (the first study's, ~124 steps) and "long"
         # (to convergence: 30x the images seen), one factor varied at a time from ce/no head/no aug.

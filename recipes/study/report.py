@@ -167,8 +167,9 @@ def section_protocol(s: dict, meta: dict) -> list[str]:
     lines += ["Initial grids (learning rate; C for the logistic-regression probe):", ""] + table(["model", "method", "grid"], rows) + [""]
     if s["scl_variants"]:
         lines += ["SCL variants compared on validation at SCL's chosen block: default (`add`, `delta`, `pre_norm`), "
-                  + ", ".join(f"`{v}` ({' '.join(plan.SCL_VARIANTS[v])})" for v in s["scl_variants"]) + ". Not run: "
-                  + "; ".join(f"`{k}`: {v}" for k, v in plan.SCL_NOT_RUNNABLE.items()) + ".", ""]
+                  + ", ".join(f"`{v}` ({' '.join(plan.SCL_VARIANTS[v])}" + (", gate fixed at 1 and frozen: h_L + h_l" if v == "plain" else "")
+                              + ")" for v in s["scl_variants"])
+                  + "".join(f". Not run: `{k}`: {v}" for k, v in plan.SCL_NOT_RUNNABLE.items()) + ".", ""]
     return lines
 
 
