@@ -622,15 +622,19 @@ def adapter_card(model, summary: dict, dataset: str, repo_id: Optional[str], met
 
 
 def push(model, method: MethodArguments, targs: TrainingArguments, card=None, processor=None) -> str:
-    """Pushes the adapter (PEFT methods, with its hf-nc ``card``) or the model, and the image processor."""
+    """Pushes the adapter (PEFT methods, with its hf-nc ``card``) or the model, and the image processor.
+
+    An adapter, its card and the image processor go in one commit (``hf_nc.cards.push_adapter``); a full model is
+    pushed by ``push_to_hub``, then its image processor.
+    """
     repo_id = targs.hub_model_id or Path(targs.output_dir).name
     kwargs = dict(private=bool(targs.hub_private_repo), token=targs.hub_token)
     if hasattr(model, "peft_config"):
         from hf_nc import cards
 
-        url = cards.push_adapter(model, repo_id, card, private=kwargs["private"], token=kwargs["token"])
-    else:
-        url = model.push_to_hub(repo_id, commit_message=f"hf-nc {method.method} fine-tuning", **kwargs).commit_url
+        # with the image processor: pipeline(..., image_processor=repo_id) preprocesses as trained
+        return cards.push_adapter(model, repo_id, card, private=kwargs["private"], token=kwargs["token"], image_processor=processor)
+    url = model.push_to_hub(repo_id, commit_message=f"hf-nc {method.method} fine-tuning", **kwargs).commit_url
     if processor is not None:  # pipeline("image-classification", model=repo_id) needs it
         processor.push_to_hub(repo_id, commit_message="image processor", **kwargs)
     return url

@@ -81,13 +81,15 @@ def test_push_to_hub_uses_hf_nc_cards(tiny_vit, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the recipe checks it before training
     monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **k: {"name": "me"})
     pushed = {}
-    monkeypatch.setattr(cards, "push_adapter", lambda model, repo_id, card, **kw: pushed.update(repo=repo_id, card=str(card)) or "https://hub/commit/1")
+    # the image processor goes in push_adapter's one commit, never in a second push_to_hub
+    monkeypatch.setattr(cards, "push_adapter", lambda model, repo_id, card, **kw: pushed.update(repo=repo_id, card=str(card), processor=kw["image_processor"] is not None and repo_id) or "https://hub/commit/1")
     from transformers.image_processing_utils import BaseImageProcessor
 
-    monkeypatch.setattr(BaseImageProcessor, "push_to_hub", lambda self, repo_id, **kw: pushed.update(processor=repo_id))
+    monkeypatch.setattr(BaseImageProcessor, "push_to_hub", lambda self, repo_id, **kw: pushed.update(second_commit=repo_id))
     summary = finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), "--method", "heads", "--heads=-1:0",
                                  "--push_to_hub", "--hub_model_id", "me/tiny-heads", "--hub_token", "hf_x", *QUICK])
     assert pushed["repo"] == pushed["processor"] == "me/tiny-heads" and summary["hub_commit"] == "https://hub/commit/1"
+    assert "second_commit" not in pushed
     assert "nc1" in pushed["card"].lower() and (tmp_path / "adapter" / "README.md").read_text() == pushed["card"]
 
 

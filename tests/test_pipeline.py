@@ -106,3 +106,82 @@ def test_grayscale_checkpoint_without_processor_gets_the_grayscale_one(tmp_path)
     assert type(classify.image_processor) is GrayscaleViTImageProcessor
     image, test = digit_image()
     _assert_like_the_recipe(classify, test, summary, [image, image.convert("RGB")])
+
+
+# Fake Hub, side 1: the recipe pushes `heads` (adapter + card + image processor: push_adapter, one commit) and `full`
+# runs of the built-in model, and records the scores the trained models give on the recipe's own transform.
+HUB_PUSH = r"""
+import json, sys, torch
+sys.path.insert(0, sys.argv[2])
+import common, finetune_vit
+from hf_nc.data import build_transforms, load_image_dataset
+
+out = sys.argv[1]
+quick = json.loads(sys.argv[3])
+test = load_image_dataset("digits")["test"]
+expected = {}
+for method, extra in [("heads", ["--heads=-1:0,1"]), ("full", [])]:
+    summary = finetune_vit.main(["--output_dir", f"{out}/{method}", "--method", method, "--push_to_hub",
+                                 "--hub_model_id", f"user/fmnist-{method}", *quick, *extra])
+    assert "hub_error" not in summary, summary["hub_error"]
+    import hf_nc, transformers as tf
+    folder = f"{out}/{method}/adapter"
+    model = (hf_nc.AutoPeftModelForImageClassification.from_pretrained(folder) if method != "full"
+             else tf.AutoModelForImageClassification.from_pretrained(folder)).eval()
+    processor = tf.AutoImageProcessor.from_pretrained(folder)
+    pixels = test.select([0]).with_transform(build_transforms(common.image_spec(model, processor), train=False))[0]["pixel_values"]
+    with torch.no_grad():
+        probs = model(pixel_values=pixels[None]).logits.softmax(-1)[0]
+    expected[method] = {model.config.id2label[i]: float(p) for i, p in enumerate(probs)}
+print(json.dumps(expected))
+"""
+
+# Side 2, a fresh process with an empty cache: only the repo ids; the documented calls, on PIL RGB and L images.
+HUB_LOAD = r"""
+import json, sys
+import hf_nc
+from transformers import pipeline
+from hf_nc.data import load_image_dataset
+
+image = load_image_dataset("digits")["test"][0]["image"].convert("L")
+pipes = {"heads": pipeline("image-classification", image_processor="user/fmnist-heads",
+                           model=hf_nc.AutoPeftModelForImageClassification.from_pretrained("user/fmnist-heads")),
+         "full": pipeline("image-classification", model="user/fmnist-full")}
+print(json.dumps({m: {mode: {o["label"]: o["score"] for o in p(image.convert(mode), top_k=10)} for mode in ("L", "RGB")}
+                  for m, p in pipes.items()}))
+"""
+
+
+@pytest.mark.slow
+def test_pushed_builtin_runs_classify_pil_images_from_the_fake_hub(tmp_path):
+    import json
+    import os
+    import subprocess
+    import textwrap
+
+    from hub_server import FakeHub
+
+    def run(script, env, name, *args):
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(script))
+        proc = subprocess.run([sys.executable, str(tmp_path / f"{name}.py"), *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    base_env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    with FakeHub() as hub:
+        expected = run(HUB_PUSH, hub.client_env(tmp_path / "home_push", {**base_env, "OMP_NUM_THREADS": "1"}), "push",
+                       str(tmp_path), str(ROOT / "recipes"), json.dumps(QUICK))
+        # the adapter, its card and the image processor in ONE commit after the repo's initial one
+        assert len(hub.repos[("model", "user/fmnist-heads")].commits) == 2
+        files = hub.files("user/fmnist-heads")
+        assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "preprocessor_config.json"} <= set(files)
+        assert json.loads(files["preprocessor_config.json"])["image_processor_type"] == "GrayscaleViTImageProcessor"
+        assert "preprocessor_config.json" in hub.files("user/fmnist-full")
+        loaded = run(HUB_LOAD, hub.client_env(tmp_path / "home_load", {**base_env, "OMP_NUM_THREADS": "1"}), "load")
+    for method in ("heads", "full"):
+        for mode in ("L", "RGB"):
+            got = loaded[method][mode]
+            assert set(got) == set(expected[method]) == {str(i) for i in range(10)}
+            for label, score in got.items():
+                assert score == pytest.approx(expected[method][label], abs=1e-5), (method, mode, label)

@@ -170,3 +170,25 @@ def test_without_import_hf_nc_a_clear_transformers_error_then_it_works(tmp_path)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["without"].startswith("Unrecognized image processor in"), result
     assert result["with"] in tf.AutoConfig.from_pretrained(DEFAULT_MODEL).id2label.values()
+
+
+def test_push_adapter_extra_files_go_next_to_the_adapter_and_never_overwrite_it(tmp_path):
+    """What ``hf_nc.cards.push_adapter(..., image_processor=, extra_files=)`` uploads with the adapter (the
+    one-commit push itself: tests/test_pipeline.py, fake Hub)."""
+    from hf_nc.cards._hub import _write_extra_files
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    source = tmp_path.parent / f"{tmp_path.name}_notes.txt"
+    source.write_text("notes")
+    _write_extra_files(tmp_path, vit_image_processor(1, size={"height": 28, "width": 28}),
+                       {"docs/notes.txt": source, "extra.bin": b"\x00\x01"})
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "GrayscaleViTImageProcessor"
+    assert (tmp_path / "docs" / "notes.txt").read_text() == "notes" and (tmp_path / "extra.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "adapter_config.json").read_text() == "{}"
+    for bad, match in [({"adapter_config.json": b"x"}, "overwrite the adapter"), ({"../up.txt": b"x"}, "relative path"),
+                       ({str(source): b"x"}, "relative path")]:
+        with pytest.raises(ValueError, match=match):
+            _write_extra_files(tmp_path, None, bad)
+    with pytest.raises(ValueError, match="save_pretrained"):
+        _write_extra_files(tmp_path, object())

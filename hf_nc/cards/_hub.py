@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard
@@ -138,13 +138,42 @@ def _with_repo_id(card: ModelCard, repo_id: str) -> ModelCard:
     return ModelCard(card.content.replace(REPO_ID_PLACEHOLDER, repo_id))
 
 
+def _write_extra_files(folder: Path, image_processor=None,
+                       extra_files: Mapping[str, str | os.PathLike | bytes] | None = None) -> None:
+    """Writes the image processor (its ``save_pretrained``) and ``extra_files`` into ``folder``, next to the
+    adapter, refusing to overwrite what is already there (the adapter, its card) or to leave the folder."""
+    written = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    if image_processor is not None:
+        if not hasattr(image_processor, "save_pretrained"):
+            raise ValueError("image_processor must be an image processor (with save_pretrained), "
+                             f"got {type(image_processor).__name__}")
+        with tempfile.TemporaryDirectory() as tmp:
+            image_processor.save_pretrained(tmp)
+            files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+        extra_files = {**files, **(extra_files or {})}
+    for name, content in (extra_files or {}).items():
+        path_in_repo = Path(name).as_posix()
+        if Path(name).is_absolute() or ".." in Path(name).parts or path_in_repo in ("", "."):
+            raise ValueError(f"extra_files: {name!r} must be a relative path inside the repo")
+        if path_in_repo in written:
+            raise ValueError(f"extra_files: {path_in_repo!r} would overwrite the adapter's own file")
+        target = folder / path_in_repo
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
+        written.add(path_in_repo)
+
+
 def push_adapter(model, repo_id: str, card: ModelCard | None = None, *, private: bool = False,
                  token: str | None = None, commit_message: str | None = None, revision: str | None = None,
-                 timeout: float | None = None, endpoint: str | None = None) -> str:
+                 timeout: float | None = None, endpoint: str | None = None, image_processor=None,
+                 extra_files: Mapping[str, str | os.PathLike | bytes] | None = None) -> str:
     """Pushes the adapter (``adapter_config.json``, ``adapter_model.safetensors``) and its card in ONE commit.
 
     One commit (not ``model.push_to_hub`` then ``card.push_to_hub``) so the repo never shows PEFT's blank
     card and loads consistently at every revision. Only the adapter is uploaded, never the base model's weights.
+    The image processor (``preprocessor_config.json``, so that ``pipeline("image-classification",
+    model=hf_nc.AutoPeftModelForImageClassification.from_pretrained(repo_id), image_processor=repo_id)`` works)
+    and any ``extra_files`` go in the same commit.
 
     Every request waits at most ``timeout`` seconds for the Hub (see ``hub_timeout``); a request that times
     out is retried by ``huggingface_hub`` where it retries (pre-upload and commit: up to 5 times with backoff),
@@ -161,12 +190,15 @@ def push_adapter(model, repo_id: str, card: ModelCard | None = None, *, private:
         revision: branch to commit to.
         timeout: seconds per request; default ``$HF_NC_HUB_TIMEOUT``, else 60.
         endpoint: Hub URL; default ``$HF_ENDPOINT`` / huggingface.co.
+        image_processor: an image processor to upload with the adapter (written by its ``save_pretrained``).
+        extra_files: more files, ``{path in the repo: local path or bytes}``.
 
     Returns:
         the commit URL.
 
     Raises:
         HubTimeoutError: the endpoint did not answer within ``timeout``.
+        ValueError: an extra file would overwrite the adapter's own files or lies outside the repo.
     """
     api = HfApi(endpoint=endpoint, token=token)
     with hub_timeout(timeout) as seconds:
@@ -175,6 +207,7 @@ def push_adapter(model, repo_id: str, card: ModelCard | None = None, *, private:
             card = _with_repo_id(card if card is not None else adapter_card_from_model(model), repo_id)
             with tempfile.TemporaryDirectory() as tmp:
                 save_adapter(model, tmp, card)
+                _write_extra_files(Path(tmp), image_processor, extra_files)
                 info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
                                          commit_message=commit_message or "Upload hf-nc adapter and model card")
         except Exception as err:
