@@ -6,57 +6,7 @@ import torch
 
 from hf_nc.metrics import NCStats, nc_metrics
 
-
-def reference_nc(h, y, K, W=None, rcond=1e-10):
-    """Direct per-class formulas; Sigma_B^+ by np.linalg.pinv with ``rcond``."""
-    h = np.asarray(h, dtype=np.float64)
-    y = np.asarray(y)
-    N, d = h.shape
-    mus = np.stack([h[y == k].mean(axis=0) for k in range(K)])  # (K, d)
-    mu_g = h.mean(axis=0)
-    M = mus - mu_g
-    sw = np.zeros((d, d))
-    for k in range(K):
-        c = h[y == k] - mus[k]
-        sw += c.T @ c
-    sw /= N
-    sb = M.T @ M / K
-    out = {"nc1": np.trace(sw @ np.linalg.pinv(sb, rcond=rcond, hermitian=True)) / K}
-    G = M @ M.T
-    etf = (np.eye(K) - np.ones((K, K)) / K) / np.sqrt(K - 1)
-    out["nc2_etf"] = np.linalg.norm(G / np.linalg.norm(G) - etf)
-    norms = np.linalg.norm(M, axis=1)
-    out["nc2_equinorm"] = norms.std() / norms.mean()
-    cos = [
-        abs(M[i] @ M[j] / (norms[i] * norms[j]) + 1 / (K - 1))
-        for i in range(K)
-        for j in range(K)
-        if i != j
-    ]
-    out["nc2_equiangle"] = float(np.mean(cos))
-    if W is not None:
-        W = np.asarray(W, dtype=np.float64)
-        out["nc3"] = np.linalg.norm(W / np.linalg.norm(W) - M / np.linalg.norm(M))
-    dist = ((h[:, None, :] - mus[None, :, :]) ** 2).sum(-1)  # (N, K)
-    out["ncc_acc"] = float((dist.argmin(axis=1) == y).mean())
-    s = np.array([((h[y == k] - mus[k]) ** 2).sum(axis=1).mean() for k in range(K)])
-    pairs = [
-        (s[i] + s[j]) / (2 * ((mus[i] - mus[j]) ** 2).sum()) for i in range(K) for j in range(i + 1, K)
-    ]
-    out["cdnv"] = float(np.mean(pairs))
-    out["num_samples"] = N
-    out["num_classes"] = K
-    return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in out.items()}
-
-
-def make_data(K, d, counts, seed=0, spread=3.0, offset=0.0):
-    """Gaussian classes with the given per-class counts, shuffled; returns (h, y) float64/int64."""
-    rng = np.random.default_rng(seed)
-    means = rng.normal(size=(K, d)) * spread
-    y = np.concatenate([np.full(n, k) for k, n in enumerate(counts)])
-    rng.shuffle(y)
-    h = means[y] + rng.normal(size=(len(y), d)) * rng.uniform(0.5, 2.0, size=d) + offset
-    return h, y.astype(np.int64)
+from nc_reference import make_data, reference_nc  # the dense float64 reference, shared by the metrics tests
 
 
 # ----------------------------------------------------------------------------- helpers
