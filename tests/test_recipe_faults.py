@@ -88,29 +88,37 @@ finetune_vit.main(sys.argv[1:])
 """
 
 
+def run_recipe_process(args: list[str], kill_at_step: int = -1) -> subprocess.CompletedProcess:
+    """finetune_vit in a fresh process (1 thread: the same float reductions in every run), killed after a save."""
+    script = KILL_AFTER_SAVE.format(recipes=str(ROOT / "recipes"), step=kill_at_step)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
 @pytest.mark.slow
 def test_run_killed_after_a_checkpoint_resumes_to_the_same_result(tiny_vit, tmp_path):
     args = ["--model_name_or_path", tiny_vit, *SMALL, "--max_steps", "6", "--eval_strategy", "steps", "--eval_steps", "2",
             "--save_strategy", "steps", "--save_steps", "2"]
-    reference = finetune_vit.main([*args, "--output_dir", str(tmp_path / "reference")])
+    done = run_recipe_process([*args, "--output_dir", str(tmp_path / "reference")])
+    assert done.returncode == 0, done.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    script = KILL_AFTER_SAVE.format(recipes=str(ROOT / "recipes"), step=4)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", script, *args, "--output_dir", str(killed)], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    proc = run_recipe_process([*args, "--output_dir", str(killed)], kill_at_step=4)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert (killed / "checkpoint-4" / "trainer_state.json").is_file() and not (killed / "summary.json").exists()
 
-    resumed = finetune_vit.main([*args, "--output_dir", str(killed), "--resume_from_checkpoint", "last"])  # the newest: checkpoint-4
+    resumed = run_recipe_process([*args, "--output_dir", str(killed), "--resume_from_checkpoint", "last"])  # the newest: checkpoint-4
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = records(tmp_path / "reference"), records(killed)
     assert [r["step"] for r in got] == [r["step"] for r in expected] == [2, 4, 6]
     for a, b in zip(expected, got):
         for split in ("train", "eval"):
             for key, value in a[split].items():
                 assert b[split][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (a["step"], split, key)
+    reference_summary = json.loads((tmp_path / "reference" / "summary.json").read_text())
+    resumed_summary = json.loads((killed / "summary.json").read_text())
     for key in ("test_accuracy", "train_nc1", "eval_nc1"):
-        assert resumed[key] == pytest.approx(reference[key], rel=1e-6), key
+        assert resumed_summary[key] == pytest.approx(reference_summary[key], rel=1e-6), key
 
 
 @pytest.fixture
