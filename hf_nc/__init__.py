@@ -13,6 +13,7 @@ from .data import DataNotFoundError, build_transforms, collate_fn, load_image_da
 from .features import LayerFeatures, extract_features
 from .layer_nc import layer_nc, layer_nc_stats
 from .metrics import NCStats, nc_metrics
+from .prefix_cache import PrefixCache
 from .probe import linear_probe
 from .processing import GrayscaleViTImageProcessor  # registers it with AutoImageProcessor (1-channel models in pipeline())
 from .selection import LayerSuggestion, RankingResult, choose_block, rank_models, suggest_layer
@@ -41,6 +42,7 @@ __all__ = [
     "nc_metrics",
     "NCStats",
     "NCTrainer",
+    "PrefixCache",
     "rank_models",
     "RankingResult",
     "SCLConfig",

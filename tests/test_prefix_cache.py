@@ -463,7 +463,7 @@ def test_collator_inputs_reach_the_prefix_as_in_training():
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 
 
-# -- the recipes' --cache_frozen_prefix (active once recipes/common.py has the option) ---------
+# -- the recipes' --cache_frozen_prefix ---------------------------------------------------------
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -476,8 +476,7 @@ def test_recipe_cache_frozen_prefix_matches_uncached(method, extra, tmp_path):
         import finetune_vit
     finally:
         sys.path.remove(str(RECIPES))
-    if "cache_frozen_prefix" not in common.MethodArguments.__dataclass_fields__:
-        pytest.skip("recipes/common.py has no --cache_frozen_prefix yet (integration: /tmp/docs_prefix_cache.md)")
+    assert "cache_frozen_prefix" in common.MethodArguments.__dataclass_fields__
     build_tiny_model("vit_cls").save_pretrained(tmp_path / "tiny")
     quick = ["--model_name_or_path", str(tmp_path / "tiny"), "--method", method, *extra, "--max_steps", "4",
              "--shots_per_class", "3", "--max_eval_samples", "20", "--nc_train_samples", "20", "--report_to", "none",
