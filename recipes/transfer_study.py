@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None, settings: dict | None = None) -> dict:
         records = {k: r for k, r in records.items() if k in wanted}  # the current plan's runs only
         plots_dir.mkdir(parents=True, exist_ok=True)
         (plots_dir / "results.json").write_text(json.dumps({"meta": meta, "settings": settings, "records": records}, indent=0,
-                                                           sort_keys=True, default=str))
+                                                           default=str))  # settings' order is the report's
     path = report.write_report(records, settings, results_md, plots_dir, meta)
     print(f"[study] wrote {path} and plots in {plots_dir} ({time.perf_counter() - start:.0f} s)", flush=True)
     return {"results_md": str(path), "records": records, "meta": meta, "settings": settings}
