@@ -396,12 +396,11 @@ def build_transforms(
 
 
 def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack the ``pixel_values*`` tensors and ``labels`` of transformed examples into a batch."""
-    batch = {}
-    for key in examples[0]:
-        vals = [ex[key] for ex in examples]
-        if isinstance(vals[0], torch.Tensor):
-            batch[key] = torch.stack(vals)
-        elif isinstance(vals[0], (int, np.integer)):
-            batch[key] = torch.tensor(vals, dtype=torch.long)
-    return batch
+    """Stack the ``pixel_values*`` tensors and ``labels`` of transformed examples into a batch.
+
+    transformers' ``default_data_collator`` (tensors stacked, integer labels as int64, strings
+    skipped), kept under this name for the recipes, the docs and users' code.
+    """
+    from transformers import default_data_collator
+
+    return default_data_collator(examples)
