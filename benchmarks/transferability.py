@@ -9,7 +9,7 @@ Items ranked: the 12 blocks of the built-in tiny ViT (``hf-nc/tiny-vit-fmnist``)
 candidates for Layer FT (blocks 0-11) and SCL FT (blocks 0-10). Ground truth, per block:
 
 - ``layer_ft`` / ``scl_ft``: the test accuracy of Layer FT / SCL FT at that block, from the
-  transfer study's committed runs (``docs/results/results.json``, group ``grid``: the same
+  first transfer study's runs (``docs/selection/first_study_block_runs.json``, from its results.json, group ``grid``: the same
   few-shot training subset, same seed);
 - ``probe``: a logistic-regression probe on the block's frozen features, test accuracy.
 
@@ -337,7 +337,7 @@ def strict(v):
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10 shots, seed 0, 200 bootstrap resamples (CI-safe, < 1 min)")
-    parser.add_argument("--results", default=str(ROOT / "docs" / "results" / "results.json"), help="the study's results.json")
+    parser.add_argument("--results", default=str(ROOT / "docs" / "selection" / "first_study_block_runs.json"), help="per-block fine-tuning runs (the first study's tiny-ViT grid, extracted from its results.json)")
     parser.add_argument("--shots", default=None, help="comma-separated shots (default 10,50; quick: 10)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick: 0)")
     parser.add_argument("--validation_shots", type=int, default=10, help="validation images per class (outside the few-shot subset)")

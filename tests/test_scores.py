@@ -248,7 +248,7 @@ def test_transferability_benchmark_quick(tmp_path, capsys):
             lo, hi = r["kendall_tau_ci"]
             assert lo <= hi
     # the rules' accuracies are the study's own fine-tuned accuracies at the chosen blocks
-    study = bench.study_accuracies(root / "docs" / "results" / "results.json")
+    study = bench.study_accuracies(root / "docs" / "selection" / "first_study_block_runs.json")
     (case,) = out["cases"]
     for method in ("layer", "scl"):
         rules = summary["rules"][f"10 shots / {method} FT"]
