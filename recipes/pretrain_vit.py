@@ -368,7 +368,10 @@ def main(argv: list[str] | None = None) -> dict:
         write_card(out / "README.md", args.model_name or f"ViT pre-trained on {dargs.dataset}", record)
     accelerator.print(f"done: {step} steps, test accuracy {test_acc:.4f}, source NC1 {history[-1]['nc']['nc1']:.4f}, "
                       f"{record['wall_time_s']:.0f} s -> {args.output_dir}")
+    accelerator.wait_for_everyone()  # every rank leaves together, after the main process has written
     accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # an un-destroyed gloo group could hang a rank at exit (seen once under CI)
     return record
 
 
