@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 import warnings
 
 import torch
@@ -30,6 +29,7 @@ import transformers as tf
 from peft import LoraConfig, get_peft_model
 
 import hf_nc.adapters as A
+from _common import train_step
 
 warnings.filterwarnings("ignore")
 
@@ -70,17 +70,6 @@ def training_memory(model, optimizer, x, y) -> tuple[int, int]:
     return sum(storages.values()), grads + state
 
 
-def step(model, optimizer, x, y) -> float:
-    start = time.perf_counter()
-    loss = F.cross_entropy(model(pixel_values=x).logits, y)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=192)
@@ -114,7 +103,7 @@ def main():
                           act=act, mem=act + state)
     for _ in range(args.steps):
         for run in runs.values():
-            run["times"].append(step(run["model"], run["opt"], x, y))
+            run["times"].append(train_step(run["model"], run["opt"], x, y))
 
     ref = runs["full FT"]
     t_ref, a_ref, m_ref = statistics.median(ref["times"]), ref["act"], ref["mem"]

@@ -34,7 +34,6 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 import transformers as tf
 from peft import get_peft_model
 
@@ -42,6 +41,7 @@ import hf_nc
 from hf_nc.backbones import resolve_backbone
 from hf_nc.data import collate_fn
 from hf_nc.prefix_cache import PrefixCache
+from _common import train_step
 
 warnings.filterwarnings("ignore")
 
@@ -56,20 +56,6 @@ def build(args):
                           intermediate_size=4 * args.hidden, image_size=args.image, patch_size=16,
                           num_labels=args.labels, attn_implementation="sdpa")
     return tf.ViTForImageClassification(config)
-
-
-CLOCK = time.perf_counter
-
-
-def step(model, optimizer, x, y) -> float:
-    start = CLOCK()
-    loss = F.cross_entropy(model(pixel_values=x).logits, y)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    return CLOCK() - start
 
 
 def main():
@@ -99,8 +85,7 @@ def main():
             setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     device = torch.device(args.device)
     blocks = [int(b) for b in args.blocks.split(",")]
     base = build(args)
@@ -124,19 +109,19 @@ def main():
             model.to(device)
             run = dict(model=model, times=[], build_s=0.0, inp=x)
             if cached:
-                start = CLOCK()
+                start = clock()
                 cache = PrefixCache.build(model, dataset, collate_fn, batch_size=64, device=device, progress=False)
-                run["build_s"] = CLOCK() - start
+                run["build_s"] = clock() - start
                 cache.attach(model)
                 run["inp"] = torch.stack([cache[i]["pixel_values"] for i in range(args.batch)]).to(device)
                 run["bytes"] = cache.nbytes
             model.train()
             run["opt"] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-            step(model, run["opt"], run["inp"], y)  # warm-up
+            train_step(model, run["opt"], run["inp"], y, clock)  # warm-up
             runs[(name, cached)] = run
     for _ in range(args.steps):
         for run in runs.values():
-            run["times"].append(step(run["model"], run["opt"], run["inp"], y))
+            run["times"].append(train_step(run["model"], run["opt"], run["inp"], y, clock))
 
     med = {k: statistics.median(r["times"]) for k, r in runs.items()}
     best = {k: min(r["times"]) for k, r in runs.items()}  # least disturbed step: steadier on a shared machine
