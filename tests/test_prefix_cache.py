@@ -27,6 +27,7 @@ from hf_nc.data import collate_fn
 from hf_nc.prefix_cache import PrefixCache, PrefixCacheError, first_tuned_block, prefix_cache_problems
 
 from tiny_models import CLASSIFIERS, IMAGE, NUM_LABELS, TINY_MODELS, build_tiny_model, tiny_pixels
+from tiny_training import train_cross_entropy
 
 SCRIPT = Path(__file__).parent / "scripts" / "prefix_cache_ddp.py"
 
@@ -62,14 +63,7 @@ def _train(model, dataset, epochs=3, batch=4, seed=0):
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, collate_fn=collate_fn,
                         generator=torch.Generator().manual_seed(seed))
     model.train()
-    losses = []
-    for _ in range(epochs):
-        for b in loader:
-            loss = F.cross_entropy(model(pixel_values=b["pixel_values"]).logits, b["labels"])
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
+    losses = train_cross_entropy(model, loader, opt, epochs)
     model.eval()
     return losses
 

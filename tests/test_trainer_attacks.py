@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from datasets import ClassLabel, Dataset, Features, Sequence, Value
 from tiny_models import _VISION, build_tiny_model
+from tiny_training import SIDE, collate
+from tiny_training import pattern_dataset as _dataset  # ``counts[k]`` images of class k
 from transformers import TrainingArguments
 
 import hf_nc
@@ -31,29 +32,6 @@ from hf_nc.trainer import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-SIDE = 16  # the tiny models' image size
-
-
-def _dataset(counts: list[int], seed: int = 0) -> Dataset:
-    """``counts[k]`` images of class k; class k's images are a class pattern plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = np.concatenate([np.full(n, k) for k, n in enumerate(counts)])
-    rng.shuffle(labels)
-    patterns = rng.normal(size=(len(counts), 3 * SIDE * SIDE)).astype(np.float32)
-    pixels = patterns[labels] + 0.5 * rng.normal(size=(len(labels), 3 * SIDE * SIDE)).astype(np.float32)
-    features = Features({"pixels": Sequence(Value("float32")), "label": ClassLabel(num_classes=len(counts))})
-    ds = Dataset.from_dict({"pixels": pixels.tolist(), "label": labels.tolist()}, features=features)
-
-    def transform(batch):
-        return {"pixel_values": [torch.tensor(p).view(3, SIDE, SIDE) for p in batch["pixels"]], "labels": batch["label"]}
-
-    return ds.with_transform(transform)
-
-
-def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-    return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
-            "labels": torch.tensor([int(i["labels"]) for i in items])}
 
 
 def _model(num_labels: int, seed: int = 0) -> torch.nn.Module:

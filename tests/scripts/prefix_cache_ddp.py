@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from peft import get_peft_model
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -22,6 +21,7 @@ import hf_nc.prefix_cache as pc
 from hf_nc.backbones import resolve_backbone
 from hf_nc.data import collate_fn
 from tiny_models import NUM_LABELS, build_tiny_model, tiny_pixels
+from tiny_training import train_cross_entropy
 
 N = 11  # odd: the shards differ in size, the shorter one is padded
 
@@ -37,16 +37,7 @@ def train(model, dataset, epochs=2, batch=2):
     sampler = DistributedSampler(dataset, shuffle=True, seed=0)
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=collate_fn)
     ddp.train()
-    losses = []
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        for b in loader:
-            loss = F.cross_entropy(ddp(pixel_values=b["pixel_values"]).logits, b["labels"])
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
-    return losses
+    return train_cross_entropy(ddp, loader, opt, epochs)
 
 
 def main(out: Path) -> None:

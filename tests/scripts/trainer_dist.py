@@ -15,31 +15,14 @@ import sys
 
 os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # gloo, one rank per process, on a CPU-only machine
 
-import numpy as np  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # tests/: tiny_training
+
 import torch  # noqa: E402
 import transformers as tf  # noqa: E402
-from datasets import ClassLabel, Dataset, Features, Sequence, Value  # noqa: E402
+from tiny_training import SIDE, collate  # noqa: E402
+from tiny_training import pattern_dataset as dataset  # noqa: E402
 
 from hf_nc.trainer import NCTrainer  # noqa: E402
-
-SIDE = 16
-
-
-def dataset(counts, seed):
-    rng = np.random.default_rng(seed)
-    labels = np.concatenate([np.full(n, k) for k, n in enumerate(counts)])
-    rng.shuffle(labels)
-    patterns = rng.normal(size=(len(counts), 3 * SIDE * SIDE)).astype(np.float32)
-    pixels = patterns[labels] + 0.5 * rng.normal(size=(len(labels), 3 * SIDE * SIDE)).astype(np.float32)
-    features = Features({"pixels": Sequence(Value("float32")), "label": ClassLabel(num_classes=len(counts))})
-    ds = Dataset.from_dict({"pixels": pixels.tolist(), "label": labels.tolist()}, features=features)
-    return ds.with_transform(lambda b: {"pixel_values": [torch.tensor(p).view(3, SIDE, SIDE) for p in b["pixels"]],
-                                        "labels": b["label"]})
-
-
-def collate(items):
-    return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
-            "labels": torch.tensor([int(i["labels"]) for i in items])}
 
 
 class EmptyRankTrainer(NCTrainer):
