@@ -329,7 +329,7 @@ def test_over_the_budget_the_cache_is_a_memmap_and_its_size_is_printed(tmp_path,
 
 
 def test_memory_budget_parsing():
-    from hf_nc.prefix_cache import _parse_bytes
+    from hf_nc.prefix_cache.storage import _parse_bytes
 
     assert _parse_bytes("4GB") == 4 * 2**30 and _parse_bytes("512MiB") == 512 * 2**20 and _parse_bytes(10) == 10
     with pytest.raises(ValueError, match="memory_budget"):

@@ -55,12 +55,12 @@ def main(out: Path) -> None:
     cache = pc.PrefixCache.build(model, data, collate_fn, batch_size=2, progress=False)
     handle.remove()
 
-    world_fn = pc._dist_rank_world
-    pc._dist_rank_world = lambda: (0, 1)  # the single-process reference, in this process
+    world_fn = pc.cache._dist_rank_world  # where PrefixCache.build looks it up
+    pc.cache._dist_rank_world = lambda: (0, 1)  # the single-process reference, in this process
     try:
         single = pc.PrefixCache.build(model, data, collate_fn, batch_size=4, progress=False)
     finally:
-        pc._dist_rank_world = world_fn
+        pc.cache._dist_rank_world = world_fn
     same = all(torch.allclose(cache[i]["pixel_values"], single[i]["pixel_values"], rtol=1e-5, atol=1e-6)
                and cache[i]["labels"] == single[i]["labels"] for i in range(N))
 

@@ -1,0 +1,164 @@
+"""Where the frozen prefix ends and whether caching it is exact.
+
+:func:`first_tuned_block` finds the cut; :func:`prefix_cache_problems` lists what in the prefix
+would make the cached run differ from the uncached one (a trainable parameter, dropout or
+stochastic depth) and :func:`dataset_problems` what in the data would (training augmentation).
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbones import Backbone, resolve_backbone
+from .layout import PrefixCacheError
+
+# Float attributes through which transformers modules apply dropout / stochastic depth
+# functionally (e.g. ViTSelfAttention.dropout_prob, CLIPAttention.dropout, Dinov2DropPath.drop_prob).
+_STOCHASTIC_ATTRS = ("p", "drop_prob", "dropout_prob", "dropout", "attention_dropout", "drop_path_rate", "drop_rate")
+
+
+def _has_tuner_layer(module: nn.Module) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(m, BaseTunerLayer) for m in module.modules())
+
+
+def first_tuned_block(model: nn.Module) -> int:
+    """Index of the lowest block with a trainable parameter or a PEFT tuner layer.
+
+    Returns ``num_layers`` when every block is frozen (linear probe: only the head trains).
+    """
+    backbone = resolve_backbone(model)
+    for i, block in enumerate(backbone.blocks):
+        if any(p.requires_grad for p in block.parameters()) or _has_tuner_layer(block):
+            return i
+    return backbone.num_layers
+
+
+def _scl_delta_source(block: nn.Module) -> bool:
+    """Whether ``block`` is an SCL source whose active adapter runs the frozen block too (delta skip)."""
+    from ..adapters.scl import SCLSourceLayer
+
+    if not isinstance(block, SCLSourceLayer):
+        return False
+    name = block._single_active()
+    return name is not None and block._nc_skip_source.get(name) == "delta"
+
+
+def _stem(backbone: Backbone) -> list[tuple[str, nn.Module]]:
+    out = []
+    for path in backbone.stem_paths:
+        try:
+            out.append((path, backbone.model.get_submodule(path)))
+        except AttributeError as err:
+            raise PrefixCacheError(
+                f"the {backbone.spec.name!r} spec names {path!r} as part of the stem (embeddings / pre-block modules), "
+                f"but {type(backbone.model).__name__} has no such module: fix BackboneSpec.embeddings / pre_blocks"
+            ) from err
+    return out
+
+
+def _prefix_modules(backbone: Backbone, block: int) -> list[tuple[str, nn.Module]]:
+    """The stem and blocks ``0..block-1``, as (path, module)."""
+    return _stem(backbone) + [(backbone.block_path(i), backbone.blocks[i]) for i in range(block)]
+
+
+def _stochastic(path: str, module: nn.Module) -> list[str]:
+    found = []
+    for name, m in module.named_modules():
+        for attr in _STOCHASTIC_ATTRS:
+            value = m.__dict__.get(attr)
+            if isinstance(value, float) and not isinstance(value, bool) and value > 0:
+                where = ".".join(p for p in (path, name) if p)
+                found.append(f"{where}.{attr}={value:g}")
+    return found
+
+
+def prefix_cache_problems(model: nn.Module, block: Optional[int] = None) -> list[str]:
+    """Why caching the prefix of ``model`` below ``block`` would not reproduce the uncached run.
+
+    Args:
+        model: The model to train (a ``PeftModel`` or a plain model with frozen blocks).
+        block: The cut (the first tuned block); default :func:`first_tuned_block`.
+
+    Returns:
+        One sentence per problem; empty when the cache is exact.
+    """
+    backbone = resolve_backbone(model)
+    first = first_tuned_block(model)
+    block = first if block is None else block
+    problems = []
+    if not 0 <= block <= backbone.num_layers:
+        return [f"block {block} is out of range 0..{backbone.num_layers} for this {backbone.num_layers}-block model"]
+    prefix = _prefix_modules(backbone, block)
+    trainable = [f"{path}.{n}" for path, m in prefix for n, p in m.named_parameters() if p.requires_grad]
+    if trainable:
+        more = f" (+{len(trainable) - 5} more)" if len(trainable) > 5 else ""
+        problems.append(
+            f"the prefix below block {block} is not frozen: {len(trainable)} parameters require grad, e.g. "
+            f"{', '.join(trainable[:5])}{more}. A cache would freeze them: cache from the first trainable block "
+            f"(block={min(first, block)}) or freeze them"
+        )
+    elif block > first:
+        problems.append(f"block {block} is above the first tuned block {first}: that block would not train")
+    stochastic = [s for path, m in prefix for s in _stochastic(path, m)]
+    if block < backbone.num_layers and _scl_delta_source(backbone.blocks[block]):
+        stochastic += _stochastic(f"{backbone.block_path(block)}.base_layer", backbone.blocks[block].base_layer)
+    if stochastic:
+        more = f" (+{len(stochastic) - 5} more)" if len(stochastic) > 5 else ""
+        problems.append(
+            "dropout or stochastic depth is active in the frozen prefix in train mode, so it does not compute the "
+            f"same output every epoch: {', '.join(stochastic[:5])}{more}. Set those rates to 0 (e.g. "
+            "config.hidden_dropout_prob / attention_probs_dropout_prob / attention_dropout / drop_path_rate) or train "
+            "uncached"
+        )
+    return problems
+
+
+def _transform_of(dataset) -> Any:
+    fmt = getattr(dataset, "_format_kwargs", None) or {}
+    return fmt.get("transform") or getattr(dataset, "transform", None)
+
+
+def dataset_problems(dataset, input_key: str = "pixel_values", probes: int = 4) -> list[str]:
+    """Why ``dataset``'s items would not be the same in every epoch (training augmentation).
+
+    Checks an hf-nc transform's declared augmentations, then reads the first ``probes`` items twice
+    and compares ``input_key`` (random number states are restored afterwards).
+    """
+    transform = _transform_of(dataset)
+    augment = getattr(getattr(transform, "image_transform", None), "augment", None)
+    if augment:
+        return [
+            f"the dataset's transform applies training augmentation ({', '.join(sorted(augment))}): a cache would "
+            "freeze one random draw per image. Train uncached, or cache a view without augmentation"
+        ]
+    n = min(probes, len(dataset))
+    with _preserved_rng():
+        for i in range(n):
+            a, b = dataset[i][input_key], dataset[i][input_key]
+            if isinstance(a, torch.Tensor) and not torch.equal(a, b):
+                return [
+                    f"dataset item {i} differs between two reads (random augmentation in its transform?): a cache "
+                    "would freeze one random draw per image. Train uncached, or cache a view without augmentation"
+                ]
+    return []
+
+
+@contextmanager
+def _preserved_rng():
+    """Leaves torch (CPU and CUDA), Python and NumPy random states as they were."""
+    py, npy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)

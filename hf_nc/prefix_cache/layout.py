@@ -1,0 +1,41 @@
+"""What a cached row holds (:class:`PrefixLayout`), and the error every part of the cache raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class PrefixCacheError(ValueError):
+    """The frozen-prefix cache would not reproduce the uncached run (or is used on the wrong model)."""
+
+
+@dataclass(frozen=True)
+class PrefixLayout:
+    """What a cached row holds.
+
+    Attributes:
+        block: The first tuned block; the row holds its input. ``num_layers`` means "after the
+            last block" (linear probe: the row holds the last block's output).
+        num_tokens: Tokens per image ``T``.
+        hidden_size: Width ``d``.
+        parts: 1, or 2 when the frozen block ``block``'s own output is cached too (SCL delta).
+        dtype: dtype of the cached hidden states.
+        block_returns_tensor: Whether the blocks return a tensor (else a tuple led by one).
+    """
+
+    block: int
+    num_tokens: int
+    hidden_size: int
+    parts: int
+    dtype: torch.dtype
+    block_returns_tensor: bool = True
+
+    @property
+    def row_shape(self) -> tuple[int, int]:
+        return (self.parts * self.num_tokens, self.hidden_size)
+
+    @property
+    def row_bytes(self) -> int:
+        return self.parts * self.num_tokens * self.hidden_size * torch.empty((), dtype=self.dtype).element_size()
