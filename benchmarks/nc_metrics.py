@@ -3,7 +3,8 @@
     python benchmarks/nc_metrics.py            # d=768, K=100, N=50,000 and 200,000; (d) N=100,000
     python benchmarks/nc_metrics.py --quick    # N=10,000 and 40,000; (d) N=20,000
     python benchmarks/nc_metrics.py --parts d --large_n 100000   # only (d), ImageNet-sized K
-    python benchmarks/nc_metrics.py --device cuda
+    python benchmarks/nc_metrics.py --device cuda --dtypes float64,float32
+    python benchmarks/nc_metrics.py --quick --json     # also record the ratios for docs/PERFORMANCE.md
 
 Everything is measured side by side in one run, on the same machine:
 
@@ -20,7 +21,9 @@ Everything is measured side by side in one run, on the same machine:
     /proc/self/clear_refs, minus the RSS before the run; each run twice, both printed, to
     show it repeats. CUDA: torch.cuda.max_memory_allocated above the start).
 (b) NCStats update+compute vs the physical limit: one float64 product H^T H with H the
-    (N1, d) float64 feature matrix already in memory.
+    (N1, d) float64 feature matrix already in memory; also the update loop alone, and, for every
+    other dtype of ``--dtypes`` (``float32``: ``NCStats(dtype=torch.float32)``, for GPUs with slow
+    float64), the update loop against one H^T H in that dtype (issue 13: <= 1.5x on a GPU).
 (c) Per-layer NC collection overhead during a ViT eval pass (``part_c``).
 (d) ImageNet-sized label sets (``part_d``): K = 1000, d = 768, batches of 1024, 1 thread,
     float64, N = ``--large_n``: NCStats update + compute vs one H^T H (interleaved, best of
@@ -40,9 +43,12 @@ import time
 
 import torch
 
+from _results import add_json_argument, goal_row, info_row, print_goals, record
 from hf_nc.metrics import NCStats
 
 D, K, BATCH = 768, 100, 1024
+CLOCK = time.perf_counter  # --clock cpu: time.process_time
+RECORD: list[dict] = []  # rows for --json (benchmarks/_results.py)
 
 
 # ----------------------------------------------------------------------------- data
@@ -107,10 +113,10 @@ def best_time(fn, repeats: int, device: str) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeats):
         sync(device)
-        t = time.perf_counter()
+        t = CLOCK()
         out = fn()
         sync(device)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, CLOCK() - t)
     return best, out
 
 
@@ -201,6 +207,8 @@ def part_c(args) -> list[tuple[str, str]]:
     t_bare, _ = best_time(bare, args.repeats, dev)
     t_nc, _ = best_time(with_nc, args.repeats, dev)
     n = 128 * n_batches
+    RECORD.append(goal_row("nc_logging_eval_gpu" if dev.startswith("cuda") else "nc_logging_eval", t_nc / t_bare,
+                           f"(c) ViT 12x192 eval pass + NC of 12 blocks + final / bare pass, {n} images"))
     return [
         (f"(c) ViT 12x192 eval pass, {n} images", f"{t_bare:9.3f} s"),
         ("(c) same pass + NC of 12 blocks + final", f"{t_nc:9.3f} s"),
@@ -241,6 +249,9 @@ def part_d(args) -> list[tuple[str, str]]:
         t_upd = min(t_upd, t)
         t_cmp = min(t_cmp, best_time(lambda: filled.compute(), 1, dev)[0])
     del H, data, filled
+    RECORD.append(goal_row("nc_k1000_vs_gemm", (t_upd + t_cmp) / t_mm,
+                           f"(d) K={k} d={d} N={n:,}: NCStats update + compute / one float64 H^T H"))
+    RECORD.append(info_row(f"(d) K={k} N={n:,}: compute() once / H^T H", t_cmp / t_mm))
     rows = [
         (f"(d) K={k} d={d} N={n:,}: time H^T H float64", f"{t_mm:9.3f} s"),
         ("(d) NCStats update() loop", f"{t_upd:9.3f} s   ({t_upd / t_mm:.2f} x H^T H)"),
@@ -250,6 +261,11 @@ def part_d(args) -> list[tuple[str, str]]:
     if not dev.startswith("cuda"):
         for kk, reps in ((1000, 2), (21841, 1)):  # K = 21,841 takes ~1 min of one core
             peaks = [peak_in_subprocess(f"compute_k{kk}", d, "cpu") for _ in range(reps)]
+            if kk == 21841:
+                RECORD.append(goal_row("nc_compute_memory_k21k", max(peaks) / 2**20,
+                                       f"(d) compute() peak memory, K={kk:,} d={d}", "MiB"))
+            else:
+                RECORD.append(info_row(f"(d) compute() peak memory, K={kk:,} d={d}", max(peaks) / 2**20, "MiB"))
             rows.append((f"(d) compute() peak memory K={kk:,} d={d} ({reps} run{'s' * (reps > 1)})",
                          " / ".join(f"{p / 2**20:.1f} MiB" for p in peaks)))  # fmt: skip
     return rows
@@ -263,11 +279,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--parts", default="abcd", help="which parts to run, e.g. 'd' or 'abc'")
     p.add_argument("--large_n", type=int, default=None, help="N of part (d) (default 100,000; --quick 20,000)")
+    p.add_argument("--dtypes", default="float64",
+                   help="part (b): statistics dtypes to time against one H^T H of the same dtype, e.g. float64,float32")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: time.perf_counter; cpu: this process's CPU time (time.process_time; CPU only)")
+    add_json_argument(p)
     p.add_argument("--child", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps({"peak": child_peak(args.child[0], int(args.child[1]), args.device)}))
         return
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.large_n is None:
         args.large_n = 20_000 if args.quick else 100_000
     n1, n2 = (10_000, 40_000) if args.quick else (50_000, 200_000)
@@ -284,6 +307,13 @@ def main() -> None:
     width = max(len(r[0]) for r in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
+    print_goals(RECORD)
+    if args.json is not None:
+        setting = f"{'quick' if args.quick else 'full'} parts {args.parts}"
+        record("nc_metrics", setting, dev, RECORD, args.json, notes=[
+            f"d={D}, K={K} (part d: K=1000, N={args.large_n:,}), batches of {BATCH}, best of {args.repeats}, "
+            f"{args.clock} clock, {torch.get_num_threads()} threads (parts c, d: 1 thread on CPU)",
+            "CPU peak memory: VmHWM of a fresh process with glibc's mmap threshold at 64 KiB (see the module docstring)"])
 
 
 def parts_ab(args, n1: int, n2: int, dev: str) -> list[tuple[str, str]]:
@@ -297,7 +327,23 @@ def parts_ab(args, n1: int, n2: int, dev: str) -> list[tuple[str, str]]:
     t_res, nc1_res = best_time(lambda: research(data), args.repeats, dev)
     H = torch.cat([x for x, _ in data]).double()
     t_mm, _ = best_time(lambda: matmul_limit(H), args.repeats, dev)
-    del H, data
+    del H
+    cuda = dev.startswith("cuda")
+    other = {}  # dtype -> (update loop s, H^T H s) for the other dtypes of --dtypes
+    for name in [d.strip() for d in args.dtypes.split(",") if d.strip() != "float64"]:
+        dtype = getattr(torch, name)
+        Hd = torch.cat([x for x, _ in data]).to(dtype)
+
+        def update_dtype(dtype=dtype):
+            stats = NCStats(K, D, dtype=dtype)
+            for x, y in data:
+                stats.update(x, y)
+            return stats
+
+        update_dtype()  # warm-up
+        other[name] = (best_time(update_dtype, args.repeats, dev)[0], best_time(lambda: matmul_limit(Hd), args.repeats, dev)[0])
+        del Hd
+    del data
 
     runs = {(m, n): [peak_in_subprocess(m, n, dev) for _ in range(2)] for m in ("ours", "research") for n in (n1, n2)}
     mem = {key: min(v) for key, v in runs.items()}
@@ -323,7 +369,25 @@ def parts_ab(args, n1: int, n2: int, dev: str) -> list[tuple[str, str]]:
         ("(b)   of which update() loop / H^T H", f"{t_upd / t_mm:9.2f} x"),
         ("(b)   of which compute() once", f"{t_cmp:9.3f} s"),
     ]
+    for name, (t_u, t_m) in other.items():
+        rows.append((f"(b) {name}: update() loop / one {name} H^T H", f"{t_u / t_m:9.2f} x   ({t_u:.3f} s / {t_m:.3f} s)"))
     rows.insert(0, ("(a) memory", f"{how}, above the process's memory before the run"))
+    RECORD.extend([
+        goal_row("nc_vs_research_time", t_ours / t_res, f"(a) NCStats / research-style code, time, N={n1:,}"),
+        goal_row("nc_memory_flat", mem["ours", n2] / mem["ours", n1], f"(a) NCStats peak memory N={n1:,} -> {n2:,}"),
+        info_row(f"(a) research-style peak memory N={n1:,} -> {n2:,}", mem["research", n2] / mem["research", n1]),
+        goal_row("nc_memory_repeats", max(max(v) / max(min(v), 1) for k, v in runs.items() if k[0] == "ours"),
+                 "(a) NCStats peak memory, max / min of 2 runs (worst N)"),
+        info_row(f"(a) NCStats peak memory N={n2:,}", mem["ours", n2] / 2**20, "MiB"),
+        (info_row(f"(b) NCStats update + compute / one float64 H^T H, N={n1:,}", t_ours / t_mm) if cuda
+         else goal_row("nc_vs_gemm", t_ours / t_mm, f"(b) NCStats update + compute / one float64 H^T H, N={n1:,}")),
+        (goal_row("nc_update_vs_gemm_float64", t_upd / t_mm, f"(b) NCStats update loop / one float64 H^T H, N={n1:,}")
+         if cuda else info_row(f"(b) NCStats update loop / one float64 H^T H, N={n1:,}", t_upd / t_mm)),
+    ])
+    for name, (t_u, t_m) in other.items():
+        what = f"(b) NCStats({name}) update loop / one {name} H^T H, N={n1:,}"
+        RECORD.append(goal_row(f"nc_update_vs_gemm_{name}", t_u / t_m, what) if cuda and name == "float32"
+                      else info_row(what, t_u / t_m))
     return rows
 
 

@@ -42,6 +42,7 @@ from hf_nc.backbones import resolve_backbone
 from hf_nc.data import collate_fn
 from hf_nc.prefix_cache import PrefixCache
 from _common import train_step
+from _results import add_json_argument, goal_row, info_row, record
 
 warnings.filterwarnings("ignore")
 
@@ -77,6 +78,7 @@ def main():
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall: time.perf_counter; cpu: this process's CPU time (time.process_time), which other "
                              "processes on a shared CPU disturb less (use with --threads 1; CPU device only)")
+    add_json_argument(parser)
     args = parser.parse_args()
     args.image = args.image or (56 if args.family == "dinov2" else 96)
     quick = dict(steps=5, images=32, blocks="6,10") if args.quick else dict(steps=20, images=160, blocks="2,6,10")
@@ -144,6 +146,7 @@ def main():
     print(head)
     print(f"{'full FT':<15}{1.0:>10.2f}{'-':>9}")
     verdicts = []
+    rows = [info_row("full-FT step", 1000 * t_full, "ms")]
     for name in configs:
         if name == "full FT":
             continue
@@ -156,6 +159,18 @@ def main():
               f"{run_u / run_first:>30.2f}x{run_u / run_pre:>20.2f}x{runs[(name, True)]['bytes'] / 2**20:>11.1f}"
               f"{best[(name, False)] / b_full:>15.2f}{best[(name, True)] / b_full:>8.2f}")
         block = int(name.split("@")[1])
+        kind = "layer" if name.startswith("Layer") else "scl"
+        rows.append(info_row(f"{name}: uncached step", u / t_full, "x full-FT step"))
+        if block == 10:
+            rows.append(goal_row(f"cache_{kind}_step10", c / t_full, f"{name}: cached step", "x full-FT step"))
+        else:
+            rows.append(info_row(f"{name}: cached step", c / t_full, "x full-FT step"))
+        run_what = f"{name}: {E}-epoch run gain, cached (1st epoch uncached)"
+        if block in (6, 10) and E == 10:
+            rows.append(goal_row(f"cache_{kind}_run{block}", run_u / run_first, run_what, "x faster"))
+        else:
+            rows.append(info_row(run_what, run_u / run_first, "x faster"))
+        rows.append(info_row(f"{name}: {E}-epoch run gain, measured pre-pass + cached epochs", run_u / run_pre, "x faster"))
         if block == 10:
             verdicts.append((f"{name} cached step <= 0.15x full FT", c / t_full, c / t_full <= 0.15))
             verdicts.append((f"{name} {E}-epoch run >= 2x faster (1st epoch uncached)", run_u / run_first, run_u / run_first >= 2))
@@ -166,6 +181,12 @@ def main():
         for what, value, ok in verdicts:
             print(f"  {'MET ' if ok else 'MISS'} {what}: {value:.2f}")
     print("The blocks after the tuned one still run forward and backward: at early blocks the cache saves little.")
+    if args.json is not None:
+        setting = f"{'dinov2-s' if args.family == 'dinov2' else f'vit-12x{args.hidden}'} {args.image}px b{args.batch}"
+        record("prefix_cache", setting, args.device, rows, args.json, notes=[
+            f"{type(base).__name__}, 12 blocks, width {cfg.hidden_size}, {args.image}px/{patch}, batch {args.batch}",
+            f"{args.clock} clock, {torch.get_num_threads()} threads, median of {args.steps} interleaved steps; "
+            f"whole run: {E} epochs of {args.images} images"])
 
 
 if __name__ == "__main__":
