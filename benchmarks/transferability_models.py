@@ -178,12 +178,16 @@ def ground_truth(cands: dict, settings: dict, models_dir: Path, log=print, run_n
         for task in settings["tasks"]:
             for name, cand in cands.items():
                 for truth, spec in run_specs(cand, task, seed, s).items():
+                    if truth not in settings.get("run_truths", TRUTHS):
+                        run_new_here = False
+                    else:
+                        run_new_here = run_new
                     mine, theirs = execute.result_path(models_dir, spec["id"]), execute.result_path(study_dir, spec["id"])
                     if mine.exists():
                         rec = json.loads(mine.read_text())
                     elif theirs.exists() and cand["key"] == "tiny" and settings["mode"] == "full":
                         rec = json.loads(theirs.read_text())  # the study's own final run of this exact spec
-                    elif not run_new:
+                    elif not run_new_here:
                         continue
                     else:
                         t = time.process_time()
@@ -195,11 +199,13 @@ def ground_truth(cands: dict, settings: dict, models_dir: Path, log=print, run_n
                     got[(task, truth, name, seed)] = _accuracy(rec, truth)
     out = {}
     for task in settings["tasks"]:
-        seeds = [sd for sd in settings["seeds"] if all((task, tr, n, sd) in got for tr in TRUTHS for n in cands)]
-        if not seeds:
-            raise RuntimeError(f"{task}: no seed has every run of every candidate yet")
-        out[task] = {tr: {n: [got[(task, tr, n, sd)] for sd in seeds] for n in cands} for tr in TRUTHS}
-        out[task]["seeds"] = seeds
+        out[task] = {"seeds": {}}
+        for tr in TRUTHS:
+            seeds = [sd for sd in settings["seeds"] if all((task, tr, n, sd) in got for n in cands)]
+            if not seeds:
+                raise RuntimeError(f"{task} / {tr}: no seed has the run of every candidate yet")
+            out[task][tr] = {n: [got[(task, tr, n, sd)] for sd in seeds] for n in cands}
+            out[task]["seeds"][tr] = seeds
     return out, spent
 
 
@@ -228,6 +234,8 @@ def score_candidates(cands: dict, task: str, settings: dict) -> dict:
         _, kept = _measure.measure(model, data["train"], k, layers=[], keep_final=True, progress=False)
         forward += time.perf_counter() - t
         x, y = kept["final"], kept["labels"]
+        if not any(times.values()):  # warm-up (imports, first-call caches), not timed
+            S.compute_scores(x, y, list(SCORE_NAMES), num_classes=k)
         for n in SCORE_NAMES:
             t = time.perf_counter()
             S.compute_scores(x, y, [n], num_classes=k)
@@ -351,6 +359,37 @@ def print_models(res: dict) -> None:
               + f"; forward passes {1000 * sc['forward_s']:.0f}")
 
 
+def markdown(res: dict) -> str:
+    """The results as the Markdown tables of ``docs/SELECTION.md`` (Kendall tau [CI]; weighted tau; regret; time)."""
+    tasks = [t for t in res["accuracies"]]
+    labels = [*tasks, *(["pooled"] if len(tasks) > 1 else [])]
+
+    def tau(r, key="kendall_tau"):
+        v, ci = r[key], r[key + "_ci"]
+        return f"{v:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if v is not None and math.isfinite(v) else "n/a"
+
+    cols = [(tr, label) for tr in TRUTHS for label in labels]
+    head = "| score | " + " | ".join(f"{label} / {tr}" for tr, label in cols) + " |"
+    sep = "|---|" + "---|" * len(cols)
+    out = []
+    for key, title in (("kendall_tau", "Kendall tau [95% CI]"), ("weighted_tau", "weighted tau [95% CI]")):
+        out += [f"{title}:", "", head, sep]
+        for name in SCORE_NAMES:
+            out.append(f"| {name} | " + " | ".join(tau(res["correlations"][tr][name][label], key) for tr, label in cols) + " |")
+        out.append("")
+    out += ["Top-1 regret (points) and time per score (ms, all candidates, shared CPU):", "",
+            "| score | " + " | ".join(f"{label} / {tr}" for tr, label in cols) + " | " + " | ".join(f"time {t}" for t in tasks) + " |",
+            "|---|" + "---|" * (len(cols) + len(tasks))]
+    for name in SCORE_NAMES:
+        out.append(f"| {name} | " + " | ".join(f"{res['correlations'][tr][name][label]['top1_regret_points']:.1f}" for tr, label in cols)
+                   + " | " + " | ".join(f"{1000 * res['scores'][t]['time_s'][name]:.0f}" for t in tasks) + " |")
+    out += ["", "Accuracy (%, mean over seeds " + "; ".join(f"{t} / {tr}: {sd}" for t in tasks for tr, sd in res['accuracies'][t]['seeds'].items()) + "):", "",
+            "| candidate | " + " | ".join(f"{t} / {tr}" for t in tasks for tr in TRUTHS) + " |", "|---|" + "---|" * (len(tasks) * len(TRUTHS))]
+    for name in res["candidates"]:
+        out.append(f"| {name} | " + " | ".join(f"{100 * np.mean(res['accuracies'][t][tr][name]):.1f}" for t in tasks for tr in TRUTHS) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI-safe: builtin + 2 random inits, digits, 5 shots, 2 optimizer steps")
@@ -358,6 +397,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000; quick: 100)")
     parser.add_argument("--models_dir", default=None, help="cache: models, pre-training and one JSON per run (default "
                         "outputs/transferability; quick: outputs/transferability_quick)")
+    parser.add_argument("--markdown", default=None, help="also write the Markdown tables here")
+    parser.add_argument("--truths", default=",".join(TRUTHS), help="comma-separated ground truths to start runs for (the others: cached only)")
     parser.add_argument("--cached_only", action="store_true", help="start no run: summarise the cached runs (per task, the "
                         "seeds that every candidate has complete)")
     parser.add_argument("--stage", choices=("all", "candidates"), default="all", help="candidates: only pre-train / build them")
@@ -368,7 +409,7 @@ def main(argv=None) -> dict:
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(1)
-    settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
+    settings = dict(QUICK_SETTINGS if args.quick else FULL_SETTINGS, run_truths=tuple(args.truths.split(",")))
     models_dir = Path(args.models_dir or ROOT / "outputs" / ("transferability_quick" if args.quick else "transferability"))
     if args.stage == "candidates":
         sys.path.insert(0, str(ROOT / "recipes"))
@@ -380,6 +421,8 @@ def main(argv=None) -> dict:
     out = {"settings": {"command": "python benchmarks/transferability_models.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                         **{k: v for k, v in settings.items()}, "protocol": PROTOCOL, "pretrain_args": PRETRAIN_ARGS,
                         "bootstrap": args.bootstrap or (100 if args.quick else 1000)}, "models": res}
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(res) + "\n")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(strict(out), indent=1, allow_nan=False))

@@ -112,7 +112,7 @@ def test_benchmark_correlate_per_task_pooled_and_bootstrap():
     cands = [f"c{i}" for i in range(6)]
     acc = {"a": {c: [0.1 * i, 0.1 * i + 0.02] for i, c in enumerate(cands)}, "b": {c: [0.5 - 0.05 * i] for i, c in enumerate(cands)}}
     scores = _scores_for({"a": {c: float(i) for i, c in enumerate(cands)}, "b": {c: float(i) for i, c in enumerate(cands)}})
-    out = bench.correlate(scores, acc, ["a", "b"], num_boot=200)
+    out = bench.correlate(scores, acc, ["a", "b"], num_boot=40)
     for name in bench.SCORE_NAMES:
         r = out[name]
         assert r["a"]["kendall_tau"] == pytest.approx(1.0) and r["a"]["kendall_tau_ci"] == [1.0, 1.0], name
@@ -120,7 +120,7 @@ def test_benchmark_correlate_per_task_pooled_and_bootstrap():
         assert r["pooled"]["kendall_tau"] == pytest.approx(0.0) and r["pooled"]["n"] == 6, name
         assert r["pooled"]["kendall_tau_ci"][0] == pytest.approx(0.0) and r["pooled"]["kendall_tau_ci"][1] == pytest.approx(0.0)
     # paired difference against LogME of the same values: exactly 0
-    d = bench.paired_difference(scores, acc, ["a"], "nc1", "logme", num_boot=100)
+    d = bench.paired_difference(scores, acc, ["a"], "nc1", "logme", num_boot=30)
     assert d["difference"] == 0.0 and d["ci"] == [0.0, 0.0]
 
 
@@ -132,7 +132,7 @@ def test_benchmark_correlate_matches_scipy_on_random_data():
     cands = [f"c{i}" for i in range(9)]
     raw = {c: float(rng.normal()) for c in cands}
     acc = {"t": {c: list(rng.uniform(0, 1, 3)) for c in cands}}
-    out = bench.correlate(_scores_for({"t": raw}), acc, ["t"], num_boot=50)
+    out = bench.correlate(_scores_for({"t": raw}), acc, ["t"], num_boot=20)
     names = sorted(cands)
     s, a = [raw[c] for c in names], [float(np.mean(acc["t"][c])) for c in names]
     assert out["logme"]["t"]["kendall_tau"] == pytest.approx(stats.kendalltau(s, a).statistic)
@@ -162,6 +162,8 @@ def test_models_benchmark_quick_mode_runs_end_to_end(tmp_path, capsys):
     runs = sorted((tmp_path / "cache" / "results").glob("*.json"))
     assert len(runs) == 9 and not any("test" in k for r in runs for k in json.loads(r.read_text())["result"] if "selection" in r.name)
     assert saved["settings"]["protocol"]["scl_ft"]["block"] == 1 and "ground truth: full_ft" in printed
+    table = bench.markdown(res)
+    assert all(f"| {name} |" in table for name in bench.SCORE_NAMES) and "| builtin |" in table
     again = bench.main(["--quick", "--models_dir", str(tmp_path / "cache"), "--bootstrap", "50"])
     assert again["models"]["cpu_s"]["finetune_this_invocation"] == 0.0
     assert again["models"]["accuracies"] == res["accuracies"]
