@@ -92,6 +92,13 @@ def test_rank_models_correlates_with_provided_fine_tuned_accuracies_not_the_prob
         assert agree.score_correlations[name]["kendall_tau"] == pytest.approx(1.0), name
         assert reverse.score_correlations[name]["kendall_tau"] == pytest.approx(-1.0), name
         assert reverse.score_correlations[name]["top1_regret"] == pytest.approx(0.7), name
+    # bootstrap intervals over candidates: every usable resample of a perfect order gives +1
+    boot = rank_models(cands, data, scores=["nc1", "logme"], accuracies={"good": 0.9, "mid": 0.6, "bad": 0.2}, bootstrap=60,
+                       batch_size=20, progress=False)
+    for name in ("nc1", "logme"):
+        assert boot.score_correlations[name]["kendall_tau_ci"] == pytest.approx([1.0, 1.0]), name
+    assert "kendall_tau_ci" not in agree.score_correlations["nc1"] and boot.settings["bootstrap"] == 60
+    assert type(boot).from_json(boot.to_json()).to_dict() == boot.to_dict()
     # a subset of candidates with accuracies: the correlation is over those only
     part = rank_models(cands, data, scores=["nc1"], accuracies={"good": 0.9, "bad": 0.2}, batch_size=20, progress=False)
     assert part.score_correlations["nc1"]["n"] == 2
@@ -122,6 +129,18 @@ def test_benchmark_correlate_per_task_pooled_and_bootstrap():
     # paired difference against LogME of the same values: exactly 0
     d = bench.paired_difference(scores, acc, ["a"], "nc1", "logme", num_boot=30)
     assert d["difference"] == 0.0 and d["ci"] == [0.0, 0.0]
+
+
+def test_score_correlations_bootstrap_equals_the_bootstrap_function():
+    rng = np.random.default_rng(5)
+    items = [f"m{i}" for i in range(7)]
+    scores = {i: {"nc1": float(rng.normal()), "logme": float(rng.normal())} for i in items}
+    acc = {i: float(rng.uniform()) for i in items}
+    out = C.score_correlations(scores, acc, num_bootstrap=80, seed=3)
+    for name in ("nc1", "logme"):
+        ref = C.bootstrap([scores[i][name] for i in items], [acc[i] for i in items], num_samples=80, seed=3)
+        assert out[name]["kendall_tau_ci"] == list(ref["kendall_tau"]) and out[name]["weighted_tau_ci"] == list(ref["weighted_tau"])
+    assert "kendall_tau_ci" not in C.score_correlations(scores, acc)["nc1"]
 
 
 def test_benchmark_correlate_matches_scipy_on_random_data():

@@ -71,9 +71,13 @@ def bootstrap(score: Sequence[float], accuracy: Sequence[float], *, num_samples:
             for k, v in draws.items()}
 
 
-def score_correlations(oriented_scores: Mapping[str, Mapping[str, float]], accuracies: Mapping[str, float]) -> dict[str, dict]:
+def score_correlations(oriented_scores: Mapping[str, Mapping[str, float]], accuracies: Mapping[str, float], *,
+                       num_bootstrap: int = 0, seed: int = 0) -> dict[str, dict]:
     """``{score: {kendall_tau, weighted_tau, spearman, top1_regret, n}}`` over the items that have
-    an accuracy. ``oriented_scores``: ``{item: {score: oriented value}}``."""
+    an accuracy. ``oriented_scores``: ``{item: {score: oriented value}}``. With ``num_bootstrap``
+    > 0 each entry also has ``kendall_tau_ci``, ``weighted_tau_ci`` and ``spearman_ci``: 95%
+    percentile-bootstrap intervals (:func:`bootstrap`, items resampled; on a handful of items
+    they are wide, which is the honest answer)."""
     items = [i for i in oriented_scores if i in accuracies]
     names = sorted({n for i in items for n in oriented_scores[i]})
     out = {}
@@ -81,4 +85,7 @@ def score_correlations(oriented_scores: Mapping[str, Mapping[str, float]], accur
         s = [oriented_scores[i].get(name, -math.inf) for i in items]
         a = [float(accuracies[i]) for i in items]
         out[name] = {**correlations(s, a), "top1_regret": top1_regret(s, a) if items else float("nan"), "n": len(items)}
+        if num_bootstrap > 0:
+            ci = bootstrap(s, a, num_samples=num_bootstrap, seed=seed) if len(items) >= 2 else {k: (math.nan, math.nan) for k in KEYS}
+            out[name].update({k + "_ci": list(v) for k, v in ci.items()})
     return out

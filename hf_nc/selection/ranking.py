@@ -296,6 +296,7 @@ def rank_models(
     block_scores: Sequence[str] | None = None,
     accuracies: Mapping[str, float] | None = None,
     block_accuracies: Mapping[str, Mapping] | None = None,
+    bootstrap: int = 0,
     shots_per_class: int | None = None,
     batch_size: int = 64,
     device=None,
@@ -355,6 +356,9 @@ def rank_models(
         block_scores: Scores to compute on every chosen block's features.
         accuracies: ``{name: accuracy}`` ground truth for the correlations (overrides probes).
         block_accuracies: ``{name: {block: accuracy}}`` for per-block correlations.
+        bootstrap: With > 0, ``score_correlations`` also holds 95% percentile-bootstrap intervals
+            (``kendall_tau_ci``, ``weighted_tau_ci``, ``spearman_ci``) from that many resamples of
+            the candidates (seeded by ``seed``).
         shots_per_class: Few-shot training subset (dataset given by name; ``seed``).
         device: Where to run each model (moved there); default: its own device.
         progress: Progress bars (main process only).
@@ -436,7 +440,7 @@ def rank_models(
         truth, ground = {}, ""
     rho, note = _correlation(ranked, truth, rank_by) if ground else (None, "")
     oriented = {c.name: {n: _scores.oriented(n, c.scores.get(n, math.nan)) for n in score_names} for c in ranked}
-    correlations = score_correlations(oriented, truth) if ground else {}
+    correlations = score_correlations(oriented, truth, num_bootstrap=bootstrap, seed=seed) if ground else {}
     block_corr = {}
     for c in ranked:
         acc = (block_accuracies or {}).get(c.name)
@@ -446,7 +450,7 @@ def rank_models(
             block_corr[c.name] = score_correlations(per, acc)
     settings = dict(layers=layers if isinstance(layers, str) else list(layers), linear_probe=linear_probe, shots_per_class=shots_per_class,
                     batch_size=batch_size, seed=seed, C=C, degenerate_tol=degenerate_tol, scores=score_names, rank_by=rank_by,
-                    block_scores=block_names)
+                    block_scores=block_names, bootstrap=bootstrap)
     return RankingResult(candidates=ranked, rule=rule_for(rank_by), dataset=description, num_classes=k, num_train=len(train),
                          num_test=len(test) if linear_probe else None, rank_correlation=rho, correlation_note=note, settings=settings,
                          rank_by=rank_by, score_names=score_names, ground_truth=ground, score_correlations=correlations,
