@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -29,6 +30,7 @@ from .collect import (
     metric_direction,
 )
 from .history import plot_history, restore_history, save_history, upsert
+from .subset_rows import ClassifierStop, RowCapture, StopAtClassifier, SubsetRows
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +180,7 @@ class NCTrainer(Trainer):
         nc_plots: bool = True,
         nc_cache_mb: float = 256,
         nc_prefix_cache: bool = True,
+        nc_train_every: int = 1,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -190,9 +193,16 @@ class NCTrainer(Trainer):
         self.nc_ncc = nc_ncc
         self.nc_plots = nc_plots
         self.nc_cache_mb = nc_cache_mb
+        self._nc_cache_budget_mb = nc_cache_mb  # nc_cache_mb drops to 0 when the images do not fit; the rows keep it
         self.nc_prefix_cache = nc_prefix_cache
+        if isinstance(nc_train_every, bool) or not isinstance(nc_train_every, (int, np.integer)) or nc_train_every < 1:
+            raise ValueError(f"nc_train_every must be a positive int (1: measure the train subset at every evaluation), "
+                             f"got {nc_train_every!r}")
+        self.nc_train_every = int(nc_train_every)
+        self._nc_train_eval_steps: list[int] = []  # global steps of the evaluations during training, in order
+        self._nc_rows_failed = False  # the rows of the train subset were over the budget: PrefixCache.build
         self._nc_train_batches: Optional[list] = None
-        self._nc_prefix: Optional[Any] = None  # hf_nc.prefix_cache.PrefixCache of the train subset
+        self._nc_prefix: Optional[Any] = None  # the train subset's rows at the cut: SubsetRows, or a PrefixCache
         self._nc_prefix_off = False  # not exact / no gain for this model: never try again
         self._nc_frozen_blocks: dict[str, float] = {}  # per-block NC1 below the cut, measured once
         self.nc_num_classes = nc_num_classes
@@ -209,6 +219,10 @@ class NCTrainer(Trainer):
         if canonical != name:
             logger.info("metric_for_best_model=%s is read as %s", name, canonical)
             self.args.metric_for_best_model = canonical
+        if self.nc_train_every > 1 and canonical and canonical.startswith(TRAIN_SUBSET_PREFIX + "_"):
+            raise ValueError(f"metric_for_best_model={name!r} needs the train subset at every evaluation, but "
+                             f"nc_train_every={self.nc_train_every} skips it at some: use nc_train_every=1 or select on "
+                             "another metric (e.g. eval_nc1)")
         direction = metric_direction(canonical)
         if direction is not None and self.args.greater_is_better != direction:
             logger.info("metric_for_best_model=%s: greater_is_better set to %s", canonical, direction)
@@ -312,7 +326,7 @@ class NCTrainer(Trainer):
             records[metric_key_prefix] = self._nc_eval_stats.reduce().metrics(
                 self._nc_backbone.classifier, f"the evaluation data ({metric_key_prefix})")
             self._nc_eval_stats = None
-        if description == "Evaluation" and self.nc_train_enabled:
+        if description == "Evaluation" and self.nc_train_enabled and self._nc_train_due():
             records["train"] = self.train_nc_metrics()
         for prefix, values in records.items():
             output.metrics.update(flatten(TRAIN_SUBSET_PREFIX if prefix == "train" else prefix, values))
@@ -389,16 +403,25 @@ class NCTrainer(Trainer):
         return ("call", id(self.model), self._nc_evaluate_calls)
 
     @torch.no_grad()
-    def _nc_stream_train(self, stats: LayerStats, recorder: LayerFeatures, batches, ncc: bool) -> None:
+    def _nc_stream_train(self, stats: LayerStats, recorder: LayerFeatures, batches, ncc: bool,
+                         capture: Optional[RowCapture] = None) -> None:
         device = next(self.model.parameters()).device
-        for batch in batches:
-            pixel_values, labels = unpack_batch(batch)
-            self.model(pixel_values=pixel_values.to(device))
-            feats = recorder.pop()
-            if ncc:
-                stats.ncc_pass(feats, labels)
-            else:
-                stats.update(feats, labels)
+        # NC needs the classifier's input, not its logits: the forward stops there (no head, no loss)
+        stop = ClassifierStop(recorder.backbone) if FINAL in recorder.keys else contextlib.nullcontext()
+        with stop:
+            for batch in batches:
+                pixel_values, labels = unpack_batch(batch)
+                try:
+                    self.model(pixel_values=pixel_values.to(device))
+                except StopAtClassifier:
+                    pass
+                feats = recorder.pop()
+                if capture is not None:
+                    capture.take(labels)
+                if ncc:
+                    stats.ncc_pass(feats, labels)
+                else:
+                    stats.update(feats, labels)
 
     def _nc_prefix_cut(self) -> Optional[int]:
         """The first tuned block when a train-subset prefix cache would be exact and gain something."""
@@ -430,7 +453,7 @@ class NCTrainer(Trainer):
     def _nc_drop_prefix(self) -> None:
         if self._nc_prefix is not None:
             self._nc_prefix.close()
-        self._nc_prefix, self._nc_frozen_blocks = None, {}
+        self._nc_prefix, self._nc_frozen_blocks, self._nc_rows_failed = None, {}, False
 
     def _nc_layer_list(self) -> list[int]:
         backbone = self._nc_backbone
@@ -438,28 +461,64 @@ class NCTrainer(Trainer):
             return list(range(backbone.num_layers))
         return sorted({backbone.layer_index(i) for i in self.nc_layers})
 
-    def _nc_train_pass(self, layers, batches) -> LayerStats:
-        """One streamed pass (plus the NCC pass) over ``batches``, reduced across processes."""
+    def _nc_budget_bytes(self) -> int:
+        return int(max(self._nc_cache_budget_mb, 0) * 2**20)
+
+    def _nc_train_pass(self, layers, batches, capture: Optional[RowCapture] = None) -> LayerStats:
+        """One streamed pass (plus the NCC pass) over ``batches``, reduced across processes.
+
+        With ``capture`` the pass (over images) also grabs the rows at the cut; when it got them they
+        become the train subset's prefix cache, and the NCC pass already runs from them.
+        """
         with LayerFeatures(self.model, layers=layers) as recorder:
             stats = LayerStats(self.nc_num_classes, recorder.keys)
-            self._nc_stream_train(stats, recorder, batches, ncc=False)
+            with capture if capture is not None else contextlib.nullcontext():
+                self._nc_stream_train(stats, recorder, batches, ncc=False, capture=capture)
             stats.reduce()
-            if self.nc_ncc and not stats.nonfinite.get(FINAL):  # agreed on every rank by reduce()
-                self._nc_stream_train(stats, recorder, batches, ncc=True)
-                stats.second_reduce()
+        attach = False  # the NCC pass runs from the rows just grabbed (a cached pass is attached already)
+        if capture is not None:
+            rows = capture.result()
+            if rows is None:
+                self._nc_rows_failed = True  # over the budget: PrefixCache.build (memory-mapped) next time
+            else:
+                self._nc_prefix, self._nc_train_batches = rows, None  # the images are not needed any more
+                batches, attach = rows.batches, True
+        if self.nc_ncc and not stats.nonfinite.get(FINAL):  # agreed on every rank by reduce()
+            with LayerFeatures(self.model, layers=[]) as recorder:  # NCC: the final features only
+                with self._nc_attached() if attach else contextlib.nullcontext():
+                    self._nc_stream_train(stats, recorder, batches, ncc=True)
+            stats.second_reduce()
         return stats
 
-    def _nc_cached_batches(self, cut: int):
-        """Batches of cached prefix states of the train subset (the cache is built on first use)."""
+    @contextlib.contextmanager
+    def _nc_attached(self):
+        """The model runs from the train subset's cached rows inside (images still work)."""
+        from ..prefix_cache import PrefixCacheHandle
+
+        model = self.model
+        attached = resolve_backbone(model).model.__dict__.get(PrefixCacheHandle._ATTR)
+        handle = PrefixCacheHandle.install(model, self._nc_prefix.layout)
+        try:
+            yield
+        finally:
+            if attached is None:  # leave a handle the user attached for training alone
+                handle.remove()
+
+    def _nc_row_batches(self, cut: int):
+        """Batches of cached prefix states of the train subset: the rows grabbed by the first pass, or
+        (when they were over ``nc_cache_mb``) a :class:`~hf_nc.prefix_cache.PrefixCache` built now,
+        memory-mapped; ``None`` when that cannot be built."""
         from ..prefix_cache import PrefixCache, PrefixCacheError
 
+        if isinstance(self._nc_prefix, SubsetRows):
+            return self._nc_prefix.batches
         if self._nc_prefix is None:
             amp = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
             try:
                 self._nc_prefix = PrefixCache.build(
                     self.model, Subset(self.nc_train_dataset, self.nc_train_shard()), self.data_collator,
                     batch_size=self.args.per_device_eval_batch_size, block=cut, progress=False, check_dataset=False,
-                    memory_budget=int(max(self.nc_cache_mb, 0) * 2**20), autocast_dtype=amp)
+                    memory_budget=self._nc_budget_bytes(), autocast_dtype=amp)
             except PrefixCacheError as e:
                 logger.info("train-subset NC without a prefix cache: %s", e)
                 self._nc_prefix_off = True
@@ -471,6 +530,17 @@ class NCTrainer(Trainer):
                     "labels": torch.tensor([int(i["labels"]) for i in items])}
 
         return DataLoader(cache, batch_size=self.args.per_device_eval_batch_size, collate_fn=collate)
+
+    def _nc_train_due(self) -> bool:
+        """Whether this evaluation measures the train subset (``nc_train_every``)."""
+        if self.nc_train_every == 1 or not self.is_in_train:
+            return True
+        step = self.state.global_step
+        if self.state.max_steps and step >= self.state.max_steps:
+            return True  # the last evaluation of training
+        if step not in self._nc_train_eval_steps:  # a dict of eval sets evaluates several times per step
+            self._nc_train_eval_steps.append(step)
+        return self._nc_train_eval_steps.index(step) % self.nc_train_every == 0
 
     def train_nc_metrics(self) -> dict:
         """NC of the train subset (an extra forward pass in eval mode), reduced across processes.
@@ -485,37 +555,43 @@ class NCTrainer(Trainer):
         fingerprint = self._nc_fingerprint()
         if self._nc_train_cache is not None and self._nc_train_cache[0] == fingerprint:
             return self._nc_train_cache[1]
+        from ..prefix_cache import PrefixCacheError
+
         model = self.model
         was_training = model.training
         model.eval()
+        from_rows = False
         try:
             with self.accelerator.autocast():
                 cut = self._nc_prefix_cut()
                 layers = self._nc_layer_list()
                 frozen = [i for i in layers if cut is not None and i < cut]
-                if cut is not None and frozen and not self._nc_frozen_blocks:
-                    cut = None  # first time: a full pass measures the frozen blocks (then cached below)
-                batches = self._nc_cached_batches(cut) if cut is not None else None
-                if batches is not None:
-                    from ..prefix_cache import PrefixCacheHandle
-
-                    attached = resolve_backbone(model).model.__dict__.get(PrefixCacheHandle._ATTR)
-                    handle = self._nc_prefix.attach(model)
-                    try:
-                        stats = self._nc_train_pass([i for i in layers if i >= cut], batches)
-                    finally:
-                        if attached is None:  # leave a handle the user attached for training alone
-                            handle.remove()
+                if cut is not None and self._nc_prefix is None and not self._nc_rows_failed:
+                    # The first pass with this cut: over the images, every block measured, rows grabbed
+                    capture = RowCapture(self._nc_backbone, cut, self._nc_budget_bytes())
+                    stats = self._nc_train_pass(layers, self._nc_train_batches_or_loader(), capture=capture)
                 else:
-                    stats = self._nc_train_pass(layers, self._nc_train_batches_or_loader())
+                    # A frozen block's NC1 that came out NaN is measured again, on images
+                    batches = self._nc_row_batches(cut) if cut is not None and not (frozen and not self._nc_frozen_blocks) else None
+                    stats = None
+                    if batches is not None:
+                        try:
+                            with self._nc_attached():
+                                stats = self._nc_train_pass([i for i in layers if i >= cut], batches)
+                            from_rows = True
+                        except PrefixCacheError as e:  # e.g. the user attached a cache of another layout
+                            logger.info("train-subset NC without a prefix cache: %s", e)
+                            self._nc_drop_prefix()
+                            self._nc_prefix_off = True
+                    if stats is None:
+                        stats = self._nc_train_pass(layers, self._nc_train_batches_or_loader())
         finally:
             model.train(was_training)
         metrics = stats.metrics(self._nc_backbone.classifier, "the train subset", ncc=self.nc_ncc)
-        if batches is not None and self._nc_frozen_blocks:
+        if from_rows and self._nc_frozen_blocks:
             metrics["blocks"] = dict(sorted({**self._nc_frozen_blocks, **metrics.get("blocks", {})}.items(),
                                             key=lambda kv: int(kv[0])))
-        elif batches is None and self._nc_prefix_cut() is not None and "blocks" in metrics:
-            cut = self._nc_prefix_cut()
+        elif not from_rows and cut is not None and not self._nc_prefix_off and "blocks" in metrics:
             frozen_nc1 = {k: v for k, v in metrics["blocks"].items() if int(k) < cut}
             if all(math.isfinite(v) for v in frozen_nc1.values()):  # else measure them again next time
                 self._nc_frozen_blocks = frozen_nc1
