@@ -244,6 +244,15 @@ def score_candidates(cands: dict, task: str, settings: dict) -> dict:
             "ranked_by_nc1": [c.name for c in ranking.candidates]}
 
 
+def _taus(score: np.ndarray, acc: np.ndarray) -> tuple[float, float]:
+    """(Kendall tau-b, weighted tau); NaN when a side is constant (as ``correlation.correlations``)."""
+    from scipy import stats
+
+    if np.ptp(score) == 0 or np.ptp(acc) == 0:
+        return math.nan, math.nan
+    return float(stats.kendalltau(score, acc).statistic), float(stats.weightedtau(score, acc).statistic)
+
+
 def correlate(scores: dict, truth: dict, tasks, num_boot: int, seed: int = 0) -> dict:
     """Per task and pooled (mean of per-task values, candidates resampled jointly): Kendall tau,
     weighted tau, their 95% bootstrap CIs, top-1 regret (points) of every score against ``truth``."""
@@ -256,25 +265,21 @@ def correlate(scores: dict, truth: dict, tasks, num_boot: int, seed: int = 0) ->
     boots = [rng.integers(0, n, n) for _ in range(num_boot)]
     out = {}
     for score in SCORE_NAMES:
-        per_task = {}
+        per_task, draws = {}, {}
         for t in tasks:
-            sv = np.array([S.oriented(score, scores[t]["values"][c][score]) for c in names])
+            sv = C._finite([S.oriented(score, scores[t]["values"][c][score]) for c in names])
             av = np.array([float(np.mean(truth[t][c])) for c in names])
             per_task[t] = (sv, av)
+            draws[t] = np.array([_taus(sv[idx], av[idx]) for idx in boots]).reshape(num_boot, 2)
         rows = {}
         for label, group in [*((t, [t]) for t in tasks), *([("pooled", list(tasks))] if len(tasks) > 1 else [])]:
             point = [C.correlations(*per_task[t]) for t in group]
             row = {"n": n, "top1_regret_points": float(np.mean([100 * C.top1_regret(*per_task[t]) for t in group]))}
             for key in ("kendall_tau", "weighted_tau", "spearman"):
                 row[key] = float(np.nanmean([p[key] for p in point]))
-            draws = {"kendall_tau": [], "weighted_tau": []}
-            for idx in boots:
-                got = [C.correlations(per_task[t][0][idx], per_task[t][1][idx]) for t in group]
-                for key, d in draws.items():
-                    vals = [g[key] for g in got if math.isfinite(g[key])]
-                    if len(vals) == len(group):
-                        d.append(float(np.mean(vals)))
-            for key, d in draws.items():
+            for j, key in enumerate(("kendall_tau", "weighted_tau")):
+                d = np.mean([draws[t][:, j] for t in group], axis=0)  # NaN where a task's resample was constant
+                d = d[np.isfinite(d)]
                 row[key + "_ci"] = [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))] if len(d) >= num_boot / 2 else [math.nan, math.nan]
             rows[label] = row
         out[score] = rows
@@ -296,13 +301,12 @@ def paired_difference(scores: dict, truth: dict, tasks, a: str, b: str, num_boot
 
     names = sorted(set.intersection(*(set(truth[t]) for t in tasks)))
     n = len(names)
-    data = {t: (np.array([S.oriented(a, scores[t]["values"][c][a]) for c in names]),
-                np.array([S.oriented(b, scores[t]["values"][c][b]) for c in names]),
+    data = {t: (C._finite([S.oriented(a, scores[t]["values"][c][a]) for c in names]),
+                C._finite([S.oriented(b, scores[t]["values"][c][b]) for c in names]),
                 np.array([float(np.mean(truth[t][c])) for c in names])) for t in tasks}
 
     def diff(idx):
-        d = [C.correlations(data[t][0][idx], data[t][2][idx])["kendall_tau"] - C.correlations(data[t][1][idx], data[t][2][idx])["kendall_tau"]
-             for t in tasks]
+        d = [_taus(data[t][0][idx], data[t][2][idx])[0] - _taus(data[t][1][idx], data[t][2][idx])[0] for t in tasks]
         return float(np.mean(d))
 
     rng = np.random.default_rng(seed)
