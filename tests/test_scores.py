@@ -225,35 +225,4 @@ def test_input_errors_and_failed_scores_are_nan_with_reason():
     assert math.isfinite(out["logme"]) and math.isnan(out["ncti"]) and "too few" in out["errors"]["ncti"]
 
 
-# ---------------------------------------------------------------------------------------- the benchmark
-@pytest.mark.slow
-def test_transferability_benchmark_quick(tmp_path, capsys):
-    import json
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "benchmarks"))
-    import transferability as bench
-
-    out = bench.main(["--quick", "--json", str(tmp_path / "t.json")])
-    printed = capsys.readouterr().out
-    json.loads((tmp_path / "t.json").read_text())  # strict JSON (no NaN)
-    summary = out["summary"]
-    assert set(summary["correlations"]) == {"10 shots / layer_ft", "10 shots / scl_ft", "10 shots / probe"}
-    for case, rows in summary["correlations"].items():
-        assert set(S.SCORES) <= set(rows), case
-        for name, r in rows.items():
-            assert -1 <= r["kendall_tau"] <= 1 and r["top1_regret_points"] >= 0 and r["time_ms"] > 0, (case, name)
-            lo, hi = r["kendall_tau_ci"]
-            assert lo <= hi
-    # the rules' accuracies are the study's own fine-tuned accuracies at the chosen blocks
-    study = bench.study_accuracies(root / "docs" / "selection" / "first_study_block_runs.json")
-    (case,) = out["cases"]
-    for method in ("layer", "scl"):
-        rules = summary["rules"][f"10 shots / {method} FT"]
-        acc = study[(method, 10, 0)]
-        for rule, block in case["picks"][method].items():
-            assert rules[f"rule: {rule}"]["mean_accuracy"] == pytest.approx(100 * acc[block])
-        assert rules["oracle (per seed)"]["mean_accuracy"] == pytest.approx(100 * max(acc.values()))
-    assert "Kendall tau" in printed and "block rule" in printed
+# the block benchmark's --quick test: tests/test_selection_blocks.py::test_block_benchmark_quick

@@ -10,7 +10,8 @@
 """
 
 from .correlation import bootstrap, correlations, score_correlations, top1_regret
-from .layers import METHODS, RULE_NAMES, LayerSuggestion, choose_block, choose_block_by_score, suggest_layer
+from .layers import (METHODS, RULE_NAMES, BlockTrial, LayerSuggestion, choose_block, choose_block_by_score, choose_block_by_trials,
+                     few_step_trials, nc1_slopes, suggest_layer)
 from .scores import SCORES, NCTITerms, ScoreSpec, hscore, hscore_shrinkage, logme, ncti, ncti_composite, ncti_terms
 from .ranking import RULE, CandidateResult, RankingResult, rank_models, spearman
 
@@ -19,6 +20,10 @@ __all__ = [
     "RULE_NAMES",
     "bootstrap",
     "choose_block_by_score",
+    "choose_block_by_trials",
+    "few_step_trials",
+    "nc1_slopes",
+    "BlockTrial",
     "correlations",
     "score_correlations",
     "top1_regret",

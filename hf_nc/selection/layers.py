@@ -23,8 +23,12 @@ last block. Blocks with a non-finite NC1 (constant features) are never chosen.
 Other rules (:func:`suggest_layer`'s ``rule``): any score of
 :data:`hf_nc.selection.scores.SCORES` computed on each block's pooled training features
 (the block with the best oriented score, e.g. ``rule="logme"``), or ``rule="probe"``: the
-block whose frozen features linearly probe best on a validation split (never the test split).
-``docs/SELECTION.md`` measures these rules against the study's per-block fine-tuned
+block whose frozen features linearly probe best on a validation split (never the test split);
+``rule="nc1_slope"``: the block whose own NC1 drop ``log10 NC1(b-1) - log10 NC1(b)`` is the
+largest (the block that does the most collapsing); ``rule="few_steps"``: every candidate block
+is TUNED for a few optimizer steps from the same initialisation (:func:`few_step_trials`) and
+the one with the best validation accuracy wins (the only rule that looks at a tuned model; it
+costs k short runs, see :func:`few_step_trials`). ``docs/SELECTION.md`` measures these rules against the study's per-block fine-tuned
 accuracies and against fixed blocks; read it before trusting any of them.
 """
 
@@ -41,7 +45,7 @@ from . import _measure
 from . import scores as _scores
 
 METHODS = ("scl", "layer")
-RULE_NAMES = ("nc1", "probe", *_scores.SCORES)
+RULE_NAMES = ("nc1", "nc1_slope", "probe", "few_steps", *_scores.SCORES)
 
 RULES = {
     "scl": ("earliest block whose log10(NC1) on the downstream training data is within `tolerance` of the "
@@ -141,18 +145,252 @@ def choose_block_by_score(values: Sequence[float], score: str, method: str = "sc
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    direction = 1 if score == "probe" else _scores.get_score(score).direction
+    direction = 1 if score == "probe" else -1 if score == "nc1_slope" else _scores.get_score(score).direction
     vals = [float(v) for v in values]
     valid = [i for i, v in enumerate(vals) if math.isfinite(v)]
     if not valid:
         raise ValueError(f"no block has a finite {score}: {vals}")
     best = max(direction * vals[i] for i in valid)
     block = max(i for i in valid if direction * vals[i] == best)
-    what = "validation probe accuracy" if score == "probe" else score
+    what = {"probe": "validation probe accuracy", "nc1_slope": "log10 NC1 slope"}.get(score, score)
     rule = f"block with the {'highest' if direction > 0 else 'lowest'} {what} of its frozen pooled features"
     return LayerSuggestion(block=block, method=method, nc1_per_layer=[], rule=rule, tolerance=0.0,
                            reason=f"{'highest' if direction > 0 else 'lowest'} {what} ({vals[block]:.4g}) of {len(vals)} blocks",
                            extra={"rule": score, f"{score}_per_layer": [v if math.isfinite(v) else None for v in vals]})
+
+
+def nc1_slopes(nc1_per_layer: Sequence[float] | Mapping) -> list[float]:
+    """Per-block NC1 slope ``log10 NC1(b) - log10 NC1(b-1)`` (block 0: ``log10 NC1(1) - log10
+    NC1(0)``, the curve's first step); negative = the block collapses the classes further. A
+    block next to a non-finite NC1 gets NaN. The rule ``"nc1_slope"`` picks the most negative."""
+    curve = _curve(nc1_per_layer)
+    logs = [math.log10(v) if math.isfinite(v) and v > 0 else math.nan for v in curve]
+    if len(logs) < 2:
+        return [math.nan] * len(logs)
+    return [logs[1] - logs[0]] + [logs[b] - logs[b - 1] for b in range(1, len(logs))]
+
+
+@dataclass
+class BlockTrial:
+    """A few optimizer steps of tuning one block from the model's initialisation, and the
+    validation accuracy / loss after ``steps[i]`` steps (``seconds``: wall time of the trial,
+    prefix cache included)."""
+
+    block: int
+    steps: list[int]
+    validation_accuracy: list[float]
+    validation_loss: list[float]
+    seconds: float
+    prefix_cache: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def few_step_trials(
+    model: nn.Module,
+    train,
+    validation,
+    *,
+    method: str = "layer",
+    blocks: Sequence[int] | None = None,
+    steps: int = 40,
+    eval_steps: Sequence[int] | None = None,
+    run_steps: int | None = None,
+    learning_rate: float = 3e-3,
+    batch_size: int = 16,
+    warmup_ratio: float = 0.05,
+    seed: int = 0,
+    prefix_cache: bool = True,
+    device=None,
+    eval_batch_size: int = 256,
+) -> list[BlockTrial]:
+    """Tunes each candidate block for ``steps`` optimizer steps and measures it on validation.
+
+    Every trial starts from the same ``model`` (deep-copied; the argument is not changed) with
+    the same data order (``seed``): Layer FT (``method="layer"``: ``LayerFTConfig(layers=[b])``)
+    or SCL FT (``"scl"``: ``SCLConfig(layer=b)``), head trained, AdamW (no weight decay) at
+    ``learning_rate`` on the recipes' schedule (linear warmup over ``warmup_ratio``, cosine
+    decay) of a run of ``run_steps`` steps, stopped after ``steps``: the trial is the first
+    ``steps`` steps of that run. No augmentation (the cache needs none and the study uses none).
+    With ``prefix_cache`` the frozen blocks below ``b`` run once per image
+    (:class:`hf_nc.PrefixCache`, exact), so a late block's trial is much cheaper than an early one's.
+
+    Cost: ``len(blocks) * steps`` optimizer steps, the early blocks at about the price of a full
+    forward + backward each, the late ones a fraction; ``docs/SELECTION.md`` states it measured in
+    fine-tuning-run equivalents. The test split is never read.
+
+    Args:
+        model: An image-classification model whose classifier already has the downstream classes
+            (re-initialise it first if it was trained for other labels, as the recipes do).
+        train: The training split (``image``/``label`` columns).
+        validation: The validation split, disjoint from ``train`` (never the test split).
+        method: ``"layer"`` or ``"scl"``.
+        blocks: Candidate blocks (default: every block the method can tune).
+        steps: Optimizer steps per trial.
+        eval_steps: Steps after which validation is measured (default: ``[steps]``); each <= steps.
+        run_steps: Length of the run whose schedule the trial follows (default: ``steps``).
+        learning_rate, batch_size, warmup_ratio, seed: The run's settings.
+        prefix_cache: Train from a frozen-prefix cache (falls back, with a warning, where it would
+            not be exact).
+        device: Where to train; default: the model's device.
+
+    Returns:
+        One :class:`BlockTrial` per block, in ``blocks`` order.
+    """
+    import copy
+    import time
+
+    import torch
+    from peft import get_peft_model
+    from torch.utils.data import DataLoader
+    from transformers import get_cosine_schedule_with_warmup
+
+    from ..adapters import LayerFTConfig, SCLConfig
+    from ..backbones import resolve_backbone
+    from ..data import build_transforms, collate_fn
+    from ..prefix_cache import PrefixCache
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    eval_steps = sorted({int(e) for e in (eval_steps or [steps])})
+    if eval_steps[0] < 1 or eval_steps[-1] > steps:
+        raise ValueError(f"eval_steps must lie in [1, steps={steps}], got {eval_steps}")
+    run_steps = int(run_steps or steps)
+    if run_steps < steps:
+        raise ValueError(f"run_steps ({run_steps}) must be >= steps ({steps})")
+    n_blocks = resolve_backbone(model).num_layers
+    allowed = list(range(n_blocks - 1)) if method == "scl" else list(range(n_blocks))  # SCL skips from a block below the last
+    blocks = list(allowed if blocks is None else blocks)
+    bad = [b for b in blocks if b not in allowed]
+    if bad:
+        raise ValueError(f"blocks {bad} cannot be tuned with {method!r} (allowed: {allowed[0]}..{allowed[-1]})")
+    dev = device if device is not None else next(model.parameters()).device
+    transform = build_transforms(model, train=False)
+    # preprocessed once for every block's trial (the images do not change: no augmentation)
+    train_view, val_view = _Tensors(train.with_transform(transform)), _Tensors(validation.with_transform(transform))
+    out = []
+    for b in blocks:
+        start = time.perf_counter()
+        net = copy.deepcopy(model).to(dev)
+        config = LayerFTConfig(layers=[b]) if method == "layer" else SCLConfig(layer=b)
+        net = get_peft_model(net, config)
+        tr, va, handle = train_view, val_view, None
+        if prefix_cache:
+            cache = PrefixCache.build_or_none(net, train_view, collate_fn, batch_size=eval_batch_size, device=dev, progress=False)
+            if cache is not None:
+                handle = cache.attach(net)
+                tr, va = cache, PrefixCache.build(net, val_view, collate_fn, batch_size=eval_batch_size, device=dev, progress=False)
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+        # the recipes' schedule: the Trainer's cosine with warmup_steps = ceil(warmup_ratio * run_steps)
+        sched = get_cosine_schedule_with_warmup(opt, math.ceil(warmup_ratio * run_steps), run_steps)
+        gen = torch.Generator().manual_seed(seed)  # the same batches for every block
+        accs, losses, step = [], [], 0
+        net.train()
+        while step < steps:  # epochs of a fresh permutation, batches of consecutive indices (the last one may be short)
+            order = torch.randperm(len(tr), generator=gen).tolist()
+            for i in range(0, len(order), batch_size):
+                batch = collate_fn([tr[j] for j in order[i : i + batch_size]])
+                batch = {k: v.to(dev) if hasattr(v, "to") else v for k, v in batch.items()}
+                loss = net(**batch).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                if step in eval_steps:
+                    acc, vloss = _evaluate(net, va, eval_batch_size, dev)
+                    accs.append(acc)
+                    losses.append(vloss)
+                    net.train()
+                if step >= steps:
+                    break
+        if handle is not None:
+            handle.remove()
+        out.append(BlockTrial(block=b, steps=eval_steps, validation_accuracy=accs, validation_loss=losses,
+                              seconds=time.perf_counter() - start, prefix_cache=handle is not None))
+    return out
+
+
+class _Tensors:
+    """A preprocessed split held as tensors: items ``{"pixel_values", "labels"}`` as the
+    transformed dataset yields them (map-style, read-only)."""
+
+    def __init__(self, view):
+        import torch
+
+        items = [view[i : i + 256] for i in range(0, len(view), 256)]  # batched reads: one processor call per slice
+        self.pixel_values = torch.stack([x for it in items for x in it["pixel_values"]])
+        self.labels = torch.as_tensor([int(y) for it in items for y in it["labels"]], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.pixel_values[i], "labels": self.labels[i]}
+
+
+def _evaluate(net: nn.Module, data, batch_size: int, dev) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``net`` on ``data`` (eval mode, no gradients)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..data import collate_fn
+
+    net.eval()
+    correct, total, loss = 0, 0, 0.0
+    with torch.no_grad():
+        for batch in DataLoader(data, batch_size=batch_size, collate_fn=collate_fn):
+            labels = batch.pop("labels").to(dev)
+            logits = net(**{k: v.to(dev) if hasattr(v, "to") else v for k, v in batch.items()}).logits
+            correct += int((logits.argmax(-1) == labels).sum())
+            loss += float(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
+            total += len(labels)
+    return correct / total, loss / total
+
+
+def choose_block_by_trials(trials: Sequence[BlockTrial], method: str = "layer", at: int = -1) -> LayerSuggestion:
+    """The block whose trial has the highest validation accuracy after ``trials[i].steps[at]``
+    steps (ties: the lower validation loss, then the earlier block)."""
+    if not trials:
+        raise ValueError("no trials")
+    key = [(t.validation_accuracy[at], -t.validation_loss[at], -t.block) for t in trials]
+    best = trials[max(range(len(trials)), key=lambda i: key[i])]
+    n = best.steps[at]
+    return LayerSuggestion(
+        block=best.block, method=method, nc1_per_layer=[], rule=f"block with the best validation accuracy after {n} steps of tuning",
+        tolerance=0.0, reason=f"validation accuracy {best.validation_accuracy[at]:.3f} after {n} steps (of {len(trials)} blocks tried)",
+        extra={"rule": "few_steps", "trials": [t.to_dict() for t in trials]})
+
+
+def _head_for(model: nn.Module, train, num_classes: int, reset: bool | None, seed: int) -> nn.Module:
+    """``model`` with a classifier for the dataset's classes: re-initialised (seeded, truncated
+    normal with the config's ``initializer_range`` clipped at 2 std, zero bias, like the recipes) when ``reset``,
+    or (``None``) when its labels differ from the dataset's class names."""
+    import torch
+
+    from ..backbones import resolve_backbone
+
+    head = resolve_backbone(model).classifier
+    if not isinstance(head, nn.Linear) or head.out_features != num_classes:
+        raise ValueError(f"rule='few_steps' needs a linear classifier with {num_classes} outputs (the dataset's classes), got "
+                         f"{head!r}: load the model with num_labels={num_classes} (ignore_mismatched_sizes=True)")
+    names = list(getattr(train.features["label"], "names", None) or [])
+    id2label = getattr(model.config, "id2label", None) or {}
+    trained = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(num_classes)]
+    if reset or (reset is None and trained != names):
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            w = torch.empty_like(head.weight, device="cpu")
+            std = getattr(model.config, "initializer_range", 0.02)
+            # normal clipped at +-2 std, from a private generator (the global RNG is left alone)
+            w.normal_(0.0, std, generator=gen).clamp_(-2 * std, 2 * std)
+            head.weight.copy_(w)
+            head.bias.zero_()
+    return model
 
 
 def _validation_split(dataset, train, fraction: float, seed: int):
@@ -187,6 +425,12 @@ def suggest_layer(
     seed: int = 0,
     degenerate_tol: float = 1e-10,
     progress: bool = True,
+    steps: int = 40,
+    run_steps: int | None = None,
+    learning_rate: float = 3e-3,
+    train_batch_size: int = 16,
+    blocks: Sequence[int] | None = None,
+    reset_head: bool | None = None,
 ) -> LayerSuggestion:
     """The block to tune with SCL FT (``method="scl"``) or Layer FT (``"layer"``).
 
@@ -204,9 +448,17 @@ def suggest_layer(
       the training images drawn outside the few-shot subset (``load_image_dataset``'s
       ``validation_split``); for a ``DatasetDict`` without one, a stratified
       ``validation_fraction`` of its training split (the probe is fitted on the rest). The
-      test split is never read.
+      test split is never read;
+    - ``"nc1_slope"``: the block with the steepest NC1 drop (:func:`nc1_slopes`);
+    - ``"few_steps"``: :func:`few_step_trials` on the ``blocks`` (default: all the method can
+      tune), each tuned ``steps`` optimizer steps (batch ``train_batch_size``, ``learning_rate``,
+      the schedule of a ``run_steps``-step run) from the same initialisation, then the best
+      validation accuracy (validation split as for ``"probe"``). Its cost is not one forward
+      pass: about ``len(blocks) * steps`` training steps, less with the prefix cache at late
+      blocks (measured in ``docs/SELECTION.md``: for the study's 210-step runs and 40-step
+      trials, about 1.5-2 fine-tuning runs for Layer FT over all 12 blocks of the tiny ViT).
 
-    Cost, relative to one fine-tuning run: every rule is one forward pass over the training
+    Cost, relative to one fine-tuning run: every rule but ``"few_steps"`` is one forward pass over the training
     data (``"probe"``: plus one over the validation split and one small logistic regression
     per block; ``"logme"``: one d x d eigendecomposition per block). One fine-tuning run of
     the study's protocol is 30 epochs of forward + backward passes (about 3 forward passes
@@ -228,13 +480,18 @@ def suggest_layer(
         device: Where to run (the model is moved there); default: the model's device.
         degenerate_tol: Blocks whose features barely vary (relative variation at most this)
             get NC1 = NaN and are never chosen.
+        steps, run_steps, learning_rate, train_batch_size, blocks: ``rule="few_steps"`` only (see
+            :func:`few_step_trials`).
+        reset_head: ``rule="few_steps"`` only: re-initialise the classifier (seeded) before the
+            trials; default: when the model's labels (``config.id2label``) differ from the
+            dataset's class names, as the recipes do. Its size must be the number of classes.
     """
     if rule not in RULE_NAMES:
         raise ValueError(f"rule must be one of {RULE_NAMES}, got {rule!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     net = _measure.load_candidate(model, seed=seed)
-    if isinstance(dataset, str) and rule == "probe":
+    if isinstance(dataset, str) and rule in ("probe", "few_steps"):
         from ..data import load_image_dataset
 
         # validation drawn from the training images outside the few-shot subset (same subset)
@@ -243,13 +500,26 @@ def suggest_layer(
     train, _, k, _ = _measure.resolve_data(dataset, shots_per_class=shots_per_class, seed=seed)
     k = num_classes or k
     _measure.device_of(net, device)
-    fit, val = _validation_split(dataset, train, validation_fraction, seed) if rule == "probe" else (train, None)
-    keep_blocks = rule != "nc1"
+    fit, val = _validation_split(dataset, train, validation_fraction, seed) if rule in ("probe", "few_steps") else (train, None)
+    if rule == "few_steps":
+        import copy
+
+        net = _head_for(copy.deepcopy(net), train, k, reset_head, seed)
+        trials = few_step_trials(net, fit, val, method=method, blocks=blocks, steps=steps, run_steps=run_steps,
+                                 learning_rate=learning_rate, batch_size=train_batch_size, seed=seed, device=device)
+        suggestion = choose_block_by_trials(trials, method)
+        suggestion.model = _measure.candidate_name(model)
+        return suggestion
+    keep_blocks = rule not in ("nc1", "nc1_slope")
     stats, kept = _measure.measure(net, fit, k, layers="all", batch_size=batch_size, keep_blocks=keep_blocks, progress=progress)
     curve = {key: _measure.compute(s, degenerate_tol)[0]["nc1"] for key, s in stats.items() if isinstance(key, int)}
     blocks = sorted(curve)
     if rule == "nc1":
         suggestion = choose_block(curve, method, tolerance=tolerance, min_log_range=min_log_range)
+    elif rule == "nc1_slope":
+        n = len(blocks) - 1 if method == "scl" else len(blocks)
+        suggestion = choose_block_by_score(nc1_slopes(curve)[:n], "nc1_slope", method)
+        suggestion.nc1_per_layer = [float(curve[b]) for b in blocks]
     else:
         if rule == "probe":
             _, vkept = _measure.measure(net, val, k, layers="all", batch_size=batch_size, keep_blocks=True, progress=progress)
