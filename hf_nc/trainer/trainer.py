@@ -152,20 +152,30 @@ class NCTrainer(Trainer):
         nc_num_classes: K; default: the ClassLabel of the dataset, else ``config.num_labels``.
         nc_plots: Draw the PNG plots.
         nc_cache_mb: Keep this rank's collated train-subset batches in memory (CPU) when they fit
-            in this many MiB, so later evaluations skip loading and transforming them again.
+            in this many MiB, so later evaluations skip loading and transforming them again (and the
+            rows of ``nc_prefix_cache``, within the same budget).
         nc_prefix_cache: For Layer FT / SCL FT / head FT / a linear probe (every block below the
-            first tuned one frozen), run that frozen prefix over the train subset once
-            (:class:`hf_nc.prefix_cache.PrefixCache`, in RAM up to ``nc_cache_mb``) and measure later
-            evaluations from the first tuned block on; per-block NC1 of the frozen blocks is measured
-            once (it cannot change). Exact (the same hidden states enter the tuned block); used on
-            one process only, and only where :func:`~hf_nc.prefix_cache.prefix_cache_problems` finds
-            nothing (else the full pass runs, silently).
+            first tuned one frozen), run that frozen prefix over the train subset once and measure
+            later evaluations from the first tuned block on. The first evaluation's full pass over
+            the images measures every block and keeps the hidden states entering the first tuned
+            block (in RAM, up to ``nc_cache_mb``; over it a memory-mapped
+            :class:`hf_nc.prefix_cache.PrefixCache` is built at the next evaluation); per-block NC1 of
+            the frozen blocks is measured that once (it cannot change). Exact (the same hidden states
+            enter the tuned block); used on one process only, and only where
+            :func:`~hf_nc.prefix_cache.prefix_cache_problems` finds nothing (else the full pass runs,
+            silently). Every train-subset pass stops at the classifier's input (no logits, no loss).
+        nc_train_every: Measure the train subset at every ``k``-th evaluation during training (the
+            1st, ``k+1``-th, ...) and at the last one; the others log eval-data NC only. Every
+            ``evaluate()`` outside training measures it. ``1`` (default): at every evaluation. An
+            opt-in saving where the train-subset pass is a large share of the evaluation; refused
+            with a train-subset ``metric_for_best_model`` (it needs the value at every evaluation).
         Everything else goes to :class:`transformers.Trainer`.
 
     Raises:
         ValueError: an unsupported model, a bad ``nc_layers``, labels outside
             ``0..nc_num_classes - 1``, a class of ``nc_num_classes`` absent from
-            ``nc_train_dataset``, or ``0 < nc_train_samples < K``.
+            ``nc_train_dataset``, ``0 < nc_train_samples < K``, or ``nc_train_every`` not a
+            positive int (or above 1 with a train-subset ``metric_for_best_model``).
     """
 
     def __init__(
@@ -406,8 +416,10 @@ class NCTrainer(Trainer):
     def _nc_stream_train(self, stats: LayerStats, recorder: LayerFeatures, batches, ncc: bool,
                          capture: Optional[RowCapture] = None) -> None:
         device = next(self.model.parameters()).device
-        # NC needs the classifier's input, not its logits: the forward stops there (no head, no loss)
-        stop = ClassifierStop(recorder.backbone) if FINAL in recorder.keys else contextlib.nullcontext()
+        # NC needs the classifier's input, not its logits: the forward stops there (no head, no loss).
+        # Not under FSDP / DeepSpeed: their hooks re-shard parameters after a forward that completes.
+        sharded = getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False)
+        stop = ClassifierStop(recorder.backbone) if FINAL in recorder.keys and not sharded else contextlib.nullcontext()
         with stop:
             for batch in batches:
                 pixel_values, labels = unpack_batch(batch)
