@@ -19,7 +19,7 @@ split (the dataset's own, else ``--train_val_split`` of the training images, dra
 few-shot subset); the test split is evaluated once, at the end. ``NCTrainer`` logs NC of the
 classifier input on a seeded training subset and on the validation data at every evaluation.
 Unset ``--learning_rate`` / ``--num_train_epochs`` are chosen from the method and the data
-(``recipes/common.py``: ``DEFAULT_LEARNING_RATES``, ``--min_train_steps``). At the end a summary
+(``recipes/recipe_args.py``: ``DEFAULT_LEARNING_RATES``, ``--min_train_steps``). At the end a summary
 table (validation and test) is printed and written to ``output_dir/summary.json`` with every
 setting of the run; the trained part and the image processor go to ``output_dir/adapter``
 (``pipeline("image-classification", model=output_dir/adapter)`` for ``full``);

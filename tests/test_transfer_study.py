@@ -81,7 +81,7 @@ def test_poisoned_test_labels_change_no_choice(tmp_path, monkeypatch):
     """The whole pipeline on a tiny grid twice: with the true test labels and with every test label
     shifted by one class. Every validation number, so every choice and every final configuration,
     is the same; the final test accuracies are not (the poison reached the test split)."""
-    import common  # the recipes' module, as finetune_vit uses it
+    import recipe_data  # the recipes' data module (common.load_data), as finetune_vit uses it
     import hf_nc.data as hd
 
     s = smoke_settings(methods=["logreg", "full", "scl"], blocks=[10], scl_variants=[], pretrain=None)
@@ -96,7 +96,7 @@ def test_poisoned_test_labels_change_no_choice(tmp_path, monkeypatch):
         return data
 
     monkeypatch.setattr(hd, "load_image_dataset", poisoned)
-    monkeypatch.setattr(common, "load_image_dataset", poisoned)
+    monkeypatch.setattr(recipe_data, "load_image_dataset", poisoned)
     dirty = execute.run_study(s, tmp_path / "dirty", log=lambda m: None)
 
     assert set(clean) == set(dirty)  # the same runs: the same choices (final run ids name config and hp)
@@ -346,7 +346,7 @@ def test_plain_scl_variant_adds_block_features_ungated(tmp_path):
         model = common.apply_method(common.load_classifier(str(DEFAULT_MODEL), names, margs)[0], method)
     gates = [p for n, p in model.named_parameters() if "hfnc_scl_scale" in n]
     assert gates and all(bool((p == 1).all()) and not p.requires_grad for p in gates)
-    assert common.apply_method.__name__ == "apply_method" and common.apply_method.__module__ == "common"  # restored
+    assert common.apply_method.__name__ == "apply_method" and common.apply_method.__module__ == "recipe_model"  # restored
     # final norm(h_L + h_l), h_l = block 8's output (hidden_states[9]), from the base model's own forward
     x = torch.randn(2, 1, 28, 28)
     model.eval()
