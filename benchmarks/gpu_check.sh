@@ -22,7 +22,8 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: bash benchmarks/gpu_check.sh [--cpu-dry-run]" >&2; exit 2 ;;
 esac
-BUDGET=${GPU_CHECK_BUDGET:-450}
+# seconds for all steps: < 8 min in all on a GPU; the dry run's tiny steps get more on a busy CPU
+BUDGET=${GPU_CHECK_BUDGET:-$((DRY ? 1800 : 450))}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
 if [[ -n "${GPU_CHECK_PYTHON:-}" ]]; then
@@ -72,12 +73,12 @@ step() {
 }
 
 if [[ $DRY == 1 ]]; then
-  step cuda-tests     60 "$PY" -m pytest -q -rs -p no:cacheprovider -k "cuda" tests/test_metrics.py
-  step nc_metrics     150 "$PY" benchmarks/nc_metrics.py --quick --parts abc --repeats 1 --dtypes float64,float32 --json
-  step trainer        200 "$PY" benchmarks/trainer.py --epochs 0.2 --repeats 1 --nc_train_samples 32 --skip_uncached --json
-  step prefix_cache   90 "$PY" benchmarks/prefix_cache.py --quick --hidden 64 --heads 2 --image 32 --steps 2 --images 16 --json
-  step prefix_dinov2  90 "$PY" benchmarks/prefix_cache.py --quick --family dinov2 --image 28 --steps 1 --images 16 --json
-  step adapters       90 "$PY" benchmarks/adapters.py --hidden 64 --heads 2 --image 32 --batch 4 --steps 1 --json
+  step cuda-tests     120 "$PY" -m pytest -q -rs -p no:cacheprovider -k cuda tests/test_metrics.py
+  step nc_metrics     480 "$PY" benchmarks/nc_metrics.py --quick --sizes 2048,4096 --memory_runs 0 --parts abc --repeats 1 --dtypes float64,float32 --json
+  step trainer        400 "$PY" benchmarks/trainer.py --epochs 0.2 --repeats 1 --nc_train_samples 32 --skip_uncached --json
+  step prefix_cache   200 "$PY" benchmarks/prefix_cache.py --quick --hidden 64 --heads 2 --image 32 --steps 2 --images 16 --json
+  step prefix_dinov2  200 "$PY" benchmarks/prefix_cache.py --quick --family dinov2 --image 28 --steps 1 --images 16 --json
+  step adapters       200 "$PY" benchmarks/adapters.py --hidden 64 --heads 2 --image 32 --batch 4 --steps 1 --json
 else
   # every test whose name mentions cuda (they skip without a GPU)
   step cuda-tests     90 "$PY" -m pytest -q -rs -p no:cacheprovider -k cuda tests/

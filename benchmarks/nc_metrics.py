@@ -279,6 +279,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--parts", default="abcd", help="which parts to run, e.g. 'd' or 'abc'")
     p.add_argument("--large_n", type=int, default=None, help="N of part (d) (default 100,000; --quick 20,000)")
+    p.add_argument("--memory_runs", type=int, default=2,
+                   help="fresh-process peak-memory runs of each method and size in part (a) (0: skip, e.g. in a smoke run)")
+    p.add_argument("--sizes", default=None, metavar="N1,N2",
+                   help="N1,N2 of parts (a) and (b) (default 50000,200000; --quick 10000,40000), e.g. 2048,4096 for a smoke run")
     p.add_argument("--dtypes", default="float64",
                    help="part (b): statistics dtypes to time against one H^T H of the same dtype, e.g. float64,float32")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -294,6 +298,8 @@ def main() -> None:
     if args.large_n is None:
         args.large_n = 20_000 if args.quick else 100_000
     n1, n2 = (10_000, 40_000) if args.quick else (50_000, 200_000)
+    if args.sizes:
+        n1, n2 = (int(n) for n in args.sizes.split(","))
     dev = args.device
     print(f"NC metrics benchmark: d={D}, K={K}, batch={BATCH}, device={dev}, torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}")  # fmt: skip
@@ -309,7 +315,7 @@ def main() -> None:
         print(f"{label:<{width}}  {value}")
     print_goals(RECORD)
     if args.json is not None:
-        setting = f"{'quick' if args.quick else 'full'} parts {args.parts}"
+        setting = f"{'quick' if args.quick else 'full'} parts {args.parts}" + (f" N {n1},{n2}" if args.sizes else "")
         record("nc_metrics", setting, dev, RECORD, args.json, notes=[
             f"d={D}, K={K} (part d: K=1000, N={args.large_n:,}), batches of {BATCH}, best of {args.repeats}, "
             f"{args.clock} clock, {torch.get_num_threads()} threads (parts c, d: 1 thread on CPU)",
@@ -345,10 +351,11 @@ def parts_ab(args, n1: int, n2: int, dev: str) -> list[tuple[str, str]]:
         del Hd
     del data
 
-    runs = {(m, n): [peak_in_subprocess(m, n, dev) for _ in range(2)] for m in ("ours", "research") for n in (n1, n2)}
+    reps = args.memory_runs
+    runs = {(m, n): [peak_in_subprocess(m, n, dev) for _ in range(reps)] for m in ("ours", "research") for n in (n1, n2)} if reps else {}
     mem = {key: min(v) for key, v in runs.items()}
     mib = lambda b: f"{b / 2**20:9.1f} MiB"  # noqa: E731
-    both = lambda key: f"{mib(runs[key][0])} / {mib(runs[key][1]).strip()} (2 runs)"  # noqa: E731
+    both = lambda key: " / ".join(mib(b).strip() for b in runs[key]) + f" ({reps} runs)"  # noqa: E731
     how = ("CUDA max_memory_allocated" if dev.startswith("cuda")
            else "peak RSS (VmHWM) of a fresh process, glibc mmap threshold 64 KiB")  # fmt: skip
 
@@ -357,13 +364,18 @@ def parts_ab(args, n1: int, n2: int, dev: str) -> list[tuple[str, str]]:
         (f"(a) time research N={n1:,}", f"{t_res:9.3f} s"),
         ("(a) time ratio NCStats / research", f"{t_ours / t_res:9.2f} x   (goal <= 1)"),
         ("(a) nc1 NCStats vs research (rel. diff)", f"{nc1_ours:.12g} vs {nc1_res:.12g} ({abs(nc1_ours - nc1_res) / abs(nc1_res):.1e})"),
-        (f"(a) peak mem NCStats  N={n1:,}", both(("ours", n1))),
-        (f"(a) peak mem NCStats  N={n2:,}", both(("ours", n2))),
-        (f"(a) peak mem research N={n1:,}", both(("research", n1))),
-        (f"(a) peak mem research N={n2:,}", both(("research", n2))),
-        (f"(a) mem growth N={n1:,}->{n2:,} NCStats", f"{mem['ours', n2] / mem['ours', n1]:9.2f} x   (goal ~1)"),
-        (f"(a) mem growth N={n1:,}->{n2:,} research",
-         f"{mem['research', n2] / mem['research', n1]:9.2f} x   (linear: {n2 / n1:.0f})"),  # fmt: skip
+    ]
+    if runs:
+        rows += [
+            (f"(a) peak mem NCStats  N={n1:,}", both(("ours", n1))),
+            (f"(a) peak mem NCStats  N={n2:,}", both(("ours", n2))),
+            (f"(a) peak mem research N={n1:,}", both(("research", n1))),
+            (f"(a) peak mem research N={n2:,}", both(("research", n2))),
+            (f"(a) mem growth N={n1:,}->{n2:,} NCStats", f"{mem['ours', n2] / mem['ours', n1]:9.2f} x   (goal ~1)"),
+            (f"(a) mem growth N={n1:,}->{n2:,} research",
+             f"{mem['research', n2] / mem['research', n1]:9.2f} x   (linear: {n2 / n1:.0f})"),  # fmt: skip
+        ]
+    rows += [
         (f"(b) time H^T H float64 N={n1:,}", f"{t_mm:9.3f} s"),
         ("(b) time ratio NCStats / H^T H", f"{t_ours / t_mm:9.2f} x   (goal <= 1.5)"),
         ("(b)   of which update() loop / H^T H", f"{t_upd / t_mm:9.2f} x"),
@@ -371,14 +383,16 @@ def parts_ab(args, n1: int, n2: int, dev: str) -> list[tuple[str, str]]:
     ]
     for name, (t_u, t_m) in other.items():
         rows.append((f"(b) {name}: update() loop / one {name} H^T H", f"{t_u / t_m:9.2f} x   ({t_u:.3f} s / {t_m:.3f} s)"))
-    rows.insert(0, ("(a) memory", f"{how}, above the process's memory before the run"))
+    rows.insert(0, ("(a) memory", f"{how}, above the process's memory before the run" if runs else "not measured (--memory_runs 0)"))
+    RECORD.append(goal_row("nc_vs_research_time", t_ours / t_res, f"(a) NCStats / research-style code, time, N={n1:,}"))
+    if runs:
+        RECORD.extend([
+            goal_row("nc_memory_flat", mem["ours", n2] / mem["ours", n1], f"(a) NCStats peak memory N={n1:,} -> {n2:,}"),
+            info_row(f"(a) research-style peak memory N={n1:,} -> {n2:,}", mem["research", n2] / mem["research", n1]),
+            goal_row("nc_memory_repeats", max(max(v) / max(min(v), 1) for k, v in runs.items() if k[0] == "ours"),
+                     f"(a) NCStats peak memory, max / min of {reps} runs (worst N)"),
+            info_row(f"(a) NCStats peak memory N={n2:,}", mem["ours", n2] / 2**20, "MiB")])
     RECORD.extend([
-        goal_row("nc_vs_research_time", t_ours / t_res, f"(a) NCStats / research-style code, time, N={n1:,}"),
-        goal_row("nc_memory_flat", mem["ours", n2] / mem["ours", n1], f"(a) NCStats peak memory N={n1:,} -> {n2:,}"),
-        info_row(f"(a) research-style peak memory N={n1:,} -> {n2:,}", mem["research", n2] / mem["research", n1]),
-        goal_row("nc_memory_repeats", max(max(v) / max(min(v), 1) for k, v in runs.items() if k[0] == "ours"),
-                 "(a) NCStats peak memory, max / min of 2 runs (worst N)"),
-        info_row(f"(a) NCStats peak memory N={n2:,}", mem["ours", n2] / 2**20, "MiB"),
         (info_row(f"(b) NCStats update + compute / one float64 H^T H, N={n1:,}", t_ours / t_mm) if cuda
          else goal_row("nc_vs_gemm", t_ours / t_mm, f"(b) NCStats update + compute / one float64 H^T H, N={n1:,}")),
         (goal_row("nc_update_vs_gemm_float64", t_upd / t_mm, f"(b) NCStats update loop / one float64 H^T H, N={n1:,}")
