@@ -452,6 +452,27 @@ def dinov2_sweep_runs(out_dir: Path, study_dir: Path, seeds: list[int], lr: floa
     return out
 
 
+def dinov2_trials(out_dir: Path, seed: int = 0, fraction: float = 0.2) -> dict:
+    """``few_steps`` on DINOv2-S (Layer FT, every block, LR 3e-4, ``fraction`` of the 210-step run),
+    from the study's initialisation of ``seed``; cached as ``out_dir/trials_seed<seed>.json``."""
+    from study import execute
+
+    from hf_nc.selection import few_step_trials
+
+    key = out_dir / f"trials_seed{seed}.json"
+    if key.exists():
+        return json.loads(key.read_text())
+    data = execute.task_data("digits", 10, seed, 30)
+    init = study_init(str(out_dir / "models" / DINOV2_RUN), data, seed)
+    t = time.perf_counter()
+    steps = round(fraction * 210)
+    trials = few_step_trials(init, data["train"], data["validation"], method="layer", steps=steps, eval_steps=[steps // 2, steps],
+                             run_steps=210, learning_rate=DINOV2_LR, batch_size=16, seed=seed)
+    out = {"seed": seed, "trials": [tr.to_dict() for tr in trials], "trial_s": time.perf_counter() - t}
+    key.write_text(json.dumps(strict(out)))
+    return out
+
+
 def dinov2_summary(out_dir: Path, num_boot: int) -> dict | None:
     """Scores of every DINOv2-S block on each seed's training features against the sweep's
     Layer FT accuracy (test) and validation accuracy, for the seeds whose sweep is complete."""
@@ -491,12 +512,52 @@ def dinov2_summary(out_dir: Path, num_boot: int) -> dict | None:
         for c in cases:
             s = (-np.asarray(c["scores"]["nc1_slope"]) if name == "nc1_slope" else np.asarray(c["validation_probe"]) if name.startswith("probe")
                  else np.asarray([S.oriented(name, v) for v in c["scores"][name]]))
-            per.append({**C.correlations(s, c["layer_ft_test"]), "regret": 100 * C.top1_regret(s, c["layer_ft_test"])})
+            from scipy import stats
+
+            per.append({**C.correlations(s, c["layer_ft_test"]), "regret": 100 * C.top1_regret(s, c["layer_ft_test"]),
+                        "p": float(stats.kendalltau(s, c["layer_ft_test"]).pvalue)})
         corr[name] = {"kendall_tau": float(np.nanmean([p["kendall_tau"] for p in per])),
                       "weighted_tau": float(np.nanmean([p["weighted_tau"] for p in per])),
-                      "kendall_tau_per_seed": [p["kendall_tau"] for p in per], "top1_regret_points": float(np.mean([p["regret"] for p in per]))}
+                      "kendall_tau_per_seed": [p["kendall_tau"] for p in per], "kendall_p_per_seed": [p["p"] for p in per],
+                      "top1_regret_points": float(np.mean([p["regret"] for p in per]))}
+    rules = {}
+    for name in ("nc1", "nc1_slope", "logme", "hscore_shrinkage", "ncti", "probe"):
+        rules[f"rule: {name}"] = {"picks": [c["picks"][name] for c in cases], "test": [c["layer_ft_test"][c["picks"][name]] for c in cases]}
+    fixed = {"fixed: middle block (6)": lambda c: 6, "fixed: last block (11)": lambda c: 11,
+             "sweep, chosen on the seed's validation (12 runs)": lambda c: c["picks"]["sweep on validation"],
+             "oracle (best block, test)": lambda c: int(np.argmax(c["layer_ft_test"]))}
+    for name, pick in fixed.items():
+        rules[name] = {"picks": [pick(c) for c in cases], "test": [c["layer_ft_test"][pick(c)] for c in cases]}
+    rules["random block (mean over blocks)"] = {"picks": None, "test": [float(np.mean(c["layer_ft_test"])) for c in cases]}
+    trial_cost = {}
+    for c in cases:  # few_steps, where its trials were run (--dinov2_runs runs them for seed 0)
+        key = out_dir / f"trials_seed{c['seed']}.json"
+        if key.exists():
+            tr = json.loads(key.read_text())
+            picks = trial_picks(tr["trials"], "layer")
+            c["picks"].update(picks)
+            c["trials"] = tr["trials"]
+            trial_cost[c["seed"]] = {"trial_s": tr["trial_s"], "run_s_mean": float(np.mean(c["run_wall_s"]))}
+    with_trials = [c for c in cases if "trials" in c]
+    if with_trials:
+        for name in FEW_STEPS:
+            rules[f"rule: {name}"] = {"picks": [c["picks"][name] for c in with_trials], "test": [c["layer_ft_test"][c["picks"][name]] for c in with_trials]}
+        for c in with_trials:
+            acc = [t["validation_accuracy"][-1] for t in c["trials"]]
+            corr.setdefault("few_steps (validation)", {"kendall_tau_per_seed": [], "kendall_p_per_seed": [], "weighted": [], "regret": []})
+            from scipy import stats
+
+            cc = C.correlations(acc, c["layer_ft_test"])
+            corr["few_steps (validation)"]["kendall_tau_per_seed"].append(cc["kendall_tau"])
+            corr["few_steps (validation)"]["kendall_p_per_seed"].append(float(stats.kendalltau(acc, c["layer_ft_test"]).pvalue))
+            corr["few_steps (validation)"]["weighted"].append(cc["weighted_tau"])
+            corr["few_steps (validation)"]["regret"].append(100 * C.top1_regret(acc, c["layer_ft_test"]))
+        f = corr["few_steps (validation)"]
+        corr["few_steps (validation)"] = {"kendall_tau": float(np.mean(f["kendall_tau_per_seed"])), "weighted_tau": float(np.mean(f["weighted"])),
+                                          "kendall_tau_per_seed": f["kendall_tau_per_seed"], "kendall_p_per_seed": f["kendall_p_per_seed"],
+                                          "top1_regret_points": float(np.mean(f["regret"]))}
     return {"status": "complete" if len(complete) == 2 else "partial", "seeds": sorted(complete), "lr": DINOV2_LR, "cases": cases,
-            "correlations": corr}
+            "correlations": corr, "rules": rules, "few_steps_cost": trial_cost}
 
 
 def print_dinov2(res: dict | None) -> None:
@@ -509,6 +570,8 @@ def print_dinov2(res: dict | None) -> None:
     for name, r in res["correlations"].items():
         print(f"{name:>24} tau {r['kendall_tau']:+.2f} {['%+.2f' % v for v in r['kendall_tau_per_seed']]} weighted {r['weighted_tau']:+.2f} "
               f"regret {r['top1_regret_points']:.1f} pt")
+    for name, r in res["rules"].items():
+        print(f"{name:>52} test {100 * np.mean(r['test']):.1f}  picks {r['picks']}")
 
 
 def markdown_tables(out: dict) -> str:
@@ -562,6 +625,19 @@ def markdown_tables(out: dict) -> str:
             if c.get("run_s_mean") else ""
         lines.append(f"- few_steps cost, {case}: {c['blocks_tried']} blocks x {c['trial_steps']} of {c['run_steps']} optimizer steps = "
                      f"{c['optimizer_steps_in_runs']:.2f} runs' worth of steps{measured}; a frozen rule: one forward pass ({c['forward_s_mean']:.2f} s).")
+    d = out.get("dinov2")
+    if d and d.get("status") != "pending":
+        lines += ["", f"**DINOv2-S** (digits, 10 shots, Layer FT at LR {d['lr']:g}, seed(s) {d['seeds']}): per-block test accuracy (%):", "",
+                  "| seed | " + " | ".join(str(b) for b in range(12)) + " |", "|---|" + "---|" * 12]
+        for c in d["cases"]:
+            lines.append(f"| {c['seed']} | " + " | ".join(f"{100 * a:.1f}" for a in c["layer_ft_test"]) + " |")
+        lines += ["", "| score | Kendall tau (p per seed) | weighted tau | top-1 regret (points) |", "|---|---|---|---|"]
+        for name, r in d["correlations"].items():
+            ps = ", ".join(f"p = {p:.2g}" for p in r["kendall_p_per_seed"])
+            lines.append(f"| {name} | {r['kendall_tau']:+.2f} ({ps}) | {r['weighted_tau']:+.2f} | {r['top1_regret_points']:.1f} |")
+        lines += ["", "| rule | picks | test accuracy (%) |", "|---|---|---|"]
+        for name, r in d["rules"].items():
+            lines.append(f"| {name} | {'' if r['picks'] is None else ' '.join(map(str, r['picks']))} | {100 * np.mean(r['test']):.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -613,8 +689,10 @@ def main(argv=None) -> dict:
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
     cache = Path(args.cache_dir)
-    if args.dinov2_runs:
-        return dinov2_sweep_runs(cache / "dinov2", Path(args.study_dir), [0, 1], DINOV2_LR)
+    if args.dinov2_runs:  # seed 0's sweep and its few-step trials first, then seed 1's sweep
+        runs = dinov2_sweep_runs(cache / "dinov2", Path(args.study_dir), [0], DINOV2_LR)
+        dinov2_trials(cache / "dinov2", 0)
+        return {**runs, **dinov2_sweep_runs(cache / "dinov2", Path(args.study_dir), [1], DINOV2_LR)}
     if args.extract:
         gt = extract_study(Path(args.study_dir))
         Path(args.ground_truth).write_text(json.dumps(strict(gt), indent=1, allow_nan=False) + "\n")

@@ -172,3 +172,5 @@ def test_block_benchmark_quick(tmp_path, capsys):
         assert res["rows"]["oracle (best block per seed, test)"]["mean_accuracy"] == pytest.approx(100 * max(acc.values()))
         assert len(case["trials"][method]) == bench.n_blocks(method)
     assert "Kendall tau" in printed and "block rule" in printed and "cost of few_steps" in printed
+    md = bench.markdown_tables(bench.strict(out))  # the tables of docs/SELECTION.md
+    assert "| rule: few_steps |" in md and "| fixed: best block on validation |" in md and "few_steps cost" in md

@@ -455,8 +455,10 @@ def suggest_layer(
       the schedule of a ``run_steps``-step run) from the same initialisation, then the best
       validation accuracy (validation split as for ``"probe"``). Its cost is not one forward
       pass: about ``len(blocks) * steps`` training steps, less with the prefix cache at late
-      blocks (measured in ``docs/SELECTION.md``: for the study's 210-step runs and 40-step
-      trials, about 1.5-2 fine-tuning runs for Layer FT over all 12 blocks of the tiny ViT).
+      blocks (measured in ``docs/SELECTION.md``: 42-step trials of all 12 blocks of the tiny
+      ViT against the study's 210-step runs are 2.4 runs' worth of steps, 3.6-3.8 runs of
+      wall time with the trials' overheads on a shared CPU). It did not beat the best fixed
+      block chosen on validation there.
 
     Cost, relative to one fine-tuning run: every rule but ``"few_steps"`` is one forward pass over the training
     data (``"probe"``: plus one over the validation split and one small logistic regression
