@@ -679,7 +679,8 @@ def main(argv=None) -> dict:
         import transferability_models
 
         return transferability_models.main([*(["--quick"] if args.quick else []), *(["--json", args.json] if args.json else []),
-                                            *(["--bootstrap", str(args.bootstrap)] if args.bootstrap else []), "--models_dir", args.models_dir])
+                                            *(["--bootstrap", str(args.bootstrap)] if args.bootstrap else []),
+                                            *([] if args.quick else ["--models_dir", args.models_dir])])  # quick: its own cache
 
     import torch
     from transformers.utils import logging as hf_logging
