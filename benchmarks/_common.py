@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -32,3 +34,16 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
     if x.is_cuda:
         torch.cuda.synchronize()
     return clock() - start
+
+
+def strict(v):
+    """JSON-safe: non-finite floats become None, numpy scalars Python numbers."""
+    if isinstance(v, dict):
+        return {str(k): strict(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [strict(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v

@@ -54,6 +54,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))  # the study's splits, recipe flags and choices (recipes/study)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import strict  # noqa: E402
 
 SCORE_NAMES = ("logme", "logme_thin", "ncti", "hscore", "hscore_shrinkage", "nc1", "cdnv", "ncc_acc", "nc2_etf")
 EXTRA_SCORES = ("nc1_slope", "probe (validation)", "few_steps (validation)")
@@ -639,19 +641,6 @@ def markdown_tables(out: dict) -> str:
         for name, r in d["rules"].items():
             lines.append(f"| {name} | {'' if r['picks'] is None else ' '.join(map(str, r['picks']))} | {100 * np.mean(r['test']):.1f} |")
     return "\n".join(lines) + "\n"
-
-
-def strict(v):
-    """JSON-safe: non-finite floats become None, numpy scalars Python numbers."""
-    if isinstance(v, dict):
-        return {str(k): strict(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [strict(x) for x in v]
-    if isinstance(v, (float, np.floating)):
-        return float(v) if math.isfinite(v) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
 
 
 def main(argv=None) -> dict:

@@ -49,6 +49,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import strict  # noqa: E402
 SCORE_NAMES = ("logme", "logme_thin", "ncti", "hscore", "hscore_shrinkage", "nc1", "cdnv", "ncc_acc", "nc2_etf")
 TRUTHS = ("full_ft", "scl_ft", "probe")
 TASK_NAMES = ("digits", "fmnist59")
@@ -66,19 +68,6 @@ PROTOCOL = {"full_ft": {"method": "full", "hp": 1e-3, "head_factor": 10.0, "bloc
 
 FULL_SETTINGS = {"tasks": TASK_NAMES, "shots": 10, "seeds": (0, 1, 2), "budgets": BUDGETS, "random_seeds": (0, 1), "mode": "full"}
 QUICK_SETTINGS = {"tasks": ("digits",), "shots": 5, "seeds": (0,), "budgets": {}, "random_seeds": (0, 1), "mode": "quick"}
-
-
-def strict(v):
-    """JSON-safe: non-finite floats become None, numpy scalars Python numbers."""
-    if isinstance(v, dict):
-        return {str(k): strict(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [strict(x) for x in v]
-    if isinstance(v, (float, np.floating)):
-        return float(v) if math.isfinite(v) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
 
 
 def _cached(path: Path, fn):

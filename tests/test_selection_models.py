@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
-from PIL import Image as PILImage
-from tiny_models import IMAGE, build_tiny_model
+from datasets import DatasetDict
+from tiny_models import build_tiny_model
 
 from hf_nc.selection import SCORES, rank_models
 from hf_nc.selection import correlation as C
@@ -19,18 +18,7 @@ from hf_nc.selection import correlation as C
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import transferability_models as bench  # noqa: E402
-
-
-def constant_images(per_class: int, seed: int) -> Dataset:
-    """Class k: a constant grey level plus pixel noise (separable in pixel space)."""
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for k, level in enumerate((50, 128, 206)):
-        for _ in range(per_class):
-            images.append(PILImage.fromarray(np.clip(level + rng.normal(0, 12, (IMAGE, IMAGE, 3)), 0, 255).astype(np.uint8)))
-            labels.append(k)
-    features = Features({"image": Image(), "label": ClassLabel(names=["dark", "mid", "light"])})
-    return Dataset.from_dict({"image": images, "label": labels}, features=features)
+from test_selection import constant_images  # noqa: E402  (one synthetic dataset for both files)
 
 
 @pytest.fixture(scope="module")
