@@ -358,3 +358,18 @@ def test_plain_scl_variant_adds_block_features_ungated(tmp_path):
         want = vit.layernorm(ref.hidden_states[12] + ref.hidden_states[9])
     torch.testing.assert_close(out, want)
     assert (out - ref.last_hidden_state).abs().max() > 0.1  # not the base model
+
+
+def test_findings_name_in_domain_cells_and_unbracketed_choices():
+    from types import SimpleNamespace
+
+    def choice(method, edge):
+        return select.Choice(key=method, method=method, block=None, variant="", head_factor=None, hp=1e-3, val_mean=0.9,
+                             n=2, grid=(1e-4, 1e-3, 1e-2), at_edge=edge)
+
+    transfer = SimpleNamespace(model="tiny", cell=("tiny", "digits", 10))
+    control = SimpleNamespace(model="tiny", cell=("tiny", "fmnist", 10))
+    assert report.caveats(transfer, choice("scl", False), choice("full", False)) == ""
+    assert "edge for SCL FT" in report.caveats(transfer, choice("scl", True), choice("full", False))
+    assert "full FT" not in report.caveats(transfer, choice("scl", True), choice("full", False))
+    assert "in-domain control" in report.caveats(control, choice("scl", False), choice("full", False))

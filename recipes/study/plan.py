@@ -45,6 +45,8 @@ TASKS = {
     "fmnist59": {"dataset": "fashion_mnist", "classes": "5,6,7,8,9", "max_eval": 1000},
 }
 SOURCE_CLASSES = "0,1,2,3,4"
+#: (model family, task) pairs that are not transfer: the report flags their findings as controls.
+IN_DOMAIN = {("tiny", "fmnist"): "in-domain control: the shipped tiny ViT was pre-trained on Fashion-MNIST"}
 FAMILY_LAYERS = {"tiny": 12, "dinov2": 12}
 
 #: The default SCL variant and the ones compared with it on validation (at SCL's chosen block).

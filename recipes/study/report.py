@@ -173,10 +173,25 @@ def section_protocol(s: dict, meta: dict) -> list[str]:
     return lines
 
 
+def caveats(cell: Cell, *choices) -> str:
+    """What weakens a finding of ``cell`` read from ``choices``: an in-domain cell, or a learning
+    rate still at its grid's edge (the optimum not bracketed). "" when nothing does."""
+    notes = []
+    why = plan.IN_DOMAIN.get((plan.family(cell.model), cell.cell[1]))
+    if why:
+        notes.append(why)
+    edge = [LABEL.get(ch.method, ch.method) for ch in choices if ch is not None and ch.at_edge]
+    if edge:
+        notes.append("LR at the grid's edge for " + ", ".join(dict.fromkeys(edge)) + " (optimum not bracketed)")
+    return f" [caveat: {'; '.join(notes)}]" if notes else ""
+
+
 def section_headline(cell: Cell) -> tuple[list[str], list[str], bool]:
     """Chosen configurations on test, paired comparisons. Returns lines, findings, complete."""
     s, margin = cell.s, cell.s["equivalence_margin"]
     lines = [f"### {MODEL_NAMES.get(cell.model, cell.model)} · `{cell.cell[1]}` · {cell.cell[2]} shots", ""]
+    if (plan.family(cell.model), cell.cell[1]) in plan.IN_DOMAIN:
+        lines += [f"*{plan.IN_DOMAIN[(plan.family(cell.model), cell.cell[1])]}: its comparisons are not evidence about transfer.*", ""]
     fam = plan.family(cell.model)
     chosen = {m: cell.choice(m) for m in s["methods"]}
     full_params = cell.params(chosen.get("full"))
@@ -218,7 +233,7 @@ def section_headline(cell: Cell) -> tuple[list[str], list[str], bool]:
         v = stats.verdict(d[1], d[2], margin, d[3])
         rows.append([f"{LABEL[a]} - {LABEL[b]}", ci_text(*d, signed=True), v if complete else f"PENDING ({v} so far)"])
         if complete and headline_complete and (a, b) in (("scl", "full"), ("layer", "full"), ("scl", "layer")):
-            findings.append(f"{cell.name}: {LABEL[a]} - {LABEL[b]} = {ci_text(*d, signed=True)} points -> {v}")
+            findings.append(f"{cell.name}: {LABEL[a]} - {LABEL[b]} = {ci_text(*d, signed=True)} points -> {v}{caveats(cell, ca, cb)}")
     lines += [f"Paired differences (test accuracy points, same seeds; margin ±{100 * margin:.1f}):", ""]
     lines += table(["comparison", "mean [95% CI] (n)", "verdict"], rows) + [""]
     # the paper's goal: SCL FT or Layer FT matches full FT with >= 90% fewer trained parameters
@@ -236,7 +251,8 @@ def section_headline(cell: Cell) -> tuple[list[str], list[str], bool]:
                          f"<= 10% of its trained parameters ({100 * p / full_params:.1f}%): {word}" if p else f"- Goal, {LABEL[m]}: PENDING")
             if headline_complete:
                 findings.append(f"{cell.name}: goal ({LABEL[m]} matches full FT within {100 * margin:.1f} points with <= 10% of its "
-                                f"parameters): {'yes' if ok else 'no'} (paired difference {ci_text(*d, signed=True)})")
+                                f"parameters): {'yes' if ok else 'no'} (paired difference {ci_text(*d, signed=True)})"
+                                f"{caveats(cell, ch, chosen['full'])}")
         lines.append("")
     return lines, findings, headline_complete
 
