@@ -47,3 +47,43 @@ def strict(v):
     if isinstance(v, np.integer):
         return int(v)
     return v
+
+
+def t_interval(x) -> tuple[float, float, float, int]:
+    """Mean and 95% t interval of ``x`` (None and non-finite values dropped).
+
+    Args:
+        x: the values (any iterable of numbers; None and NaN are left out).
+
+    Returns:
+        ``(mean, low, high, n)``: NaN interval for n < 2, all NaN for n = 0.
+    """
+    from scipy import stats
+
+    x = np.asarray([v for v in x if v is not None and math.isfinite(v)], dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    m = float(x.mean())
+    if n < 2:
+        return m, math.nan, math.nan, n
+    h = float(stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return m, m - h, m + h, n
+
+
+def boot_mean(x, num_boot: int, rng: np.random.Generator) -> list[float]:
+    """95% percentile-bootstrap interval of the mean of ``x`` (non-finite values dropped).
+
+    Args:
+        x: the values (e.g. one Kendall tau per case).
+        num_boot: the number of resamples.
+        rng: the generator the resamples are drawn from (advanced by one ``integers`` call).
+
+    Returns:
+        ``[low, high]``; ``[nan, nan]`` for fewer than 2 finite values.
+    """
+    x = np.asarray([v for v in x if math.isfinite(v)], dtype=np.float64)
+    if len(x) < 2:
+        return [math.nan, math.nan]
+    means = x[rng.integers(0, len(x), (num_boot, len(x)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]

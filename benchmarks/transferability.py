@@ -36,7 +36,7 @@ runs' own validation accuracy (costs the whole sweep), and, not attainable, the 
 test and the per-seed oracle. Means over cases with 95% t intervals; each rule's paired difference
 to the best fixed block on validation. No rule reads a test number.
 
-**DINOv2-S** (``--dinov2_runs``, then the benchmark scores it): Layer FT at every block on digits
+**DINOv2-S** (``benchmarks/transferability_dinov2.py``; ``--dinov2_runs``, then the benchmark scores it): Layer FT at every block on digits
 (10 shots), seeds 0 and 1, LR 3e-4 (the study's DINOv2 prior for Layer FT; not chosen on
 validation), the study's recipe and flags; every score on the same seed's training features.
 """
@@ -55,7 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))  # the study's splits, recipe flags and choices (recipes/study)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import strict  # noqa: E402
+from _common import boot_mean, strict, t_interval  # noqa: E402
 
 SCORE_NAMES = ("logme", "logme_thin", "ncti", "hscore", "hscore_shrinkage", "nc1", "cdnv", "ncc_acc", "nc2_etf")
 EXTRA_SCORES = ("nc1_slope", "probe (validation)", "few_steps (validation)")
@@ -66,8 +66,6 @@ METHOD_OF = {"layer_ft": "layer", "scl_ft": "scl"}
 GROUND_TRUTH = ROOT / "docs" / "selection" / "study_block_runs.json"
 STUDY_DIR = ROOT / "outputs" / "transfer_study"
 REFERENCE = "fixed: best block on validation"
-DINOV2_RUN = "convert_dinov2-ab02b5e0"  # the study's converted DINOv2-S (56 x 56): <study>/models/<this>
-DINOV2_LR = 3e-4
 
 
 def n_blocks(method: str, layers: int = 12) -> int:
@@ -258,29 +256,6 @@ def reference_run_s(path: str, info: dict, seed: int, run_steps: int, lrs: dict)
 
 
 # ---------------------------------------------------------------------------------------------- summaries
-def t_interval(x) -> tuple[float, float, float, int]:
-    """Mean and 95% t interval of ``x`` (NaN interval for n < 2)."""
-    from scipy import stats
-
-    x = np.asarray([v for v in x if v is not None and math.isfinite(v)], dtype=np.float64)
-    n = len(x)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    m = float(x.mean())
-    if n < 2:
-        return m, math.nan, math.nan, n
-    h = float(stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n))
-    return m, m - h, m + h, n
-
-
-def boot_mean(x, num_boot: int, rng) -> list[float]:
-    x = np.asarray([v for v in x if math.isfinite(v)], dtype=np.float64)
-    if len(x) < 2:
-        return [math.nan, math.nan]
-    means = x[rng.integers(0, len(x), (num_boot, len(x)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
 def oriented_scores(case: dict, n: int, method: str | None) -> dict[str, np.ndarray]:
     from hf_nc.selection import scores as S
 
@@ -421,161 +396,6 @@ def print_report(summary: dict, cases: list[dict]) -> None:
               f"frozen rules: one forward pass, {c['forward_s_mean']:.2f} s")
 
 
-# ---------------------------------------------------------------------------------------------- DINOv2-S
-def dinov2_sweep_runs(out_dir: Path, study_dir: Path, seeds: list[int], lr: float, blocks: list[int] | None = None,
-                      run: bool = True) -> dict:
-    """Layer FT of DINOv2-S at every block on digits (10 shots) with the study's recipe and flags
-    (``execute.finetune_argv``: 30 epochs, batch 16, prefix cache, validation 30 per class), one
-    LR, final-stage specs (validation and test read at the end of each run). Every run is cached
-    as ``out_dir/results/<run id>.json`` (resumable; seed by seed, so a partial sweep covers whole
-    seeds first). With ``run=False`` only the cached runs are read. Returns ``{seed: {block: record}}``."""
-    from study import execute, plan
-
-    model_dir = out_dir / "models" / DINOV2_RUN
-    if run and not model_dir.exists():  # the study's converted model, linked (not copied or changed)
-        model_dir.parent.mkdir(parents=True, exist_ok=True)
-        model_dir.symlink_to((study_dir / "models" / DINOV2_RUN).resolve(), target_is_directory=True)
-    s, _ = plan.settings_for("full", dinov2=False)
-    cell = ("dinov2", "digits", 10)
-    out: dict = {}
-    for seed in seeds:
-        for b in (blocks if blocks is not None else list(range(12))):
-            spec = plan.run_spec(s, cell, "final", seed, "layer", lr, b, model_run=DINOV2_RUN)
-            path = execute.result_path(out_dir, spec["id"])
-            if path.exists():
-                rec = json.loads(path.read_text())
-            elif run:
-                rec = execute.execute(spec, out_dir)
-                print(f"  dinov2 layer@{b} seed {seed}: {execute.describe(rec)} ({rec['wall_time_s']:.0f} s)", flush=True)
-            else:
-                continue
-            if rec["status"] == "ok":
-                out.setdefault(seed, {})[b] = rec
-    return out
-
-
-def dinov2_trials(out_dir: Path, seed: int = 0, fraction: float = 0.2) -> dict:
-    """``few_steps`` on DINOv2-S (Layer FT, every block, LR 3e-4, ``fraction`` of the 210-step run),
-    from the study's initialisation of ``seed``; cached as ``out_dir/trials_seed<seed>.json``."""
-    from study import execute
-
-    from hf_nc.selection import few_step_trials
-
-    key = out_dir / f"trials_seed{seed}.json"
-    if key.exists():
-        return json.loads(key.read_text())
-    data = execute.task_data("digits", 10, seed, 30)
-    init = study_init(str(out_dir / "models" / DINOV2_RUN), data, seed)
-    t = time.perf_counter()
-    steps = round(fraction * 210)
-    trials = few_step_trials(init, data["train"], data["validation"], method="layer", steps=steps, eval_steps=[steps // 2, steps],
-                             run_steps=210, learning_rate=DINOV2_LR, batch_size=16, seed=seed)
-    out = {"seed": seed, "trials": [tr.to_dict() for tr in trials], "trial_s": time.perf_counter() - t}
-    key.write_text(json.dumps(strict(out)))
-    return out
-
-
-def dinov2_summary(out_dir: Path, num_boot: int) -> dict | None:
-    """Scores of every DINOv2-S block on each seed's training features against the sweep's
-    Layer FT accuracy (test) and validation accuracy, for the seeds whose sweep is complete."""
-    from study import execute
-
-    from hf_nc.probe import load_model
-    from hf_nc.selection import choose_block, choose_block_by_score, nc1_slopes
-    from hf_nc.selection import correlation as C
-    from hf_nc.selection import scores as S
-
-    runs = dinov2_sweep_runs(out_dir, STUDY_DIR, [0, 1], DINOV2_LR, run=False)
-    complete = {seed: r for seed, r in runs.items() if sorted(r) == list(range(12))}
-    if not complete:
-        return {"status": "pending", "runs_done": {str(s): sorted(r) for s, r in runs.items()}}
-    path = str(out_dir / "models" / DINOV2_RUN)
-    model = load_model(path).eval()
-    cases = []
-    for seed, recs in sorted(complete.items()):
-        data = execute.task_data("digits", 10, seed, 30)
-        train, val, test, curve, forward_s = block_features(model, data, 10)
-        values, times = score_blocks(train, list(range(12)), 10)
-        values["nc1_slope"] = nc1_slopes(curve)
-        val_probe = [probe_acc(train[b], train["labels"], val[b], val["labels"]) for b in range(12)]
-        test_acc = [recs[b]["result"]["test_accuracy"] for b in range(12)]
-        val_acc = [recs[b]["result"]["validation_accuracy"] for b in range(12)]
-        cases.append({"seed": seed, "scores": values, "times_s": times, "forward_s": forward_s, "nc1_curve": curve,
-                      "validation_probe": val_probe, "test_probe": [probe_acc(train[b], train["labels"], test[b], test["labels"]) for b in range(12)],
-                      "layer_ft_test": test_acc, "layer_ft_validation": val_acc, "run_wall_s": [recs[b]["wall_time_s"] for b in range(12)],
-                      "picks": {"nc1": choose_block(curve, "layer").block,
-                                "nc1_slope": choose_block_by_score(values["nc1_slope"], "nc1_slope", "layer").block,
-                                "probe": choose_block_by_score(val_probe, "probe", "layer").block,
-                                **{r: choose_block_by_score(values[r], r, "layer").block for r in ("logme", "hscore_shrinkage", "ncti")},
-                                "sweep on validation": int(np.argmax(val_acc))}})
-    corr = {}
-    for name in (*SCORE_NAMES, "nc1_slope", "probe (validation)"):
-        per = []
-        for c in cases:
-            s = (-np.asarray(c["scores"]["nc1_slope"]) if name == "nc1_slope" else np.asarray(c["validation_probe"]) if name.startswith("probe")
-                 else np.asarray([S.oriented(name, v) for v in c["scores"][name]]))
-            from scipy import stats
-
-            per.append({**C.correlations(s, c["layer_ft_test"]), "regret": 100 * C.top1_regret(s, c["layer_ft_test"]),
-                        "p": float(stats.kendalltau(s, c["layer_ft_test"]).pvalue)})
-        corr[name] = {"kendall_tau": float(np.nanmean([p["kendall_tau"] for p in per])),
-                      "weighted_tau": float(np.nanmean([p["weighted_tau"] for p in per])),
-                      "kendall_tau_per_seed": [p["kendall_tau"] for p in per], "kendall_p_per_seed": [p["p"] for p in per],
-                      "top1_regret_points": float(np.mean([p["regret"] for p in per]))}
-    rules = {}
-    for name in ("nc1", "nc1_slope", "logme", "hscore_shrinkage", "ncti", "probe"):
-        rules[f"rule: {name}"] = {"picks": [c["picks"][name] for c in cases], "test": [c["layer_ft_test"][c["picks"][name]] for c in cases]}
-    fixed = {"fixed: middle block (6)": lambda c: 6, "fixed: last block (11)": lambda c: 11,
-             "sweep, chosen on the seed's validation (12 runs)": lambda c: c["picks"]["sweep on validation"],
-             "oracle (best block, test)": lambda c: int(np.argmax(c["layer_ft_test"]))}
-    for name, pick in fixed.items():
-        rules[name] = {"picks": [pick(c) for c in cases], "test": [c["layer_ft_test"][pick(c)] for c in cases]}
-    rules["random block (mean over blocks)"] = {"picks": None, "test": [float(np.mean(c["layer_ft_test"])) for c in cases]}
-    trial_cost = {}
-    for c in cases:  # few_steps, where its trials were run (--dinov2_runs runs them for seed 0)
-        key = out_dir / f"trials_seed{c['seed']}.json"
-        if key.exists():
-            tr = json.loads(key.read_text())
-            picks = trial_picks(tr["trials"], "layer")
-            c["picks"].update(picks)
-            c["trials"] = tr["trials"]
-            trial_cost[c["seed"]] = {"trial_s": tr["trial_s"], "run_s_mean": float(np.mean(c["run_wall_s"]))}
-    with_trials = [c for c in cases if "trials" in c]
-    if with_trials:
-        for name in FEW_STEPS:
-            rules[f"rule: {name}"] = {"picks": [c["picks"][name] for c in with_trials], "test": [c["layer_ft_test"][c["picks"][name]] for c in with_trials]}
-        for c in with_trials:
-            acc = [t["validation_accuracy"][-1] for t in c["trials"]]
-            corr.setdefault("few_steps (validation)", {"kendall_tau_per_seed": [], "kendall_p_per_seed": [], "weighted": [], "regret": []})
-            from scipy import stats
-
-            cc = C.correlations(acc, c["layer_ft_test"])
-            corr["few_steps (validation)"]["kendall_tau_per_seed"].append(cc["kendall_tau"])
-            corr["few_steps (validation)"]["kendall_p_per_seed"].append(float(stats.kendalltau(acc, c["layer_ft_test"]).pvalue))
-            corr["few_steps (validation)"]["weighted"].append(cc["weighted_tau"])
-            corr["few_steps (validation)"]["regret"].append(100 * C.top1_regret(acc, c["layer_ft_test"]))
-        f = corr["few_steps (validation)"]
-        corr["few_steps (validation)"] = {"kendall_tau": float(np.mean(f["kendall_tau_per_seed"])), "weighted_tau": float(np.mean(f["weighted"])),
-                                          "kendall_tau_per_seed": f["kendall_tau_per_seed"], "kendall_p_per_seed": f["kendall_p_per_seed"],
-                                          "top1_regret_points": float(np.mean(f["regret"]))}
-    return {"status": "complete" if len(complete) == 2 else "partial", "seeds": sorted(complete), "lr": DINOV2_LR, "cases": cases,
-            "correlations": corr, "rules": rules, "few_steps_cost": trial_cost}
-
-
-def print_dinov2(res: dict | None) -> None:
-    if not res or res.get("status") == "pending":
-        print(f"\n== DINOv2-S block sweep: pending ({(res or {}).get('runs_done')})")
-        return
-    print(f"\n== DINOv2-S Layer FT block sweep (digits, 10 shots, LR {res['lr']:g}, seeds {res['seeds']}): scores vs test accuracy")
-    for c in res["cases"]:
-        print(f"seed {c['seed']}: test " + " ".join(f"{100 * a:.1f}" for a in c["layer_ft_test"]) + f"  picks {c['picks']}")
-    for name, r in res["correlations"].items():
-        print(f"{name:>24} tau {r['kendall_tau']:+.2f} {['%+.2f' % v for v in r['kendall_tau_per_seed']]} weighted {r['weighted_tau']:+.2f} "
-              f"regret {r['top1_regret_points']:.1f} pt")
-    for name, r in res["rules"].items():
-        print(f"{name:>52} test {100 * np.mean(r['test']):.1f}  picks {r['picks']}")
-
-
 def markdown_tables(out: dict) -> str:
     """The block-level tables of ``docs/SELECTION.md`` from a benchmark result (``main``'s return)."""
     summary, lines = out["summary"], []
@@ -629,17 +449,9 @@ def markdown_tables(out: dict) -> str:
                      f"{c['optimizer_steps_in_runs']:.2f} runs' worth of steps{measured}; a frozen rule: one forward pass ({c['forward_s_mean']:.2f} s).")
     d = out.get("dinov2")
     if d and d.get("status") != "pending":
-        lines += ["", f"**DINOv2-S** (digits, 10 shots, Layer FT at LR {d['lr']:g}, seed(s) {d['seeds']}): per-block test accuracy (%):", "",
-                  "| seed | " + " | ".join(str(b) for b in range(12)) + " |", "|---|" + "---|" * 12]
-        for c in d["cases"]:
-            lines.append(f"| {c['seed']} | " + " | ".join(f"{100 * a:.1f}" for a in c["layer_ft_test"]) + " |")
-        lines += ["", "| score | Kendall tau (p per seed) | weighted tau | top-1 regret (points) |", "|---|---|---|---|"]
-        for name, r in d["correlations"].items():
-            ps = ", ".join(f"p = {p:.2g}" for p in r["kendall_p_per_seed"])
-            lines.append(f"| {name} | {r['kendall_tau']:+.2f} ({ps}) | {r['weighted_tau']:+.2f} | {r['top1_regret_points']:.1f} |")
-        lines += ["", "| rule | picks | test accuracy (%) |", "|---|---|---|"]
-        for name, r in d["rules"].items():
-            lines.append(f"| {name} | {'' if r['picks'] is None else ' '.join(map(str, r['picks']))} | {100 * np.mean(r['test']):.1f} |")
+        from transferability_dinov2 import dinov2_markdown
+
+        lines += dinov2_markdown(d)
     return "\n".join(lines) + "\n"
 
 
@@ -680,9 +492,11 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     cache = Path(args.cache_dir)
     if args.dinov2_runs:  # seed 0's sweep and its few-step trials first, then seed 1's sweep
-        runs = dinov2_sweep_runs(cache / "dinov2", Path(args.study_dir), [0], DINOV2_LR)
-        dinov2_trials(cache / "dinov2", 0)
-        return {**runs, **dinov2_sweep_runs(cache / "dinov2", Path(args.study_dir), [1], DINOV2_LR)}
+        import transferability_dinov2 as D
+
+        runs = D.dinov2_sweep_runs(cache / "dinov2", Path(args.study_dir), [0], D.DINOV2_LR)
+        D.dinov2_trials(cache / "dinov2", 0)
+        return {**runs, **D.dinov2_sweep_runs(cache / "dinov2", Path(args.study_dir), [1], D.DINOV2_LR)}
     if args.extract:
         gt = extract_study(Path(args.study_dir))
         Path(args.ground_truth).write_text(json.dumps(strict(gt), indent=1, allow_nan=False) + "\n")
@@ -730,9 +544,12 @@ def main(argv=None) -> dict:
     print(f"transferability benchmark (blocks): cells {cells}, {len(cases)} cases, {num_boot} bootstrap resamples; "
           f"ground truth: {args.ground_truth}")
     print_report(summary, cases)
-    dinov2 = None if (args.quick or args.no_dinov2) else dinov2_summary(cache / "dinov2", num_boot)
+    dinov2 = None
     if not args.quick:
-        print_dinov2(dinov2)
+        import transferability_dinov2 as D  # the DINOv2-S sweep (benchmarks/transferability_dinov2.py)
+
+        dinov2 = None if args.no_dinov2 else D.dinov2_summary(cache / "dinov2", num_boot)
+        D.print_dinov2(dinov2)
     print(f"total {time.perf_counter() - t0:.1f} s")
     out = {"settings": {"cells": cells, "bootstrap": num_boot, "ground_truth": str(Path(args.ground_truth).resolve().relative_to(ROOT))
                         if Path(args.ground_truth).resolve().is_relative_to(ROOT) else args.ground_truth,
