@@ -4,6 +4,7 @@
     python benchmarks/transferability.py --json docs/selection/transferability.json
     python benchmarks/transferability.py --extract     # rebuild docs/selection/study_block_runs.json from the study's records first
     python benchmarks/transferability.py --dinov2_runs # the DINOv2-S Layer FT block sweep's runs (resumable, ~30-60 CPU-min)
+    python benchmarks/transferability.py --dinov2_lr_check  # that sweep's LR checked on validation (resumable, ~20-40 CPU-min)
     python benchmarks/transferability.py --models      # model level: forwards to benchmarks/transferability_models.py
 
 **Items**: the blocks of the built-in tiny ViT (12 x 64) as candidates for Layer FT (blocks 0-11)
@@ -37,8 +38,10 @@ test and the per-seed oracle. Means over cases with 95% t intervals; each rule's
 to the best fixed block on validation. No rule reads a test number.
 
 **DINOv2-S** (``benchmarks/transferability_dinov2.py``; ``--dinov2_runs``, then the benchmark scores it): Layer FT at every block on digits
-(10 shots), seeds 0 and 1, LR 3e-4 (the study's DINOv2 prior for Layer FT; not chosen on
-validation), the study's recipe and flags; every score on the same seed's training features.
+(10 shots), seeds 0 and 1, LR 3e-4 (the study's DINOv2 prior for Layer FT), the study's recipe and
+flags; every score on the same seed's training features. ``--dinov2_lr_check`` checks that LR on
+validation (1e-4 / 3e-4 / 1e-3 at blocks 0, 5, 11, seed 0; one LR for all blocks) and the report
+records the check and uses the chosen LR's sweep once it has run.
 """
 
 from __future__ import annotations
@@ -471,6 +474,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--cache_dir", default=str(ROOT / "outputs" / "transferability_blocks"),
                         help="per-case results (resumable) and the DINOv2-S sweep's runs; not used by --quick")
     parser.add_argument("--dinov2_runs", action="store_true", help="only run (or resume) the DINOv2-S Layer FT block sweep's fine-tuning runs")
+    parser.add_argument("--dinov2_lr_check", action="store_true", help="only run (or resume) the validation check of the DINOv2-S sweep's "
+                        "LR (1e-4, 3e-4, 1e-3 at blocks 0, 5, 11, seed 0; extended past a winning edge), then seed 0's sweep at "
+                        "the chosen LR when it is not 3e-4")
     parser.add_argument("--no_dinov2", action="store_true", help="leave the DINOv2-S sweep out of the report")
     parser.add_argument("--models", action="store_true", help="the model-level benchmark (benchmarks/transferability_models.py)")
     parser.add_argument("--models_dir", default=str(ROOT / "outputs" / "transferability"), help="cache of the model-level runs")
@@ -497,6 +503,10 @@ def main(argv=None) -> dict:
         runs = D.dinov2_sweep_runs(cache / "dinov2", Path(args.study_dir), [0], D.DINOV2_LR)
         D.dinov2_trials(cache / "dinov2", 0)
         return {**runs, **D.dinov2_sweep_runs(cache / "dinov2", Path(args.study_dir), [1], D.DINOV2_LR)}
+    if args.dinov2_lr_check:
+        import transferability_dinov2 as D
+
+        return D.lr_check_runs(cache / "dinov2", Path(args.study_dir))
     if args.extract:
         gt = extract_study(Path(args.study_dir))
         Path(args.ground_truth).write_text(json.dumps(strict(gt), indent=1, allow_nan=False) + "\n")

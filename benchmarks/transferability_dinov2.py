@@ -1,6 +1,7 @@
 """The DINOv2-S every-block sweep of the block-level benchmark (``benchmarks/transferability.py``).
 
     python benchmarks/transferability.py --dinov2_runs   # the sweep's runs (resumable, ~30-60 CPU-min)
+    python benchmarks/transferability.py --dinov2_lr_check  # its LR checked on validation (resumable, 6-9 runs, ~20-40 CPU-min)
     python benchmarks/transferability.py                 # the report scores the sweep (``--no_dinov2``: left out)
 
 Layer FT of the study's converted DINOv2-S (56 x 56, ``recipes/convert_dinov2_onnx.py``) at every
@@ -8,6 +9,14 @@ block on digits (10 shots), seeds 0 and 1, LR 3e-4 (the study's DINOv2 prior for
 the study's recipe and flags (``recipes/study``: final-stage specs, ``execute.execute``); every
 score of ``transferability.py`` on the same seed's training features, against the sweep's test
 accuracy; the block rules scored by the test accuracy of the block they pick.
+
+**The LR, checked on validation** (``--dinov2_lr_check``, :func:`dinov2_lr_check`): the same specs
+at LRs 1e-4, 3e-4 and 1e-3 at blocks 0, 5 and 11 of seed 0; one LR for every block, the best mean
+validation accuracy over those blocks (never test; ties go to 3e-4); a winner at an edge of the
+grid adds one more value past it (3e-5 or 3e-3) at the same blocks. When the choice is not 3e-4,
+the mode also runs seed 0's sweep at the chosen LR, and the summary uses that sweep
+(:func:`sweep_lr`). The few-step trials stay at 3e-4 (a rule's own cost, like the tiny ViT's at
+its prior).
 
 Imported by ``transferability.py`` where it is used (this module imports that one's per-block
 helpers at its top, so the dependency runs one way).
@@ -28,7 +37,13 @@ from transferability import (FEW_STEPS, SCORE_NAMES, STUDY_DIR, block_features, 
                              trial_picks)
 
 DINOV2_RUN = "convert_dinov2-ab02b5e0"  # the study's converted DINOv2-S (56 x 56): <study>/models/<this>
-DINOV2_LR = 3e-4
+DINOV2_LR = 3e-4  # the study's DINOv2 prior for Layer FT: the sweep's LR, checked on validation by dinov2_lr_check
+# the LR check: the sweep's LR and one half-decade step either side, at the first, middle and last
+# block of seed 0; one more value past an edge of the grid when that edge wins
+LR_GRID = (1e-4, 3e-4, 1e-3)
+LR_EXTENSION = {1e-4: 3e-5, 1e-3: 3e-3}
+LR_CHECK_BLOCKS = (0, 5, 11)
+LR_CHECK_SEED = 0
 
 
 def dinov2_sweep_runs(out_dir: Path, study_dir: Path, seeds: list[int], lr: float, blocks: list[int] | None = None,
@@ -84,6 +99,105 @@ def dinov2_trials(out_dir: Path, seed: int = 0, fraction: float = 0.2) -> dict:
     return out
 
 
+def choose_lr(records: dict[float, dict[int, dict]], blocks, prior: float = DINOV2_LR) -> dict:
+    """The one LR for every block: the best mean VALIDATION accuracy over ``blocks``.
+
+    Args:
+        records: ``{lr: {block: run record}}`` (``execute.execute``'s records: ``result`` holds
+            ``validation_accuracy`` and ``test_accuracy``), every LR with every one of ``blocks``.
+        blocks: the blocks the mean is over.
+        prior: the LR a tie goes to (then the lower LR): a change of LR needs a validation gain.
+
+    Returns:
+        ``{"validation_mean": {lr: mean}, "test_mean": {lr: mean}, "chosen_lr": lr}``; the test
+        means are reported beside the choice and never read by it.
+    """
+    missing = {lr: [b for b in blocks if b not in recs] for lr, recs in records.items()}
+    if any(missing.values()):
+        raise ValueError(f"choose_lr: runs missing at (lr: blocks) {({f'{k:g}': v for k, v in missing.items() if v})}")
+    val = {lr: float(np.mean([records[lr][b]["result"]["validation_accuracy"] for b in blocks])) for lr in records}
+    test = {lr: float(np.mean([records[lr][b]["result"]["test_accuracy"] for b in blocks])) for lr in records}
+    chosen = max(sorted(val), key=lambda lr: (val[lr], lr == prior, -lr))
+    return {"validation_mean": val, "test_mean": test, "chosen_lr": chosen}
+
+
+def dinov2_lr_check(out_dir: Path, study_dir: Path, run: bool = True, grid=LR_GRID, extension: dict | None = None,
+                    blocks=LR_CHECK_BLOCKS, seed: int = LR_CHECK_SEED) -> dict:
+    """Is the sweep's LR the one validation chooses? Layer FT of DINOv2-S at every LR of ``grid``
+    at ``blocks`` for ``seed`` (the sweep's own final-stage specs and cache, :func:`dinov2_sweep_runs`),
+    one LR for all blocks by :func:`choose_lr` (validation only); when the winner is an edge of
+    ``grid``, one more value past it (``extension``: 3e-5 or 3e-3) at the same blocks, and the
+    choice is made again over the extended grid (once: a winner at the new edge is reported as
+    ``at_grid_edge``).
+
+    Args:
+        out_dir: the sweep's folder (runs cached under ``results/``).
+        study_dir: the transfer study's folder (its converted DINOv2-S is linked, not copied).
+        run: run the missing runs; with False only the cached runs are read.
+        grid: the LRs (the sweep's LR among them).
+        extension: ``{edge lr: the value past it}`` (default :data:`LR_EXTENSION`).
+        blocks: the blocks every LR runs at.
+        seed: the final seed of the runs.
+
+    Returns:
+        ``{"status": "pending", "runs_done"}`` while runs are missing, else ``status``
+        ``"complete"``, ``grid`` (as run), ``blocks``, ``seed``, ``validation_mean`` and
+        ``test_mean`` (``{"<lr>": mean accuracy over the blocks}``), ``per_block``, ``chosen_lr``,
+        ``extended`` (the value added past an edge, or None), ``at_grid_edge``, ``sweep_lr``
+        (:data:`DINOV2_LR`) and ``sweep_lr_is_chosen``.
+    """
+    extension = LR_EXTENSION if extension is None else extension
+    blocks = list(blocks)
+    records: dict = {}
+
+    def runs_at(lr: float) -> bool:
+        got = dinov2_sweep_runs(out_dir, study_dir, [seed], lr, blocks=blocks, run=run).get(seed, {})
+        records[lr] = got
+        return sorted(got) == sorted(blocks)
+
+    def pending() -> dict:
+        return {"status": "pending", "blocks": blocks, "seed": seed, "runs_done": {f"{lr:g}": sorted(r) for lr, r in records.items()}}
+
+    if not all([runs_at(lr) for lr in grid]):  # every LR's runs (a list: no short-circuit)
+        return pending()
+    got = choose_lr(records, blocks)
+    extended = None
+    if got["chosen_lr"] in (min(grid), max(grid)) and got["chosen_lr"] in extension:
+        extended = extension[got["chosen_lr"]]
+        if not runs_at(extended):
+            return pending()
+        got = choose_lr(records, blocks)
+    lrs = sorted(records)
+    chosen = got["chosen_lr"]
+    return {"status": "complete", "grid": lrs, "blocks": blocks, "seed": seed,
+            "validation_mean": {f"{lr:g}": got["validation_mean"][lr] for lr in lrs},
+            "test_mean": {f"{lr:g}": got["test_mean"][lr] for lr in lrs},
+            "per_block": {f"{lr:g}": {str(b): {"validation": records[lr][b]["result"]["validation_accuracy"],
+                                               "test": records[lr][b]["result"]["test_accuracy"]} for b in blocks} for lr in lrs},
+            "chosen_lr": chosen, "extended": extended, "at_grid_edge": chosen in (lrs[0], lrs[-1]),
+            "sweep_lr": DINOV2_LR, "sweep_lr_is_chosen": chosen == DINOV2_LR}
+
+
+def lr_check_runs(out_dir: Path, study_dir: Path) -> dict:
+    """``--dinov2_lr_check``: run (or resume) the LR check, then, when validation chose an LR other
+    than the sweep's, seed 0's sweep at that LR at every block (the check's blocks are cached)."""
+    check = dinov2_lr_check(out_dir, study_dir, run=True)
+    print(describe_lr_check(check), flush=True)
+    if check["status"] == "complete" and not check["sweep_lr_is_chosen"]:
+        print(f"  seed 0's sweep at the chosen LR {check['chosen_lr']:g} (every block)", flush=True)
+        dinov2_sweep_runs(out_dir, study_dir, [0], check["chosen_lr"])
+    return check
+
+
+def sweep_lr(check: dict, out_dir: Path, study_dir: Path = STUDY_DIR) -> float:
+    """The LR the summary's sweep uses: the LR check's choice when the check is complete and a
+    whole seed's sweep at that LR is cached, else :data:`DINOV2_LR` (the sweep as first run)."""
+    if check.get("status") != "complete" or check["chosen_lr"] == DINOV2_LR:
+        return DINOV2_LR
+    runs = dinov2_sweep_runs(out_dir, study_dir, [0, 1], check["chosen_lr"], run=False)
+    return check["chosen_lr"] if any(sorted(r) == list(range(12)) for r in runs.values()) else DINOV2_LR
+
+
 def dinov2_summary(out_dir: Path, num_boot: int) -> dict | None:
     """Scores of every DINOv2-S block on each seed's training features against the sweep's
     Layer FT accuracy (test) and validation accuracy, for the seeds whose sweep is complete."""
@@ -94,10 +208,14 @@ def dinov2_summary(out_dir: Path, num_boot: int) -> dict | None:
     from hf_nc.selection import correlation as C
     from hf_nc.selection import scores as S
 
-    runs = dinov2_sweep_runs(out_dir, STUDY_DIR, [0, 1], DINOV2_LR, run=False)
+    check = dinov2_lr_check(out_dir, STUDY_DIR, run=False)
+    lr = sweep_lr(check, out_dir)
+    if check.get("status") == "complete":
+        check["summary_lr"] = lr  # the LR of the sweep summarised below (the choice once its sweep ran)
+    runs = dinov2_sweep_runs(out_dir, STUDY_DIR, [0, 1], lr, run=False)
     complete = {seed: r for seed, r in runs.items() if sorted(r) == list(range(12))}
     if not complete:
-        return {"status": "pending", "runs_done": {str(s): sorted(r) for s, r in runs.items()}}
+        return {"status": "pending", "runs_done": {str(s): sorted(r) for s, r in runs.items()}, "lr": lr, "lr_check": check}
     path = str(out_dir / "models" / DINOV2_RUN)
     model = load_model(path).eval()
     cases = []
@@ -167,15 +285,34 @@ def dinov2_summary(out_dir: Path, num_boot: int) -> dict | None:
         corr["few_steps (validation)"] = {"kendall_tau": float(np.mean(f["kendall_tau_per_seed"])), "weighted_tau": float(np.mean(f["weighted"])),
                                           "kendall_tau_per_seed": f["kendall_tau_per_seed"], "kendall_p_per_seed": f["kendall_p_per_seed"],
                                           "top1_regret_points": float(np.mean(f["regret"]))}
-    return {"status": "complete" if len(complete) == 2 else "partial", "seeds": sorted(complete), "lr": DINOV2_LR, "cases": cases,
+    return {"status": "complete" if len(complete) == 2 else "partial", "seeds": sorted(complete), "lr": lr, "lr_check": check, "cases": cases,
             "correlations": corr, "rules": rules, "few_steps_cost": trial_cost}
+
+
+def describe_lr_check(check: dict | None) -> str:
+    """One line on the LR check (:func:`dinov2_lr_check`'s result) for the printout and the tables."""
+    if not check or check.get("status") != "complete":
+        return f"LR check (validation): pending (runs done per LR: {(check or {}).get('runs_done')})"
+    blocks = ", ".join(map(str, check["blocks"]))
+    val = ", ".join(f"{lr} {100 * v:.1f}" for lr, v in check["validation_mean"].items())
+    test = ", ".join(f"{lr} {100 * v:.1f}" for lr, v in check["test_mean"].items())
+    edge = f"; {check['extended']:g} added past the grid's edge" if check["extended"] is not None else ""
+    edge += "; the choice is at the grid's edge" if check["at_grid_edge"] else ""
+    used = check.get("summary_lr", check["sweep_lr"])
+    return (f"LR check (seed {check['seed']}, blocks {blocks}): mean validation accuracy (%) {val} -> chosen {check['chosen_lr']:g}{edge} "
+            f"(test, not read by the choice: {test}); the sweep's LR {check['sweep_lr']:g} "
+            f"{'is' if check['sweep_lr_is_chosen'] else 'is not'} the chosen one; the sweep below is at {used:g}")
 
 
 def print_dinov2(res: dict | None) -> None:
     if not res or res.get("status") == "pending":
         print(f"\n== DINOv2-S block sweep: pending ({(res or {}).get('runs_done')})")
+        if res and "lr_check" in res:
+            print(describe_lr_check(res["lr_check"]))
         return
     print(f"\n== DINOv2-S Layer FT block sweep (digits, 10 shots, LR {res['lr']:g}, seeds {res['seeds']}): scores vs test accuracy")
+    if "lr_check" in res:
+        print(describe_lr_check(res["lr_check"]))
     for c in res["cases"]:
         print(f"seed {c['seed']}: test " + " ".join(f"{100 * a:.1f}" for a in c["layer_ft_test"]) + f"  picks {c['picks']}")
     for name, r in res["correlations"].items():
@@ -189,6 +326,8 @@ def dinov2_markdown(d: dict) -> list[str]:
     """The DINOv2-S lines of ``docs/SELECTION.md``'s block-level tables (``d``: :func:`dinov2_summary`'s result)."""
     lines = ["", f"**DINOv2-S** (digits, 10 shots, Layer FT at LR {d['lr']:g}, seed(s) {d['seeds']}): per-block test accuracy (%):", "",
              "| seed | " + " | ".join(str(b) for b in range(12)) + " |", "|---|" + "---|" * 12]
+    if "lr_check" in d:  # before the table: which LR the sweep is at, and whether validation chose it
+        lines[1:1] = [describe_lr_check(d["lr_check"]) + ".", ""]
     for c in d["cases"]:
         lines.append(f"| {c['seed']} | " + " | ".join(f"{100 * a:.1f}" for a in c["layer_ft_test"]) + " |")
     lines += ["", "| score | Kendall tau (p per seed) | weighted tau | top-1 regret (points) |", "|---|---|---|---|"]
