@@ -18,7 +18,8 @@ from .collect import (
     train_subset_key,
 )
 from .history import HISTORY_NAME, plot_history, read_history, restore_history
-from .trainer import NCTrainer, dataset_labels
+from .labels import dataset_labels
+from .trainer import NCTrainer
 
 __all__ = [
     "EVAL_PREFIX",

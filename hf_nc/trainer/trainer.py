@@ -1,4 +1,8 @@
-"""NCTrainer: a ``transformers.Trainer`` that also reports neural collapse at every evaluation."""
+"""NCTrainer: a ``transformers.Trainer`` that also reports neural collapse at every evaluation.
+
+The model-card hooks are :class:`~hf_nc.trainer.card.NCModelCardMixin`, the label reading
+:mod:`hf_nc.trainer.labels`.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,10 @@ from .collect import (
     flatten,
     metric_direction,
 )
+from .card import NCModelCardMixin
 from .history import plot_history, restore_history, save_history, upsert
+from .labels import check_labels, dataset_labels
+from .labels import check_labels as _check_labels  # noqa: F401 - the name code imported from here before labels.py
 from .subset_rows import ClassifierStop, RowCapture, StopAtClassifier, SubsetRows
 
 logger = logging.getLogger(__name__)
@@ -53,49 +60,7 @@ class _NCHistoryCallback(TrainerCallback):
         self.trainer.plot_nc_history()
 
 
-def dataset_labels(dataset: Any, read_items: bool = False) -> Optional[np.ndarray]:
-    """The integer labels of a map-style dataset, read without loading its images when possible.
-
-    A ``datasets.Dataset`` gives its ``label``/``labels`` column (any ``with_transform`` is
-    bypassed), a ``torch.utils.data.Subset`` its parent's labels at its indices, a dataset with a
-    ``targets`` attribute (torchvision style) that. Otherwise, with ``read_items``, every item
-    is read once (``item["label"]``, ``item["labels"]`` or ``item[1]``); without it, ``None``.
-    """
-    if isinstance(dataset, Subset):
-        parent = dataset_labels(dataset.dataset, read_items=False)
-        if parent is not None:
-            return parent[np.asarray(dataset.indices, dtype=np.int64)]
-    columns = getattr(dataset, "column_names", None)
-    if isinstance(columns, list) and hasattr(dataset, "with_format"):
-        for name in ("label", "labels"):
-            if name in columns:
-                return np.asarray(dataset.with_format(None)[name], dtype=np.int64)
-    targets = getattr(dataset, "targets", None)
-    if targets is not None and len(targets) == len(dataset):
-        return np.asarray(targets, dtype=np.int64)
-    if not read_items:
-        return None
-    logger.info("reading the labels of all %d items of nc_train_dataset once (give it a 'label' column or a "
-                "'targets' attribute to skip this)", len(dataset))
-    labels = []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        if isinstance(item, dict):
-            key = "labels" if "labels" in item else "label"
-            labels.append(int(item[key]))
-        else:
-            labels.append(int(item[1]))
-    return np.asarray(labels, dtype=np.int64)
-
-
-def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        outside = sorted({int(v) for v in labels if v < 0 or v >= num_classes})
-        raise ValueError(f"{what} has labels {outside[:10]} outside 0..{num_classes - 1}, but nc_num_classes is "
-                         f"{num_classes}: pass the number of classes of the data as nc_num_classes")
-
-
-class NCTrainer(Trainer):
+class NCTrainer(NCModelCardMixin, Trainer):
     """A drop-in :class:`transformers.Trainer` that also measures neural collapse (NC).
 
     At every evaluation it computes the NC metrics (``nc1``, ``nc2_etf``, ``nc2_equinorm``,
@@ -272,7 +237,7 @@ class NCTrainer(Trainer):
         for name, ds in evals.items():
             labels = dataset_labels(ds) if ds is not None and self.nc_eval else None
             if labels is not None:
-                _check_labels(labels, K, name if name == "eval_dataset" else f"eval_dataset[{name!r}]")
+                check_labels(labels, K, name if name == "eval_dataset" else f"eval_dataset[{name!r}]")
         if not self.nc_train_enabled:
             return
         if not hasattr(self.nc_train_dataset, "__len__") or not hasattr(self.nc_train_dataset, "__getitem__"):
@@ -280,7 +245,7 @@ class NCTrainer(Trainer):
                              "subset from; pass one (e.g. the training data with evaluation transforms), or "
                              "nc_train_samples=0 to switch train-subset NC off")
         labels = dataset_labels(self.nc_train_dataset, read_items=True)
-        _check_labels(labels, K, "nc_train_dataset")
+        check_labels(labels, K, "nc_train_dataset")
         missing = sorted(set(range(K)) - {int(v) for v in np.unique(labels)})
         if missing:
             raise ValueError(f"nc_train_dataset has no images of class(es) {missing[:10]} of nc_num_classes={K}: "
@@ -619,7 +584,8 @@ class NCTrainer(Trainer):
         plain ``load_state_dict``, which then silently loads nothing for renamed families (ViT).
         Checkpoints (``_internal_call``) are therefore saved with ``save_original_format=False``;
         a final ``save_model()`` keeps the default format, and for a PEFT model writes the hf-nc
-        card as the folder's ``README.md`` (see :meth:`create_model_card`) over PEFT's blank one.
+        card as the folder's ``README.md`` (:class:`~hf_nc.trainer.card.NCModelCardMixin`) over
+        PEFT's blank one.
         """
         model = self.accelerator.unwrap_model(self.model) if _internal_call else None
         patch = isinstance(model, PreTrainedModel) and "save_original_format" in inspect.signature(model.save_pretrained).parameters
@@ -630,75 +596,6 @@ class NCTrainer(Trainer):
         finally:
             if patch:
                 del model.save_pretrained
-        if not _internal_call and self.args.should_save:
-            try:
-                self._write_nc_card(output_dir or self.args.output_dir, quiet=True)
-            except Exception as e:  # noqa: BLE001 - a card must never cost the user the saved model
-                logger.warning("the model was saved, but its hf-nc card could not be written: %s", e)
-
-    # ------------------------------------------------------------------ model card
-    def nc_card_metrics(self) -> dict[str, float]:
-        """The metrics of the last evaluation in ``state.log_history`` (every eval set's and the train
-        subset's), as :mod:`hf_nc.cards` reads them (``eval_`` -> the eval split,
-        ``eval_train_subset_`` -> ``train``); the last training loss too."""
-        out: dict[str, float] = {}
-        for entry in self.state.log_history:
-            if any(k.startswith("eval_") for k in entry):
-                out.update({k: v for k, v in entry.items() if k.startswith("eval_")})
-        return out
-
-    def _write_nc_card(self, folder: str, model_name=None, finetuned_from=None, dataset=None, license=None,
-                       tags=None, eval_split: str = "validation", quiet: bool = False) -> bool:
-        """Writes the hf-nc card of a PEFT model to ``folder/README.md``; ``False`` when it cannot
-        (not a PEFT model, or no base model id is known)."""
-        model = self.accelerator.unwrap_model(self.model)
-        if not hasattr(model, "peft_config"):
-            return False
-        from ..cards import adapter_card_from_model
-
-        config = next(iter(model.peft_config.values()))
-        base = finetuned_from or config.base_model_name_or_path or getattr(resolve_backbone(model).model.config, "_name_or_path", None)
-        if not base:
-            if quiet:
-                return False
-            logger.warning("no hf-nc card: the base model is not known (pass finetuned_from=<hub id>); "
-                           "falling back to transformers' card")
-            return False
-        card = adapter_card_from_model(
-            model, base_model=base, metrics=self.nc_card_metrics(),
-            dataset=dataset[0] if isinstance(dataset, (list, tuple)) and dataset else dataset,
-            adapter_name=next(iter(model.peft_config)), repo_id=self.hub_model_id, model_name=model_name,
-            license=license, tags=[tags] if isinstance(tags, str) else list(tags or []), eval_split=eval_split)
-        os.makedirs(folder, exist_ok=True)
-        card.save(os.path.join(folder, "README.md"))
-        return True
-
-    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
-                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None,
-                          eval_split: str = "validation") -> None:
-        """Writes ``output_dir/README.md``: for a PEFT model (hf-nc's methods, LoRA, ...) the hf-nc card
-        (:func:`hf_nc.cards.adapter_card_from_model`: base model, method and settings, trainable share,
-        accuracy and NC of the last evaluation as model-index results -- the eval data as
-        ``eval_split``, the train subset as ``train`` -- and the ``import hf_nc`` loading snippet),
-        instead of PEFT's blank template; for other models transformers' own card.
-        ``trainer.push_to_hub(**kwargs)`` calls it with its keyword arguments.
-
-        Args:
-            eval_split: The split the evaluation data is (``"validation"``: the Trainer's eval set is
-                the one models are selected on; pass ``"test"`` if it is the test split).
-            finetuned_from: The base model's Hub id (default: the adapter config's
-                ``base_model_name_or_path``, else the base config's ``_name_or_path``).
-            dataset: The fine-tuning dataset (a Hub id, or an hf-nc built-in name).
-            Others: as :meth:`transformers.Trainer.create_model_card`.
-        """
-        if not self.is_world_process_zero():
-            return
-        if self._write_nc_card(self.args.output_dir, model_name=model_name, finetuned_from=finetuned_from,
-                               dataset=dataset, license=license, tags=tags, eval_split=eval_split):
-            return
-        super().create_model_card(language=language, license=license, tags=tags, model_name=model_name,
-                                  finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags,
-                                  dataset=dataset, dataset_args=dataset_args)
 
     # ------------------------------------------------------------------ history
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
