@@ -1,30 +1,27 @@
 """NCTrainer: a ``transformers.Trainer`` that also reports neural collapse at every evaluation.
 
-The model-card hooks are :class:`~hf_nc.trainer.card.NCModelCardMixin`, the label reading
-:mod:`hf_nc.trainer.labels`.
+This module is the Trainer integration (arguments, the ``evaluate`` / ``evaluation_loop`` hooks,
+checkpoint format, history on resume). The train-subset machinery is
+:class:`~hf_nc.trainer.train_subset.TrainSubsetNC`, the model-card hooks
+:class:`~hf_nc.trainer.card.NCModelCardMixin`, the label reading :mod:`hf_nc.trainer.labels`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
-import math
 import os
 from typing import Any, Iterable, Literal, Optional, Union
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..backbones import resolve_backbone
-from ..data import stratified_indices
-from ..features import FINAL, LayerFeatures
-from ..layer_nc import unpack_batch
+from ..features import LayerFeatures
 from ..metrics.validation import check_num_classes
+from .card import NCModelCardMixin
 from .collect import (
     LEGACY_TRAIN_PREFIX,
     TRAIN_SUBSET_PREFIX,
@@ -33,15 +30,20 @@ from .collect import (
     flatten,
     metric_direction,
 )
-from .card import NCModelCardMixin
 from .history import plot_history, restore_history, save_history, upsert
 from .labels import check_labels, dataset_labels
 from .labels import check_labels as _check_labels  # noqa: F401 - the name code imported from here before labels.py
-from .subset_rows import ClassifierStop, RowCapture, StopAtClassifier, SubsetRows
+from .train_subset import TrainSubsetNC
 
 logger = logging.getLogger(__name__)
 
 NCLayers = Union[bool, Literal["all"], Iterable[int]]
+
+
+def _subset_setting(name: str, doc: str) -> property:
+    """A trainer attribute kept on its :class:`TrainSubsetNC` (read and written there)."""
+    return property(lambda self: getattr(self.nc_train_subset, name),
+                    lambda self, value: setattr(self.nc_train_subset, name, value), doc=doc)
 
 
 class _NCHistoryCallback(TrainerCallback):
@@ -159,35 +161,20 @@ class NCTrainer(NCModelCardMixin, Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.nc_train_dataset = nc_train_dataset if nc_train_dataset is not None else self.train_dataset
-        if nc_train_samples is not None and (isinstance(nc_train_samples, bool) or not isinstance(nc_train_samples, (int, np.integer))):
-            raise ValueError(f"nc_train_samples must be an int or None, got {nc_train_samples!r}")
-        self.nc_train_samples = nc_train_samples
+        #: the train-subset machinery (:class:`~hf_nc.trainer.train_subset.TrainSubsetNC`); the
+        #: ``nc_train_*`` attributes and methods of the trainer read and write it
+        self.nc_train_subset = TrainSubsetNC(
+            self, nc_train_dataset if nc_train_dataset is not None else self.train_dataset, nc_train_samples,
+            cache_mb=nc_cache_mb, prefix_cache=nc_prefix_cache, every=nc_train_every)
         self.nc_eval = nc_eval
         self.nc_layers = "all" if nc_layers is True else ([] if nc_layers is False else nc_layers)
         self.nc_ncc = nc_ncc
         self.nc_plots = nc_plots
-        self.nc_cache_mb = nc_cache_mb
-        self._nc_cache_budget_mb = nc_cache_mb  # nc_cache_mb drops to 0 when the images do not fit; the rows keep it
-        self.nc_prefix_cache = nc_prefix_cache
-        if isinstance(nc_train_every, bool) or not isinstance(nc_train_every, (int, np.integer)) or nc_train_every < 1:
-            raise ValueError(f"nc_train_every must be a positive int (1: measure the train subset at every evaluation), "
-                             f"got {nc_train_every!r}")
-        self.nc_train_every = int(nc_train_every)
-        self._nc_train_eval_steps: list[int] = []  # global steps of the evaluations during training, in order
-        self._nc_rows_failed = False  # the rows of the train subset were over the budget: PrefixCache.build
-        self._nc_train_batches: Optional[list] = None
-        self._nc_prefix: Optional[Any] = None  # the train subset's rows at the cut: SubsetRows, or a PrefixCache
-        self._nc_prefix_off = False  # not exact / no gain for this model: never try again
-        self._nc_frozen_blocks: dict[str, float] = {}  # per-block NC1 below the cut, measured once
         self.nc_num_classes = nc_num_classes
         self.nc_history: list[dict] = []
         self._nc_recorder: Optional[LayerFeatures] = None
         self._nc_eval_stats: Optional[LayerStats] = None
-        self._nc_train_cache: Optional[tuple] = None  # (fingerprint of the weights, metrics)
-        self._nc_evaluate_calls = 0
         self._nc_depth = 0
-        self._nc_train_indices: list[int] = []
         self._nc_check_setup()
         name = self.args.metric_for_best_model
         canonical = canonical_metric_name(name)
@@ -216,7 +203,7 @@ class NCTrainer(NCModelCardMixin, Trainer):
     @property
     def nc_train_enabled(self) -> bool:
         """Whether the train subset is measured (``nc_train_samples != 0`` and there is data)."""
-        return self.nc_train_dataset is not None and self.nc_train_samples != 0
+        return self.nc_train_subset.enabled
 
     def _nc_check_setup(self) -> None:
         """Everything that would otherwise fail only at the first evaluation, checked now."""
@@ -238,27 +225,7 @@ class NCTrainer(NCModelCardMixin, Trainer):
             labels = dataset_labels(ds) if ds is not None and self.nc_eval else None
             if labels is not None:
                 check_labels(labels, K, name if name == "eval_dataset" else f"eval_dataset[{name!r}]")
-        if not self.nc_train_enabled:
-            return
-        if not hasattr(self.nc_train_dataset, "__len__") or not hasattr(self.nc_train_dataset, "__getitem__"):
-            raise ValueError("nc_train_dataset must be a map-style dataset (len() and indexing) to draw the train "
-                             "subset from; pass one (e.g. the training data with evaluation transforms), or "
-                             "nc_train_samples=0 to switch train-subset NC off")
-        labels = dataset_labels(self.nc_train_dataset, read_items=True)
-        check_labels(labels, K, "nc_train_dataset")
-        missing = sorted(set(range(K)) - {int(v) for v in np.unique(labels)})
-        if missing:
-            raise ValueError(f"nc_train_dataset has no images of class(es) {missing[:10]} of nc_num_classes={K}: "
-                             "train-subset NC needs every class (fix nc_num_classes, or pass nc_train_samples=0 to "
-                             "switch train-subset NC off)")
-        n = self.nc_train_samples
-        if n is None or n < 0 or n >= len(labels):
-            self._nc_train_indices = list(range(len(labels)))
-            return
-        if n < K:
-            raise ValueError(f"nc_train_samples={n} cannot hold one image of each of the {K} classes: use "
-                             f"nc_train_samples >= {K}, None (all images) or 0 (no train-subset NC)")
-        self._nc_train_indices = stratified_indices(labels, n, seed=self.args.seed, num_classes=K).tolist()
+        self.nc_train_subset.setup(K, seed=self.args.seed)
 
     @property
     def _nc_backbone(self):
@@ -268,7 +235,7 @@ class NCTrainer(NCModelCardMixin, Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """``Trainer.evaluate`` plus NC metrics (see the class docstring)."""
         if self._nc_depth == 0:
-            self._nc_evaluate_calls += 1  # a dict of eval sets recurses: one train-subset pass for all
+            self.nc_train_subset.evaluate_calls += 1  # a dict of eval sets recurses: one train-subset pass for all
         self._nc_depth += 1
         try:
             metrics = super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
@@ -301,7 +268,7 @@ class NCTrainer(NCModelCardMixin, Trainer):
             records[metric_key_prefix] = self._nc_eval_stats.reduce().metrics(
                 self._nc_backbone.classifier, f"the evaluation data ({metric_key_prefix})")
             self._nc_eval_stats = None
-        if description == "Evaluation" and self.nc_train_enabled and self._nc_train_due():
+        if description == "Evaluation" and self.nc_train_enabled and self.nc_train_subset.due():
             records["train"] = self.train_nc_metrics()
         for prefix, values in records.items():
             output.metrics.update(flatten(TRAIN_SUBSET_PREFIX if prefix == "train" else prefix, values))
@@ -332,248 +299,53 @@ class NCTrainer(NCModelCardMixin, Trainer):
         return batch_size
 
     # ------------------------------------------------------------------ train subset
+    # The machinery lives in TrainSubsetNC; these keep the names users and subclasses call and override.
     def nc_train_indices(self) -> list[int]:
         """The seeded, stratified subset of ``nc_train_dataset`` measured at every evaluation
         (all ranks agree); empty when train-subset NC is off."""
-        return list(self._nc_train_indices)
+        return self.nc_train_subset.indices()
 
     def nc_train_shard(self) -> list[int]:
         """This rank's share of :meth:`nc_train_indices`: disjoint across ranks, nothing repeated
         (possibly empty when the subset is smaller than the world size)."""
-        return self._nc_train_indices[self.args.process_index :: self.args.world_size]
+        return self.nc_train_subset.shard()
 
     def get_nc_train_dataloader(self) -> DataLoader:
-        """This rank's shard of the train subset (see :meth:`nc_train_shard`)."""
-        return DataLoader(
-            Subset(self.nc_train_dataset, self.nc_train_shard()),
-            batch_size=self.args.per_device_eval_batch_size,
-            collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers,
-        )
+        """This rank's shard of the train subset (see :meth:`nc_train_shard`).
 
-    def _nc_train_batches_or_loader(self):
-        """The cached train-subset batches, else the loader (cached on first use if small enough)."""
-        if self._nc_train_batches is not None:
-            return self._nc_train_batches
-        loader = self.get_nc_train_dataloader()
-        if self.nc_cache_mb <= 0:
-            return loader
-        batches, size = [], 0
-        for batch in loader:
-            size += sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor)) if isinstance(batch, dict) else 0
-            if not isinstance(batch, dict) or size > self.nc_cache_mb * 2**20:
-                self.nc_cache_mb = 0  # too large (or not a dict batch): stream from now on
-                return loader
-            batches.append(batch)
-        self._nc_train_batches = batches
-        return batches
-
-    def _nc_fingerprint(self) -> tuple:
-        """Names the weights the train subset is measured with: during training the global step
-        (weights change only at optimizer steps), outside it one ``evaluate()`` call (the user may
-        change the model between calls). Tensor version counters cannot serve: fused optimizers
-        (transformers' default ``adamw_torch_fused``) update parameters without bumping them."""
-        if self.is_in_train:
-            return ("step", id(self.model), self.state.global_step)
-        return ("call", id(self.model), self._nc_evaluate_calls)
-
-    @torch.no_grad()
-    def _nc_stream_train(self, stats: LayerStats, recorder: LayerFeatures, batches, ncc: bool,
-                         capture: Optional[RowCapture] = None) -> None:
-        device = next(self.model.parameters()).device
-        # NC needs the classifier's input, not its logits: the forward stops there (no head, no loss).
-        # Not under FSDP / DeepSpeed: their hooks re-shard parameters after a forward that completes.
-        sharded = getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False)
-        stop = ClassifierStop(recorder.backbone) if FINAL in recorder.keys and not sharded else contextlib.nullcontext()
-        with stop:
-            for batch in batches:
-                pixel_values, labels = unpack_batch(batch)
-                try:
-                    self.model(pixel_values=pixel_values.to(device))
-                except StopAtClassifier:
-                    pass
-                feats = recorder.pop()
-                if capture is not None:
-                    capture.take(labels)
-                if ncc:
-                    stats.ncc_pass(feats, labels)
-                else:
-                    stats.update(feats, labels)
-
-    def _nc_prefix_cut(self) -> Optional[int]:
-        """The first tuned block when a train-subset prefix cache would be exact and gain something."""
-        if self._nc_prefix_off or not self.nc_prefix_cache or self.args.world_size > 1:
-            return None
-        from ..prefix_cache import PrefixCache, first_tuned_block, prefix_cache_problems
-
-        data = self.nc_train_dataset
-        while isinstance(data, Subset):
-            data = data.dataset
-        if isinstance(data, PrefixCache):  # its items already are cached prefix states
-            self._nc_prefix_off = True
-            return None
-
-        try:
-            cut = first_tuned_block(self.model)
-            ok = 0 < cut and not prefix_cache_problems(self.model, cut)
-        except Exception as e:  # noqa: BLE001 - any model the cache does not know runs uncached
-            logger.debug("no prefix cache for the train subset: %s", e)
-            ok = False
-        if not ok:
-            self._nc_drop_prefix()
-            self._nc_prefix_off = True
-            return None
-        if self._nc_prefix is not None and self._nc_prefix.layout.block != cut:
-            self._nc_drop_prefix()
-        return cut
-
-    def _nc_drop_prefix(self) -> None:
-        if self._nc_prefix is not None:
-            self._nc_prefix.close()
-        self._nc_prefix, self._nc_frozen_blocks, self._nc_rows_failed = None, {}, False
-
-    def _nc_layer_list(self) -> list[int]:
-        backbone = self._nc_backbone
-        if self.nc_layers == "all":
-            return list(range(backbone.num_layers))
-        return sorted({backbone.layer_index(i) for i in self.nc_layers})
-
-    def _nc_budget_bytes(self) -> int:
-        return int(max(self._nc_cache_budget_mb, 0) * 2**20)
-
-    def _nc_train_pass(self, layers, batches, capture: Optional[RowCapture] = None) -> LayerStats:
-        """One streamed pass (plus the NCC pass) over ``batches``, reduced across processes.
-
-        With ``capture`` the pass (over images) also grabs the rows at the cut; when it got them they
-        become the train subset's prefix cache, and the NCC pass already runs from them.
+        The train-subset passes over images take their batches from here: override it to load them
+        differently.
         """
-        with LayerFeatures(self.model, layers=layers) as recorder:
-            stats = LayerStats(self.nc_num_classes, recorder.keys)
-            with capture if capture is not None else contextlib.nullcontext():
-                self._nc_stream_train(stats, recorder, batches, ncc=False, capture=capture)
-            stats.reduce()
-        attach = False  # the NCC pass runs from the rows just grabbed (a cached pass is attached already)
-        if capture is not None:
-            rows = capture.result()
-            if rows is None:
-                self._nc_rows_failed = True  # over the budget: PrefixCache.build (memory-mapped) next time
-            else:
-                self._nc_prefix, self._nc_train_batches = rows, None  # the images are not needed any more
-                batches, attach = rows.batches, True
-        if self.nc_ncc and not stats.nonfinite.get(FINAL):  # agreed on every rank by reduce()
-            with LayerFeatures(self.model, layers=[]) as recorder:  # NCC: the final features only
-                with self._nc_attached() if attach else contextlib.nullcontext():
-                    self._nc_stream_train(stats, recorder, batches, ncc=True)
-            stats.second_reduce()
-        return stats
-
-    @contextlib.contextmanager
-    def _nc_attached(self):
-        """The model runs from the train subset's cached rows inside (images still work)."""
-        from ..prefix_cache import PrefixCacheHandle
-
-        model = self.model
-        attached = resolve_backbone(model).model.__dict__.get(PrefixCacheHandle._ATTR)
-        handle = PrefixCacheHandle.install(model, self._nc_prefix.layout)
-        try:
-            yield
-        finally:
-            if attached is None:  # leave a handle the user attached for training alone
-                handle.remove()
-
-    def _nc_row_batches(self, cut: int):
-        """Batches of cached prefix states of the train subset: the rows grabbed by the first pass, or
-        (when they were over ``nc_cache_mb``) a :class:`~hf_nc.prefix_cache.PrefixCache` built now,
-        memory-mapped; ``None`` when that cannot be built."""
-        from ..prefix_cache import PrefixCache, PrefixCacheError
-
-        if isinstance(self._nc_prefix, SubsetRows):
-            return self._nc_prefix.batches
-        if self._nc_prefix is None:
-            amp = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
-            try:
-                self._nc_prefix = PrefixCache.build(
-                    self.model, Subset(self.nc_train_dataset, self.nc_train_shard()), self.data_collator,
-                    batch_size=self.args.per_device_eval_batch_size, block=cut, progress=False, check_dataset=False,
-                    memory_budget=self._nc_budget_bytes(), autocast_dtype=amp)
-            except PrefixCacheError as e:
-                logger.info("train-subset NC without a prefix cache: %s", e)
-                self._nc_prefix_off = True
-                return None
-        cache = self._nc_prefix
-
-        def collate(items):
-            return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
-                    "labels": torch.tensor([int(i["labels"]) for i in items])}
-
-        return DataLoader(cache, batch_size=self.args.per_device_eval_batch_size, collate_fn=collate)
-
-    def _nc_train_due(self) -> bool:
-        """Whether this evaluation measures the train subset (``nc_train_every``)."""
-        if self.nc_train_every == 1 or not self.is_in_train:
-            return True
-        step = self.state.global_step
-        if self.state.max_steps and step >= self.state.max_steps:
-            return True  # the last evaluation of training
-        if step not in self._nc_train_eval_steps:  # a dict of eval sets evaluates several times per step
-            self._nc_train_eval_steps.append(step)
-        return self._nc_train_eval_steps.index(step) % self.nc_train_every == 0
+        return self.nc_train_subset.dataloader()
 
     def train_nc_metrics(self) -> dict:
         """NC of the train subset (an extra forward pass in eval mode), reduced across processes.
 
         Collective under torch.distributed: every rank calls it (a rank with an empty shard too).
-        The result is reused while the weights cannot have changed (see :meth:`_nc_fingerprint`):
-        at the same training step, and within one ``evaluate()`` of a dict ``eval_dataset``.
-        With ``nc_prefix_cache`` the frozen prefix runs once (see the class docstring).
+        The result is reused while the weights cannot have changed
+        (:meth:`~hf_nc.trainer.train_subset.TrainSubsetNC.fingerprint`): at the same training step,
+        and within one ``evaluate()`` of a dict ``eval_dataset``. With ``nc_prefix_cache`` the frozen
+        prefix runs once (see the class docstring).
         """
-        if not self.nc_train_enabled:
-            return {}
-        fingerprint = self._nc_fingerprint()
-        if self._nc_train_cache is not None and self._nc_train_cache[0] == fingerprint:
-            return self._nc_train_cache[1]
-        from ..prefix_cache import PrefixCacheError
+        return self.nc_train_subset.metrics()
 
-        model = self.model
-        was_training = model.training
-        model.eval()
-        from_rows = False
-        try:
-            with self.accelerator.autocast():
-                cut = self._nc_prefix_cut()
-                layers = self._nc_layer_list()
-                frozen = [i for i in layers if cut is not None and i < cut]
-                if cut is not None and self._nc_prefix is None and not self._nc_rows_failed:
-                    # The first pass with this cut: over the images, every block measured, rows grabbed
-                    capture = RowCapture(self._nc_backbone, cut, self._nc_budget_bytes())
-                    stats = self._nc_train_pass(layers, self._nc_train_batches_or_loader(), capture=capture)
-                else:
-                    # A frozen block's NC1 that came out NaN is measured again, on images
-                    batches = self._nc_row_batches(cut) if cut is not None and not (frozen and not self._nc_frozen_blocks) else None
-                    stats = None
-                    if batches is not None:
-                        try:
-                            with self._nc_attached():
-                                stats = self._nc_train_pass([i for i in layers if i >= cut], batches)
-                            from_rows = True
-                        except PrefixCacheError as e:  # e.g. the user attached a cache of another layout
-                            logger.info("train-subset NC without a prefix cache: %s", e)
-                            self._nc_drop_prefix()
-                            self._nc_prefix_off = True
-                    if stats is None:
-                        stats = self._nc_train_pass(layers, self._nc_train_batches_or_loader())
-        finally:
-            model.train(was_training)
-        metrics = stats.metrics(self._nc_backbone.classifier, "the train subset", ncc=self.nc_ncc)
-        if from_rows and self._nc_frozen_blocks:
-            metrics["blocks"] = dict(sorted({**self._nc_frozen_blocks, **metrics.get("blocks", {})}.items(),
-                                            key=lambda kv: int(kv[0])))
-        elif not from_rows and cut is not None and not self._nc_prefix_off and "blocks" in metrics:
-            frozen_nc1 = {k: v for k, v in metrics["blocks"].items() if int(k) < cut}
-            if all(math.isfinite(v) for v in frozen_nc1.values()):  # else measure them again next time
-                self._nc_frozen_blocks = frozen_nc1
-        self._nc_train_cache = (self._nc_fingerprint(), metrics)
-        return metrics
+    nc_train_dataset = _subset_setting("dataset", "Training data of the train-subset NC (``nc_train_dataset``).")
+    nc_train_samples = _subset_setting("samples", "Size of the train subset as passed (``nc_train_samples``).")
+    nc_cache_mb = _subset_setting("cache_mb", "Memory budget of the cached train-subset batches, in MiB "
+                                              "(``nc_cache_mb``; drops to 0 once they do not fit).")
+    nc_prefix_cache = _subset_setting("prefix_cache", "Whether the train subset is measured from the first "
+                                                      "tuned block (``nc_prefix_cache``).")
+    nc_train_every = _subset_setting("every", "Measure the train subset at every k-th evaluation (``nc_train_every``).")
+
+    @property
+    def _nc_prefix(self) -> Optional[Any]:
+        """The train subset's rows at the cut (``SubsetRows``, or a ``PrefixCache``), or ``None``."""
+        return self.nc_train_subset.prefix
+
+    @property
+    def _nc_train_indices(self) -> list[int]:
+        """The train subset's indices themselves (not a copy, unlike :meth:`nc_train_indices`)."""
+        return self.nc_train_subset._indices
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:

@@ -1,0 +1,390 @@
+"""NC of a fixed, seeded, stratified subset of the training data, measured at evaluations.
+
+:class:`TrainSubsetNC` is ``NCTrainer``'s train-subset machinery: it draws the subset once (every
+class present, the same on every rank), splits it into disjoint per-rank shards, keeps small
+collated batches in memory between evaluations, and runs the extra forward pass (NC, then the NCC
+pass) in eval mode, stopped at the classifier's input. When the blocks below the first tuned one are
+frozen it measures later evaluations from that block on: from the rows the first pass grabbed
+(:mod:`hf_nc.trainer.subset_rows`), or, when those were over the memory budget, from a
+memory-mapped :class:`~hf_nc.prefix_cache.PrefixCache`. ``nc_train_every`` decides which
+evaluations measure it, and a result is reused while the weights cannot have changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..backbones import Backbone, resolve_backbone
+from ..data import stratified_indices
+from ..features import FINAL, LayerFeatures
+from ..layer_nc import unpack_batch
+from .collect import LayerStats
+from .labels import check_labels, dataset_labels
+from .subset_rows import ClassifierStop, RowCapture, StopAtClassifier, SubsetRows
+
+if TYPE_CHECKING:
+    from .trainer import NCTrainer
+
+logger = logging.getLogger(__name__)
+
+
+class TrainSubsetNC:
+    """The train subset of one ``NCTrainer``: which images, their cached batches or rows, and its NC.
+
+    The trainer's ``model``, ``args``, ``state``, ``accelerator`` and ``data_collator`` are read at
+    every call rather than copied, since they change after the trainer is built (Accelerate wraps
+    the model, the step moves on, a user may swap the model between ``evaluate()`` calls); so are
+    the settings shared with the eval-data NC (``nc_num_classes``, ``nc_layers``, ``nc_ncc``). The
+    images come from ``trainer.get_nc_train_dataloader()``, the hook a subclass may override.
+
+    Args:
+        trainer: The trainer it measures for.
+        dataset: ``nc_train_dataset`` (map-style), or ``None``: no train-subset NC.
+        samples: ``nc_train_samples`` (see :class:`~hf_nc.trainer.NCTrainer`).
+        cache_mb: ``nc_cache_mb``: this rank's collated batches, and the grabbed rows, are kept in
+            memory up to this many MiB.
+        prefix_cache: ``nc_prefix_cache``: measure from the first tuned block when that is exact.
+        every: ``nc_train_every``: measure at every ``every``-th evaluation during training.
+
+    Raises:
+        ValueError: ``samples`` not an int or ``None``, or ``every`` not a positive int.
+    """
+
+    def __init__(self, trainer: "NCTrainer", dataset: Optional[Dataset], samples: Optional[int], cache_mb: float,
+                 prefix_cache: bool, every: int):
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer))):
+            raise ValueError(f"nc_train_samples must be an int or None, got {samples!r}")
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"nc_train_every must be a positive int (1: measure the train subset at every evaluation), "
+                             f"got {every!r}")
+        self.trainer = trainer
+        self.dataset = dataset
+        self.samples = samples
+        self.cache_mb = cache_mb
+        self._budget_mb = cache_mb  # cache_mb drops to 0 when the images do not fit; the rows keep it
+        self.prefix_cache = prefix_cache
+        self.every = int(every)
+        #: ``evaluate()`` calls outside nested ones (a dict of eval sets recurses), counted by the trainer
+        self.evaluate_calls = 0
+        self._eval_steps: list[int] = []  # global steps of the evaluations during training, in order
+        self._indices: list[int] = []
+        self._batches: Optional[list] = None  # this rank's collated batches, when they fit in cache_mb
+        #: the train subset's rows at the cut: :class:`SubsetRows`, or a :class:`~hf_nc.prefix_cache.PrefixCache`
+        self.prefix: Optional[Any] = None
+        self._rows_failed = False  # the rows were over the budget: PrefixCache.build at the next evaluation
+        self._prefix_off = False  # not exact / no gain for this model: never try again
+        self._frozen_blocks: dict[str, float] = {}  # per-block NC1 below the cut, measured once
+        self._cached: Optional[tuple] = None  # (fingerprint of the weights, metrics)
+
+    # ------------------------------------------------------------------ the subset
+    @property
+    def enabled(self) -> bool:
+        """Whether the train subset is measured (``nc_train_samples != 0`` and there is data)."""
+        return self.dataset is not None and self.samples != 0
+
+    @property
+    def backbone(self) -> Backbone:
+        return resolve_backbone(self.trainer.model)
+
+    def setup(self, num_classes: int, seed: int) -> None:
+        """Checks the data against ``num_classes`` and draws the subset (a no-op when not :attr:`enabled`).
+
+        Args:
+            num_classes: K (the trainer's resolved ``nc_num_classes``).
+            seed: The seed of the stratified draw (``args.seed``: every rank draws the same subset).
+
+        Raises:
+            ValueError: not a map-style dataset, labels outside ``0..K - 1``, a class without images,
+                or ``0 < nc_train_samples < K``.
+        """
+        if not self.enabled:
+            return
+        if not hasattr(self.dataset, "__len__") or not hasattr(self.dataset, "__getitem__"):
+            raise ValueError("nc_train_dataset must be a map-style dataset (len() and indexing) to draw the train "
+                             "subset from; pass one (e.g. the training data with evaluation transforms), or "
+                             "nc_train_samples=0 to switch train-subset NC off")
+        K = num_classes
+        labels = dataset_labels(self.dataset, read_items=True)
+        check_labels(labels, K, "nc_train_dataset")
+        missing = sorted(set(range(K)) - {int(v) for v in np.unique(labels)})
+        if missing:
+            raise ValueError(f"nc_train_dataset has no images of class(es) {missing[:10]} of nc_num_classes={K}: "
+                             "train-subset NC needs every class (fix nc_num_classes, or pass nc_train_samples=0 to "
+                             "switch train-subset NC off)")
+        n = self.samples
+        if n is None or n < 0 or n >= len(labels):
+            self._indices = list(range(len(labels)))
+            return
+        if n < K:
+            raise ValueError(f"nc_train_samples={n} cannot hold one image of each of the {K} classes: use "
+                             f"nc_train_samples >= {K}, None (all images) or 0 (no train-subset NC)")
+        self._indices = stratified_indices(labels, n, seed=seed, num_classes=K).tolist()
+
+    def indices(self) -> list[int]:
+        """The seeded, stratified subset of the dataset (all ranks agree); empty when switched off."""
+        return list(self._indices)
+
+    def shard(self) -> list[int]:
+        """This rank's share of :meth:`indices`: disjoint across ranks, nothing repeated (possibly
+        empty when the subset is smaller than the world size)."""
+        args = self.trainer.args
+        return self._indices[args.process_index :: args.world_size]
+
+    def dataloader(self) -> DataLoader:
+        """This rank's shard of the train subset (see :meth:`shard`), with the trainer's collator."""
+        args = self.trainer.args
+        return DataLoader(
+            Subset(self.dataset, self.shard()),
+            batch_size=args.per_device_eval_batch_size,
+            collate_fn=self.trainer.data_collator,
+            num_workers=args.dataloader_num_workers,
+        )
+
+    def _batches_or_loader(self):
+        """The cached train-subset batches, else the loader (cached on first use if small enough)."""
+        if self._batches is not None:
+            return self._batches
+        loader = self.trainer.get_nc_train_dataloader()
+        if self.cache_mb <= 0:
+            return loader
+        batches, size = [], 0
+        for batch in loader:
+            size += sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor)) if isinstance(batch, dict) else 0
+            if not isinstance(batch, dict) or size > self.cache_mb * 2**20:
+                self.cache_mb = 0  # too large (or not a dict batch): stream from now on
+                return loader
+            batches.append(batch)
+        self._batches = batches
+        return batches
+
+    # ------------------------------------------------------------------ when to measure
+    def due(self) -> bool:
+        """Whether this evaluation measures the train subset (``nc_train_every``)."""
+        trainer = self.trainer
+        if self.every == 1 or not trainer.is_in_train:
+            return True
+        step = trainer.state.global_step
+        if trainer.state.max_steps and step >= trainer.state.max_steps:
+            return True  # the last evaluation of training
+        if step not in self._eval_steps:  # a dict of eval sets evaluates several times per step
+            self._eval_steps.append(step)
+        return self._eval_steps.index(step) % self.every == 0
+
+    def fingerprint(self) -> tuple:
+        """Names the weights the train subset is measured with: during training the global step
+        (weights change only at optimizer steps), outside it one ``evaluate()`` call (the user may
+        change the model between calls). Tensor version counters cannot serve: fused optimizers
+        (transformers' default ``adamw_torch_fused``) update parameters without bumping them."""
+        trainer = self.trainer
+        if trainer.is_in_train:
+            return ("step", id(trainer.model), trainer.state.global_step)
+        return ("call", id(trainer.model), self.evaluate_calls)
+
+    # ------------------------------------------------------------------ passes
+    @torch.no_grad()
+    def _stream(self, stats: LayerStats, recorder: LayerFeatures, batches, ncc: bool,
+                capture: Optional[RowCapture] = None) -> None:
+        trainer = self.trainer
+        model = trainer.model
+        device = next(model.parameters()).device
+        # NC needs the classifier's input, not its logits: the forward stops there (no head, no loss).
+        # Not under FSDP / DeepSpeed: their hooks re-shard parameters after a forward that completes.
+        sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
+        stop = ClassifierStop(recorder.backbone) if FINAL in recorder.keys and not sharded else contextlib.nullcontext()
+        with stop:
+            for batch in batches:
+                pixel_values, labels = unpack_batch(batch)
+                try:
+                    model(pixel_values=pixel_values.to(device))
+                except StopAtClassifier:
+                    pass
+                feats = recorder.pop()
+                if capture is not None:
+                    capture.take(labels)
+                if ncc:
+                    stats.ncc_pass(feats, labels)
+                else:
+                    stats.update(feats, labels)
+
+    def _pass(self, layers, batches, capture: Optional[RowCapture] = None) -> LayerStats:
+        """One streamed pass (plus the NCC pass) over ``batches``, reduced across processes.
+
+        With ``capture`` the pass (over images) also grabs the rows at the cut; when it got them they
+        become the train subset's prefix cache, and the NCC pass already runs from them.
+        """
+        trainer = self.trainer
+        with LayerFeatures(trainer.model, layers=layers) as recorder:
+            stats = LayerStats(trainer.nc_num_classes, recorder.keys)
+            with capture if capture is not None else contextlib.nullcontext():
+                self._stream(stats, recorder, batches, ncc=False, capture=capture)
+            stats.reduce()
+        attach = False  # the NCC pass runs from the rows just grabbed (a cached pass is attached already)
+        if capture is not None:
+            rows = capture.result()
+            if rows is None:
+                self._rows_failed = True  # over the budget: PrefixCache.build (memory-mapped) next time
+            else:
+                self.prefix, self._batches = rows, None  # the images are not needed any more
+                batches, attach = rows.batches, True
+        if trainer.nc_ncc and not stats.nonfinite.get(FINAL):  # agreed on every rank by reduce()
+            with LayerFeatures(trainer.model, layers=[]) as recorder:  # NCC: the final features only
+                with self._attached() if attach else contextlib.nullcontext():
+                    self._stream(stats, recorder, batches, ncc=True)
+            stats.second_reduce()
+        return stats
+
+    def _layer_list(self) -> list[int]:
+        layers = self.trainer.nc_layers
+        backbone = self.backbone
+        if layers == "all":
+            return list(range(backbone.num_layers))
+        return sorted({backbone.layer_index(i) for i in layers})
+
+    # ------------------------------------------------------------------ frozen-prefix rows
+    def _budget_bytes(self) -> int:
+        return int(max(self._budget_mb, 0) * 2**20)
+
+    def _prefix_cut(self) -> Optional[int]:
+        """The first tuned block when a train-subset prefix cache would be exact and gain something."""
+        if self._prefix_off or not self.prefix_cache or self.trainer.args.world_size > 1:
+            return None
+        from ..prefix_cache import PrefixCache, first_tuned_block, prefix_cache_problems
+
+        data = self.dataset
+        while isinstance(data, Subset):
+            data = data.dataset
+        if isinstance(data, PrefixCache):  # its items already are cached prefix states
+            self._prefix_off = True
+            return None
+
+        model = self.trainer.model
+        try:
+            cut = first_tuned_block(model)
+            ok = 0 < cut and not prefix_cache_problems(model, cut)
+        except Exception as e:  # noqa: BLE001 - any model the cache does not know runs uncached
+            logger.debug("no prefix cache for the train subset: %s", e)
+            ok = False
+        if not ok:
+            self._drop_prefix()
+            self._prefix_off = True
+            return None
+        if self.prefix is not None and self.prefix.layout.block != cut:
+            self._drop_prefix()
+        return cut
+
+    def _drop_prefix(self) -> None:
+        if self.prefix is not None:
+            self.prefix.close()
+        self.prefix, self._frozen_blocks, self._rows_failed = None, {}, False
+
+    @contextlib.contextmanager
+    def _attached(self):
+        """The model runs from the train subset's cached rows inside (images still work)."""
+        from ..prefix_cache import PrefixCacheHandle
+
+        model = self.trainer.model
+        attached = resolve_backbone(model).model.__dict__.get(PrefixCacheHandle._ATTR)
+        handle = PrefixCacheHandle.install(model, self.prefix.layout)
+        try:
+            yield
+        finally:
+            if attached is None:  # leave a handle the user attached for training alone
+                handle.remove()
+
+    def _row_batches(self, cut: int):
+        """Batches of cached prefix states of the train subset: the rows grabbed by the first pass, or
+        (when they were over ``nc_cache_mb``) a :class:`~hf_nc.prefix_cache.PrefixCache` built now,
+        memory-mapped; ``None`` when that cannot be built."""
+        from ..prefix_cache import PrefixCache, PrefixCacheError
+
+        trainer = self.trainer
+        args = trainer.args
+        if isinstance(self.prefix, SubsetRows):
+            return self.prefix.batches
+        if self.prefix is None:
+            amp = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+            try:
+                self.prefix = PrefixCache.build(
+                    trainer.model, Subset(self.dataset, self.shard()), trainer.data_collator,
+                    batch_size=args.per_device_eval_batch_size, block=cut, progress=False, check_dataset=False,
+                    memory_budget=self._budget_bytes(), autocast_dtype=amp)
+            except PrefixCacheError as e:
+                logger.info("train-subset NC without a prefix cache: %s", e)
+                self._prefix_off = True
+                return None
+        cache = self.prefix
+
+        def collate(items):
+            return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
+                    "labels": torch.tensor([int(i["labels"]) for i in items])}
+
+        return DataLoader(cache, batch_size=args.per_device_eval_batch_size, collate_fn=collate)
+
+    # ------------------------------------------------------------------ the metrics
+    def metrics(self) -> dict:
+        """NC of the train subset (an extra forward pass in eval mode), reduced across processes.
+
+        Collective under torch.distributed: every rank calls it (a rank with an empty shard too).
+        The result is reused while the weights cannot have changed (see :meth:`fingerprint`): at the
+        same training step, and within one ``evaluate()`` of a dict ``eval_dataset``. With
+        ``prefix_cache`` the frozen prefix runs once (see the module docstring).
+
+        Returns:
+            The nested metrics (``nc1``, ..., ``blocks``) as :meth:`LayerStats.metrics` gives them;
+            ``{}`` when not :attr:`enabled`.
+        """
+        if not self.enabled:
+            return {}
+        fingerprint = self.fingerprint()
+        if self._cached is not None and self._cached[0] == fingerprint:
+            return self._cached[1]
+        from ..prefix_cache import PrefixCacheError
+
+        trainer = self.trainer
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        from_rows = False
+        try:
+            with trainer.accelerator.autocast():
+                cut = self._prefix_cut()
+                layers = self._layer_list()
+                frozen = [i for i in layers if cut is not None and i < cut]
+                if cut is not None and self.prefix is None and not self._rows_failed:
+                    # The first pass with this cut: over the images, every block measured, rows grabbed
+                    capture = RowCapture(self.backbone, cut, self._budget_bytes())
+                    stats = self._pass(layers, self._batches_or_loader(), capture=capture)
+                else:
+                    # A frozen block's NC1 that came out NaN is measured again, on images
+                    batches = self._row_batches(cut) if cut is not None and not (frozen and not self._frozen_blocks) else None
+                    stats = None
+                    if batches is not None:
+                        try:
+                            with self._attached():
+                                stats = self._pass([i for i in layers if i >= cut], batches)
+                            from_rows = True
+                        except PrefixCacheError as e:  # e.g. the user attached a cache of another layout
+                            logger.info("train-subset NC without a prefix cache: %s", e)
+                            self._drop_prefix()
+                            self._prefix_off = True
+                    if stats is None:
+                        stats = self._pass(layers, self._batches_or_loader())
+        finally:
+            model.train(was_training)
+        metrics = stats.metrics(self.backbone.classifier, "the train subset", ncc=trainer.nc_ncc)
+        if from_rows and self._frozen_blocks:
+            metrics["blocks"] = dict(sorted({**self._frozen_blocks, **metrics.get("blocks", {})}.items(),
+                                            key=lambda kv: int(kv[0])))
+        elif not from_rows and cut is not None and not self._prefix_off and "blocks" in metrics:
+            frozen_nc1 = {k: v for k, v in metrics["blocks"].items() if int(k) < cut}
+            if all(math.isfinite(v) for v in frozen_nc1.values()):  # else measure them again next time
+                self._frozen_blocks = frozen_nc1
+        self._cached = (self.fingerprint(), metrics)
+        return metrics
