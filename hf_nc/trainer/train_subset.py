@@ -42,7 +42,8 @@ class TrainSubsetNC:
     every call rather than copied, since they change after the trainer is built (Accelerate wraps
     the model, the step moves on, a user may swap the model between ``evaluate()`` calls); so are
     the settings shared with the eval-data NC (``nc_num_classes``, ``nc_layers``, ``nc_ncc``). The
-    images come from ``trainer.get_nc_train_dataloader()``, the hook a subclass may override.
+    images come from ``trainer.get_nc_train_dataloader()`` and the shard from
+    ``trainer.nc_train_shard()``, the trainer's methods a subclass may override.
 
     Args:
         trainer: The trainer it measures for.
@@ -138,10 +139,10 @@ class TrainSubsetNC:
         return self._indices[args.process_index :: args.world_size]
 
     def dataloader(self) -> DataLoader:
-        """This rank's shard of the train subset (see :meth:`shard`), with the trainer's collator."""
+        """This rank's shard of the train subset (``trainer.nc_train_shard()``), with the trainer's collator."""
         args = self.trainer.args
         return DataLoader(
-            Subset(self.dataset, self.shard()),
+            Subset(self.dataset, self.trainer.nc_train_shard()),
             batch_size=args.per_device_eval_batch_size,
             collate_fn=self.trainer.data_collator,
             num_workers=args.dataloader_num_workers,
@@ -312,7 +313,7 @@ class TrainSubsetNC:
             amp = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
             try:
                 self.prefix = PrefixCache.build(
-                    trainer.model, Subset(self.dataset, self.shard()), trainer.data_collator,
+                    trainer.model, Subset(self.dataset, trainer.nc_train_shard()), trainer.data_collator,
                     batch_size=args.per_device_eval_batch_size, block=cut, progress=False, check_dataset=False,
                     memory_budget=self._budget_bytes(), autocast_dtype=amp)
             except PrefixCacheError as e:
