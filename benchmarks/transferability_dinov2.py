@@ -301,7 +301,7 @@ def describe_lr_check(check: dict | None) -> str:
     used = check.get("summary_lr", check["sweep_lr"])
     return (f"LR check (seed {check['seed']}, blocks {blocks}): mean validation accuracy (%) {val} -> chosen {check['chosen_lr']:g}{edge} "
             f"(test, not read by the choice: {test}); the sweep's LR {check['sweep_lr']:g} "
-            f"{'is' if check['sweep_lr_is_chosen'] else 'is not'} the chosen one; the sweep below is at {used:g}")
+            f"{'is' if check['sweep_lr_is_chosen'] else 'is not'} the chosen one; the summarised sweep is at {used:g}")
 
 
 def print_dinov2(res: dict | None) -> None:
