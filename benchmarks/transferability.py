@@ -4,7 +4,7 @@
     python benchmarks/transferability.py --json docs/selection/transferability.json
     python benchmarks/transferability.py --extract     # rebuild docs/selection/study_block_runs.json from the study's records first
     python benchmarks/transferability.py --dinov2_runs # the DINOv2-S Layer FT block sweep's runs (resumable, ~30-60 CPU-min)
-    python benchmarks/transferability.py --dinov2_lr_check  # that sweep's LR checked on validation (resumable, ~20-40 CPU-min)
+    python benchmarks/transferability.py --dinov2_lr_check  # that sweep's LR checked on validation (resumable, ~30-70 CPU-min)
     python benchmarks/transferability.py --models      # model level: forwards to benchmarks/transferability_models.py
 
 **Items**: the blocks of the built-in tiny ViT (12 x 64) as candidates for Layer FT (blocks 0-11)
@@ -475,8 +475,8 @@ def main(argv=None) -> dict:
                         help="per-case results (resumable) and the DINOv2-S sweep's runs; not used by --quick")
     parser.add_argument("--dinov2_runs", action="store_true", help="only run (or resume) the DINOv2-S Layer FT block sweep's fine-tuning runs")
     parser.add_argument("--dinov2_lr_check", action="store_true", help="only run (or resume) the validation check of the DINOv2-S sweep's "
-                        "LR (1e-4, 3e-4, 1e-3 at blocks 0, 5, 11, seed 0; extended past a winning edge), then seed 0's sweep at "
-                        "the chosen LR when it is not 3e-4")
+                        "LR (1e-4, 3e-4, 1e-3 at blocks 0, 5, 11, seed 0; extended past a winning edge), then the sweep (seeds 0, 1) "
+                        "at the chosen LR when it is not 3e-4")
     parser.add_argument("--no_dinov2", action="store_true", help="leave the DINOv2-S sweep out of the report")
     parser.add_argument("--models", action="store_true", help="the model-level benchmark (benchmarks/transferability_models.py)")
     parser.add_argument("--models_dir", default=str(ROOT / "outputs" / "transferability"), help="cache of the model-level runs")

@@ -1,7 +1,7 @@
 """The DINOv2-S every-block sweep of the block-level benchmark (``benchmarks/transferability.py``).
 
     python benchmarks/transferability.py --dinov2_runs   # the sweep's runs (resumable, ~30-60 CPU-min)
-    python benchmarks/transferability.py --dinov2_lr_check  # its LR checked on validation (resumable, 6-9 runs, ~20-40 CPU-min)
+    python benchmarks/transferability.py --dinov2_lr_check  # its LR checked on validation, then the sweep at the chosen LR (resumable, ~30-70 CPU-min)
     python benchmarks/transferability.py                 # the report scores the sweep (``--no_dinov2``: left out)
 
 Layer FT of the study's converted DINOv2-S (56 x 56, ``recipes/convert_dinov2_onnx.py``) at every
@@ -14,7 +14,7 @@ accuracy; the block rules scored by the test accuracy of the block they pick.
 at LRs 1e-4, 3e-4 and 1e-3 at blocks 0, 5 and 11 of seed 0; one LR for every block, the best mean
 validation accuracy over those blocks (never test; ties go to 3e-4); a winner at an edge of the
 grid adds one more value past it (3e-5 or 3e-3) at the same blocks. When the choice is not 3e-4,
-the mode also runs seed 0's sweep at the chosen LR, and the summary uses that sweep
+the mode also runs the sweep at the chosen LR (seed 0, then seed 1), and the summary uses that sweep
 (:func:`sweep_lr`). The few-step trials stay at 3e-4 (a rule's own cost, like the tiny ViT's at
 its prior).
 
@@ -180,12 +180,13 @@ def dinov2_lr_check(out_dir: Path, study_dir: Path, run: bool = True, grid=LR_GR
 
 def lr_check_runs(out_dir: Path, study_dir: Path) -> dict:
     """``--dinov2_lr_check``: run (or resume) the LR check, then, when validation chose an LR other
-    than the sweep's, seed 0's sweep at that LR at every block (the check's blocks are cached)."""
+    than the sweep's, the sweep at that LR at every block, seed 0 then seed 1 (the check's blocks
+    are cached; stopped after seed 0, the summary uses seed 0's sweep alone)."""
     check = dinov2_lr_check(out_dir, study_dir, run=True)
     print(describe_lr_check(check), flush=True)
     if check["status"] == "complete" and not check["sweep_lr_is_chosen"]:
-        print(f"  seed 0's sweep at the chosen LR {check['chosen_lr']:g} (every block)", flush=True)
-        dinov2_sweep_runs(out_dir, study_dir, [0], check["chosen_lr"])
+        print(f"  the sweep at the chosen LR {check['chosen_lr']:g} (every block, seeds 0 and 1)", flush=True)
+        dinov2_sweep_runs(out_dir, study_dir, [0, 1], check["chosen_lr"])
     return check
 
 
