@@ -144,7 +144,9 @@ def dinov2_lr_check(out_dir: Path, study_dir: Path, run: bool = True, grid=LR_GR
         ``"complete"``, ``grid`` (as run), ``blocks``, ``seed``, ``validation_mean`` and
         ``test_mean`` (``{"<lr>": mean accuracy over the blocks}``), ``per_block``, ``chosen_lr``,
         ``extended`` (the value added past an edge, or None), ``at_grid_edge``, ``sweep_lr``
-        (:data:`DINOV2_LR`) and ``sweep_lr_is_chosen``.
+        (:data:`DINOV2_LR`), ``sweep_lr_is_chosen`` and ``all_blocks_mean`` (``{"<lr>":
+        {"validation", "test"}}``: the mean over all 12 blocks where the seed's whole sweep at that
+        LR is cached; reported beside the check, not read by the choice).
     """
     extension = LR_EXTENSION if extension is None else extension
     blocks = list(blocks)
@@ -169,7 +171,14 @@ def dinov2_lr_check(out_dir: Path, study_dir: Path, run: bool = True, grid=LR_GR
         got = choose_lr(records, blocks)
     lrs = sorted(records)
     chosen = got["chosen_lr"]
-    return {"status": "complete", "grid": lrs, "blocks": blocks, "seed": seed,
+    # reported, never chosen on: where the seed's whole sweep at an LR is cached, its mean over
+    # every block (does the check's few blocks stand for all of them?)
+    every: dict = {}
+    for lr in lrs:
+        full = dinov2_sweep_runs(out_dir, study_dir, [seed], lr, run=False).get(seed, {})
+        if sorted(full) == list(range(12)):
+            every[f"{lr:g}"] = {k: float(np.mean([full[b]["result"][f"{k}_accuracy"] for b in range(12)])) for k in ("validation", "test")}
+    return {"status": "complete", "grid": lrs, "blocks": blocks, "seed": seed, "all_blocks_mean": every,
             "validation_mean": {f"{lr:g}": got["validation_mean"][lr] for lr in lrs},
             "test_mean": {f"{lr:g}": got["test_mean"][lr] for lr in lrs},
             "per_block": {f"{lr:g}": {str(b): {"validation": records[lr][b]["result"]["validation_accuracy"],
@@ -300,6 +309,11 @@ def describe_lr_check(check: dict | None) -> str:
     edge = f"; {check['extended']:g} added past the grid's edge" if check["extended"] is not None else ""
     edge += "; the choice is at the grid's edge" if check["at_grid_edge"] else ""
     used = check.get("summary_lr", check["sweep_lr"])
+    every = check.get("all_blocks_mean") or {}
+    if every:
+        edge += (f"; over all 12 blocks of seed {check['seed']} (where swept), validation "
+                 + ", ".join(f"{lr} {100 * v['validation']:.1f}" for lr, v in every.items())
+                 + " (test " + ", ".join(f"{lr} {100 * v['test']:.1f}" for lr, v in every.items()) + ")")
     return (f"LR check (seed {check['seed']}, blocks {blocks}): mean validation accuracy (%) {val} -> chosen {check['chosen_lr']:g}{edge} "
             f"(test, not read by the choice: {test}); the sweep's LR {check['sweep_lr']:g} "
             f"{'is' if check['sweep_lr_is_chosen'] else 'is not'} the chosen one; the summarised sweep is at {used:g}")

@@ -51,7 +51,8 @@ def test_lr_check_chooses_on_validation_only(monkeypatch):
         assert got["status"] == "complete" and got["chosen_lr"] == 3e-4 and got["sweep_lr_is_chosen"]
         assert got["validation_mean"] == pytest.approx({"0.0001": 0.70, "0.0003": 0.80, "0.001": 0.75})
         assert got["extended"] is None and not got["at_grid_edge"] and got["grid"] == [1e-4, 3e-4, 1e-3]
-    assert fake.asked == [1e-4, 3e-4, 1e-3]  # an interior winner adds no LR
+    assert fake.asked[:3] == [1e-4, 3e-4, 1e-3] and set(fake.asked) == {1e-4, 3e-4, 1e-3}  # an interior winner adds no LR
+    assert poisoned["all_blocks_mean"] == {}  # no LR has a whole sweep here
     # the test means are reported beside the choice (the poisoned ones, as given)
     assert poisoned["test_mean"] == pytest.approx({"0.0001": 0.95, "0.0003": 0.10, "0.001": 0.99})
     assert poisoned["per_block"]["0.001"]["11"] == {"validation": pytest.approx(0.85), "test": pytest.approx(0.89)}
@@ -76,11 +77,20 @@ def test_lr_check_extends_a_winning_grid_edge_once(monkeypatch, edge, past, past
     val[further] = 0.99
     test = {lr: 1.0 - v for lr, v in val.items()}  # test poisoned against validation
     got, fake = _check(monkeypatch, _table(val, test))
-    assert fake.asked == [1e-4, 3e-4, 1e-3, past]
+    assert fake.asked[:4] == [1e-4, 3e-4, 1e-3, past] and set(fake.asked) == {1e-4, 3e-4, 1e-3, past}
     assert got["extended"] == past and got["grid"] == sorted([1e-4, 3e-4, 1e-3, past])
     assert got["chosen_lr"] == (past if past_wins else edge)
     assert got["at_grid_edge"] is past_wins and not got["sweep_lr_is_chosen"]
     assert got["validation_mean"][f"{past:g}"] == pytest.approx(val[past])
+
+
+def test_lr_check_reports_the_mean_over_every_block_where_a_whole_sweep_exists(monkeypatch):
+    table = _table({1e-4: 0.6, 3e-4: 0.8, 1e-3: 0.7}, {1e-4: 0.6, 3e-4: 0.8, 1e-3: 0.7})
+    table[1e-3] = {b: (0.5 + 0.01 * b, 0.4) for b in range(12)}  # a whole sweep at 1e-3
+    got, _ = _check(monkeypatch, table)
+    assert got["chosen_lr"] == 3e-4  # read from blocks 0, 5, 11 only
+    assert got["all_blocks_mean"] == {"0.001": {"validation": pytest.approx(0.555), "test": pytest.approx(0.4)}}
+    assert "over all 12 blocks of seed 0 (where swept), validation 0.001 55.5 (test 0.001 40.0)" in D.describe_lr_check(got)
 
 
 def test_lr_check_pending_until_every_run_is_cached(monkeypatch):
