@@ -310,13 +310,13 @@ def describe_lr_check(check: dict | None) -> str:
     edge += "; the choice is at the grid's edge" if check["at_grid_edge"] else ""
     used = check.get("summary_lr", check["sweep_lr"])
     every = check.get("all_blocks_mean") or {}
-    if every:
-        edge += (f"; over all 12 blocks of seed {check['seed']} (where swept), validation "
-                 + ", ".join(f"{lr} {100 * v['validation']:.1f}" for lr, v in every.items())
-                 + " (test " + ", ".join(f"{lr} {100 * v['test']:.1f}" for lr, v in every.items()) + ")")
+    tail = "" if not every else (
+        f"; reported only, the mean over all 12 blocks of seed {check['seed']} where its whole sweep ran: validation "
+        + ", ".join(f"{lr} {100 * v['validation']:.1f}" for lr, v in every.items())
+        + ", test " + ", ".join(f"{lr} {100 * v['test']:.1f}" for lr, v in every.items()))
     return (f"LR check (seed {check['seed']}, blocks {blocks}): mean validation accuracy (%) {val} -> chosen {check['chosen_lr']:g}{edge} "
             f"(test, not read by the choice: {test}); the sweep's LR {check['sweep_lr']:g} "
-            f"{'is' if check['sweep_lr_is_chosen'] else 'is not'} the chosen one; the summarised sweep is at {used:g}")
+            f"{'is' if check['sweep_lr_is_chosen'] else 'is not'} the chosen one; the summarised sweep is at {used:g}{tail}")
 
 
 def print_dinov2(res: dict | None) -> None:

@@ -90,7 +90,7 @@ def test_lr_check_reports_the_mean_over_every_block_where_a_whole_sweep_exists(m
     got, _ = _check(monkeypatch, table)
     assert got["chosen_lr"] == 3e-4  # read from blocks 0, 5, 11 only
     assert got["all_blocks_mean"] == {"0.001": {"validation": pytest.approx(0.555), "test": pytest.approx(0.4)}}
-    assert "over all 12 blocks of seed 0 (where swept), validation 0.001 55.5 (test 0.001 40.0)" in D.describe_lr_check(got)
+    assert "all 12 blocks of seed 0 where its whole sweep ran: validation 0.001 55.5, test 0.001 40.0" in D.describe_lr_check(got)
 
 
 def test_lr_check_pending_until_every_run_is_cached(monkeypatch):
