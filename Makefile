@@ -24,8 +24,13 @@ STAMP := $(VENV)/.hf-nc-installed
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python recipes/finetune_vit.py --output_dir outputs/demo --nc_layers
 
+# The suite runs on TEST_WORKERS pytest-xdist processes (2: the CI machine's cores; `make test TEST_WORKERS=0`
+# runs it in one process, `TEST_WORKERS=auto` one worker per core). worksteal keeps each file's tests
+# together (module fixtures are built once per worker) and moves tests to a worker that runs out.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 venv: $(STAMP)
 
