@@ -478,6 +478,8 @@ def main(argv=None) -> dict:
                         "LR (1e-4, 3e-4, 1e-3 at blocks 0, 5, 11, seed 0; extended past a winning edge), then the sweep (seeds 0, 1) "
                         "at the chosen LR when it is not 3e-4")
     parser.add_argument("--no_dinov2", action="store_true", help="leave the DINOv2-S sweep out of the report")
+    parser.add_argument("--dinov2_lr", type=float, default=None,
+                        help="summarise the DINOv2-S sweep at this LR instead of the LR check's choice (sensitivity; its runs must be cached)")
     parser.add_argument("--models", action="store_true", help="the model-level benchmark (benchmarks/transferability_models.py)")
     parser.add_argument("--models_dir", default=str(ROOT / "outputs" / "transferability"), help="cache of the model-level runs")
     args = parser.parse_args(argv)
@@ -558,7 +560,7 @@ def main(argv=None) -> dict:
     if not args.quick:
         import transferability_dinov2 as D  # the DINOv2-S sweep (benchmarks/transferability_dinov2.py)
 
-        dinov2 = None if args.no_dinov2 else D.dinov2_summary(cache / "dinov2", num_boot)
+        dinov2 = None if args.no_dinov2 else D.dinov2_summary(cache / "dinov2", num_boot, lr=args.dinov2_lr)
         D.print_dinov2(dinov2)
     print(f"total {time.perf_counter() - t0:.1f} s")
     out = {"settings": {"cells": cells, "bootstrap": num_boot, "ground_truth": str(Path(args.ground_truth).resolve().relative_to(ROOT))

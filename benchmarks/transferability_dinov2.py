@@ -208,9 +208,16 @@ def sweep_lr(check: dict, out_dir: Path, study_dir: Path = STUDY_DIR) -> float:
     return check["chosen_lr"] if any(sorted(r) == list(range(12)) for r in runs.values()) else DINOV2_LR
 
 
-def dinov2_summary(out_dir: Path, num_boot: int) -> dict | None:
+def dinov2_summary(out_dir: Path, num_boot: int, lr: float | None = None) -> dict | None:
     """Scores of every DINOv2-S block on each seed's training features against the sweep's
-    Layer FT accuracy (test) and validation accuracy, for the seeds whose sweep is complete."""
+    Layer FT accuracy (test) and validation accuracy, for the seeds whose sweep is complete.
+
+    Args:
+        out_dir: The sweep's cache.
+        num_boot: Bootstrap resamples.
+        lr: Summarise the sweep at this LR instead of the LR check's choice (:func:`sweep_lr`):
+            a sensitivity view (``--dinov2_lr``); the record says so (``lr_override``).
+    """
     from study import execute
 
     from hf_nc.probe import load_model
@@ -219,9 +226,11 @@ def dinov2_summary(out_dir: Path, num_boot: int) -> dict | None:
     from hf_nc.selection import scores as S
 
     check = dinov2_lr_check(out_dir, STUDY_DIR, run=False)
-    lr = sweep_lr(check, out_dir)
+    override = lr is not None
+    lr = float(lr) if override else sweep_lr(check, out_dir)
     if check.get("status") == "complete":
         check["summary_lr"] = lr  # the LR of the sweep summarised below (the choice once its sweep ran)
+    check["lr_override"] = override
     runs = dinov2_sweep_runs(out_dir, STUDY_DIR, [0, 1], lr, run=False)
     complete = {seed: r for seed, r in runs.items() if sorted(r) == list(range(12))}
     if not complete:
@@ -316,7 +325,8 @@ def describe_lr_check(check: dict | None) -> str:
         + ", test " + ", ".join(f"{lr} {100 * v['test']:.1f}" for lr, v in every.items()))
     return (f"LR check (seed {check['seed']}, blocks {blocks}): mean validation accuracy (%) {val} -> chosen {check['chosen_lr']:g}{edge} "
             f"(test, not read by the choice: {test}); the sweep's LR {check['sweep_lr']:g} "
-            f"{'is' if check['sweep_lr_is_chosen'] else 'is not'} the chosen one; the summarised sweep is at {used:g}{tail}")
+            f"{'is' if check['sweep_lr_is_chosen'] else 'is not'} the chosen one; the summarised sweep is at {used:g}"
+            f"{' (--dinov2_lr: a sensitivity view, not the choice)' if check.get('lr_override') else ''}{tail}")
 
 
 def print_dinov2(res: dict | None) -> None:

@@ -112,3 +112,18 @@ def test_summary_uses_the_chosen_lr_once_its_sweep_ran(monkeypatch):
     assert D.sweep_lr(check, Path("unused")) == 1e-3
     assert D.sweep_lr({"status": "pending"}, Path("unused")) == D.DINOV2_LR
     assert D.sweep_lr({"status": "complete", "chosen_lr": D.DINOV2_LR}, Path("unused")) == D.DINOV2_LR
+
+
+def test_summary_at_a_given_lr_reads_that_sweep_and_says_it_is_not_the_choice(monkeypatch, tmp_path):
+    full = {b: (0.5, 0.5) for b in range(12)}
+    grid = {lr: {b: full[b] for b in BLOCKS} for lr in (1e-4, 3e-3)}
+    partial = {b: full[b] for b in (0, 1, 2, 3, 5, 11)}  # the check's blocks, not a whole sweep
+    best = {b: (0.9, 0.5) for b in range(12)}  # the check chooses 1e-3 (validation), and its sweep is whole
+    sweep = FakeSweep({**grid, 1e-3: best, D.DINOV2_LR: partial})
+    monkeypatch.setattr(D, "dinov2_sweep_runs", sweep)
+    out = D.dinov2_summary(tmp_path, 10, lr=D.DINOV2_LR)  # 3e-4's sweep is incomplete here: pending, at that LR
+    assert sweep.asked[-1] == D.DINOV2_LR  # the summarised sweep is the one asked for, not the check's choice (1e-3)
+    assert out["status"] == "pending" and out["lr"] == D.DINOV2_LR and out["runs_done"]["0"] == [0, 1, 2, 3, 5, 11]
+    assert out["lr_check"]["chosen_lr"] == 1e-3 and D.sweep_lr(out["lr_check"], tmp_path) == 1e-3
+    assert out["lr_check"]["lr_override"] is True and out["lr_check"]["summary_lr"] == D.DINOV2_LR
+    assert "sensitivity view" in D.describe_lr_check(out["lr_check"])
