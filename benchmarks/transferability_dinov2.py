@@ -38,6 +38,7 @@ from transferability import (FEW_STEPS, SCORE_NAMES, STUDY_DIR, block_features, 
 
 DINOV2_RUN = "convert_dinov2-ab02b5e0"  # the study's converted DINOv2-S (56 x 56): <study>/models/<this>
 DINOV2_LR = 3e-4  # the study's DINOv2 prior for Layer FT: the sweep's LR, checked on validation by dinov2_lr_check
+SWEEP_BLOCKS = list(range(12))  # DINOv2-S/14's blocks (recipes/study/plan.FAMILY_LAYERS["dinov2"])
 # the LR check: the sweep's LR and one half-decade step either side, at the first, middle and last
 # block of seed 0; one more value past an edge of the grid when that edge wins
 LR_GRID = (1e-4, 3e-4, 1e-3)
@@ -63,7 +64,7 @@ def dinov2_sweep_runs(out_dir: Path, study_dir: Path, seeds: list[int], lr: floa
     cell = ("dinov2", "digits", 10)
     out: dict = {}
     for seed in seeds:
-        for b in (blocks if blocks is not None else list(range(12))):
+        for b in (blocks if blocks is not None else SWEEP_BLOCKS):
             spec = plan.run_spec(s, cell, "final", seed, "layer", lr, b, model_run=DINOV2_RUN)
             path = execute.result_path(out_dir, spec["id"])
             if path.exists():
@@ -97,6 +98,11 @@ def dinov2_trials(out_dir: Path, seed: int = 0, fraction: float = 0.2) -> dict:
     out = {"seed": seed, "trials": [tr.to_dict() for tr in trials], "trial_s": time.perf_counter() - t}
     key.write_text(json.dumps(strict(out)))
     return out
+
+
+def is_whole_sweep(runs: dict) -> bool:
+    """Whether ``{block: record}`` holds a run at every block of the sweep."""
+    return sorted(runs) == SWEEP_BLOCKS
 
 
 def choose_lr(records: dict[float, dict[int, dict]], blocks, prior: float = DINOV2_LR) -> dict:
@@ -176,8 +182,8 @@ def dinov2_lr_check(out_dir: Path, study_dir: Path, run: bool = True, grid=LR_GR
     every: dict = {}
     for lr in lrs:
         full = dinov2_sweep_runs(out_dir, study_dir, [seed], lr, run=False).get(seed, {})
-        if sorted(full) == list(range(12)):
-            every[f"{lr:g}"] = {k: float(np.mean([full[b]["result"][f"{k}_accuracy"] for b in range(12)])) for k in ("validation", "test")}
+        if is_whole_sweep(full):
+            every[f"{lr:g}"] = {k: float(np.mean([full[b]["result"][f"{k}_accuracy"] for b in SWEEP_BLOCKS])) for k in ("validation", "test")}
     return {"status": "complete", "grid": lrs, "blocks": blocks, "seed": seed, "all_blocks_mean": every,
             "validation_mean": {f"{lr:g}": got["validation_mean"][lr] for lr in lrs},
             "test_mean": {f"{lr:g}": got["test_mean"][lr] for lr in lrs},
@@ -205,7 +211,7 @@ def sweep_lr(check: dict, out_dir: Path, study_dir: Path = STUDY_DIR) -> float:
     if check.get("status") != "complete" or check["chosen_lr"] == DINOV2_LR:
         return DINOV2_LR
     runs = dinov2_sweep_runs(out_dir, study_dir, [0, 1], check["chosen_lr"], run=False)
-    return check["chosen_lr"] if any(sorted(r) == list(range(12)) for r in runs.values()) else DINOV2_LR
+    return check["chosen_lr"] if any(is_whole_sweep(r) for r in runs.values()) else DINOV2_LR
 
 
 def dinov2_summary(out_dir: Path, num_boot: int, lr: float | None = None) -> dict | None:
@@ -232,7 +238,7 @@ def dinov2_summary(out_dir: Path, num_boot: int, lr: float | None = None) -> dic
         check["summary_lr"] = lr  # the LR of the sweep summarised below (the choice once its sweep ran)
     check["lr_override"] = override
     runs = dinov2_sweep_runs(out_dir, STUDY_DIR, [0, 1], lr, run=False)
-    complete = {seed: r for seed, r in runs.items() if sorted(r) == list(range(12))}
+    complete = {seed: r for seed, r in runs.items() if is_whole_sweep(r)}
     if not complete:
         return {"status": "pending", "runs_done": {str(s): sorted(r) for s, r in runs.items()}, "lr": lr, "lr_check": check}
     path = str(out_dir / "models" / DINOV2_RUN)
@@ -241,14 +247,14 @@ def dinov2_summary(out_dir: Path, num_boot: int, lr: float | None = None) -> dic
     for seed, recs in sorted(complete.items()):
         data = execute.task_data("digits", 10, seed, 30)
         train, val, test, curve, forward_s = block_features(model, data, 10)
-        values, times = score_blocks(train, list(range(12)), 10)
+        values, times = score_blocks(train, SWEEP_BLOCKS, 10)
         values["nc1_slope"] = nc1_slopes(curve)
-        val_probe = [probe_acc(train[b], train["labels"], val[b], val["labels"]) for b in range(12)]
-        test_acc = [recs[b]["result"]["test_accuracy"] for b in range(12)]
-        val_acc = [recs[b]["result"]["validation_accuracy"] for b in range(12)]
+        val_probe = [probe_acc(train[b], train["labels"], val[b], val["labels"]) for b in SWEEP_BLOCKS]
+        test_acc = [recs[b]["result"]["test_accuracy"] for b in SWEEP_BLOCKS]
+        val_acc = [recs[b]["result"]["validation_accuracy"] for b in SWEEP_BLOCKS]
         cases.append({"seed": seed, "scores": values, "times_s": times, "forward_s": forward_s, "nc1_curve": curve,
-                      "validation_probe": val_probe, "test_probe": [probe_acc(train[b], train["labels"], test[b], test["labels"]) for b in range(12)],
-                      "layer_ft_test": test_acc, "layer_ft_validation": val_acc, "run_wall_s": [recs[b]["wall_time_s"] for b in range(12)],
+                      "validation_probe": val_probe, "test_probe": [probe_acc(train[b], train["labels"], test[b], test["labels"]) for b in SWEEP_BLOCKS],
+                      "layer_ft_test": test_acc, "layer_ft_validation": val_acc, "run_wall_s": [recs[b]["wall_time_s"] for b in SWEEP_BLOCKS],
                       "picks": {"nc1": choose_block(curve, "layer").block,
                                 "nc1_slope": choose_block_by_score(values["nc1_slope"], "nc1_slope", "layer").block,
                                 "probe": choose_block_by_score(val_probe, "probe", "layer").block,
@@ -350,7 +356,7 @@ def print_dinov2(res: dict | None) -> None:
 def dinov2_markdown(d: dict) -> list[str]:
     """The DINOv2-S lines of ``docs/SELECTION.md``'s block-level tables (``d``: :func:`dinov2_summary`'s result)."""
     lines = ["", f"**DINOv2-S** (digits, 10 shots, Layer FT at LR {d['lr']:g}, seed(s) {d['seeds']}): per-block test accuracy (%):", "",
-             "| seed | " + " | ".join(str(b) for b in range(12)) + " |", "|---|" + "---|" * 12]
+             "| seed | " + " | ".join(str(b) for b in SWEEP_BLOCKS) + " |", "|---|" + "---|" * 12]
     if "lr_check" in d:  # before the table: which LR the sweep is at, and whether validation chose it
         lines[1:1] = [describe_lr_check(d["lr_check"]) + ".", ""]
     for c in d["cases"]:
