@@ -108,13 +108,16 @@ FULL = {
     "methods": ["logreg", "linear_probe", "full", "lpft", "lora", "heads", "layer", "scl"],
     "scl_variants": ["concat", "features", "post_norm", "plain"],
     "pretrain": {
-        # finding (i): fewer variants, two budgets: "short" (the first study's, ~124 steps) and "long"
-        # (to convergence: 30x the images seen), one factor varied at a time from ce/no head/no aug.
+        # finding (i): fewer variants, three budgets, one factor varied at a time from ce/no head/no aug:
+        # "short" (the first study's, ~124 steps; weak source collapse, CE NC1 ~1.3), "long" (30x the
+        # images seen, near convergence; CE NC1 ~0.2) and "collapse" (1000 source images trained into the
+        # terminal phase, ~1100 steps; CE NC1 ~0.03, measured): the regime where source collapse is strong.
         "variants": [("ce", False, "none"), ("mse", False, "none"), ("label_smoothing", False, "none"),
                      ("supcon", False, "none"), ("ce", True, "none"), ("ce", False, "crop,flip")],
         "regimes": {
             "short": ["--max_train_samples", "8000", "--num_train_epochs", "2"],
             "long": ["--num_train_epochs", "12"],
+            "collapse": ["--max_train_samples", "1000", "--num_train_epochs", "160", "--eval_each_epoch", "false"],
         },
         "args": ["--nc_samples", "1000", "--max_eval_samples", "2000", "--patch_size", "7", "--logging_steps", "1000"],
         "probe_tasks": ["digits", "fmnist59"],

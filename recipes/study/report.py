@@ -375,7 +375,7 @@ def section_finding_i(s: dict, records: dict) -> tuple[list[str], list[str]]:
     pre = [r for r in records.values() if r.get("spec", {}).get("kind") == "pretrain" and r.get("status") == "ok"]
     planned = len(plan.pretrain_specs(s))
     lines += [f"ViTs pre-trained by `recipes/pretrain_vit.py` on Fashion-MNIST classes 0-4; one factor varied at a time from "
-              f"CE / no projection head / no augmentation; two budgets: " + "; ".join(f"`{k}` (`{' '.join(v)}`)" for k, v in p["regimes"].items())
+              f"CE / no projection head / no augmentation; {len(p['regimes'])} budgets: " + "; ".join(f"`{k}` (`{' '.join(v)}`)" for k, v in p["regimes"].items())
               + ". Downstream: frozen features, logistic regression with C chosen on validation, test read once; frozen NC1 "
               "of the downstream training features. Source NC1: penultimate features on a fixed subset of the source training "
               "images. Partial correlations control for source test accuracy (how far training got; every variant of a budget "
