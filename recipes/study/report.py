@@ -367,6 +367,11 @@ def section_finding_ii(cells: list[Cell], complete: set) -> tuple[list[str], lis
     return lines + table(["cell", "units", "correlation", "verdict"], rows) + [""], findings
 
 
+def collapse_strength(nc1: float) -> str:
+    """A label for CE's source NC1 in a budget (the issue's "well below 0.1" is strong)."""
+    return "strong source collapse" if nc1 < 0.1 else "moderate source collapse" if nc1 < 0.5 else "weak source collapse"
+
+
 def section_finding_i(s: dict, records: dict) -> tuple[list[str], list[str]]:
     lines = ["## Finding (i): pre-training that keeps source variability transfers better", ""]
     p = s.get("pretrain")
@@ -404,7 +409,7 @@ def section_finding_i(s: dict, records: dict) -> tuple[list[str], list[str]]:
         for t in p["probe_tasks"]:
             header += [f"{t} frozen NC1", f"{t} LP test acc"]
         ce = [r["result"]["source_nc1"] for r in runs if r["spec"]["variant"] == "ce"]
-        lines += [f"### Budget `{regime}`" + (f" (CE source NC1 {g(ce[0])}: " + ("strong source collapse" if ce[0] < 0.1 else "weak source collapse") + ")" if ce else ""), ""]
+        lines += [f"### Budget `{regime}`" + (f" (CE source NC1 {g(ce[0])}: " + collapse_strength(ce[0]) + ")" if ce else ""), ""]
         lines += table(header, rows) + [""]
         for t in p["probe_tasks"]:
             x = series[t]
