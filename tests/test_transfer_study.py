@@ -252,6 +252,14 @@ def test_partial_spearman_equals_the_first_order_formula():
     assert stats.partial_spearman(x[:4], y[:4], [z[:4]]) is None
 
 
+def test_finding_i_tally_counts_signs_and_significance():
+    pairs = [((+0.6, 0.2, 6), (+0.7, 0.04, 6)), ((-0.1, 0.8, 6), (+0.2, 0.7, 6)), ((+0.9, 0.01, 6), None)]
+    line = report.finding_i_tally(pairs)
+    assert "all 3 budget x task pairs" in line
+    assert "sign (positive: less source collapse, better transfer) in 2 of 3 (1 with p < 0.05)" in line
+    assert "controlling for source accuracy in 2 of 2 (1 with p < 0.05)" in line and "n = 6" in line
+
+
 def test_spearman_matches_hand_computed_values():
     # ranks of y: 1,3,2,5,4 -> sum d^2 = 4 -> rho = 1 - 6*4 / (5*24) = 0.8; two-sided p = 0.1041
     rho, p, n = stats.spearman([1, 2, 3, 4, 5], [0.1, 0.3, 0.2, 0.5, 0.4])

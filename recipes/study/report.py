@@ -388,7 +388,7 @@ def section_finding_i(s: dict, records: dict) -> tuple[list[str], list[str]]:
     if len(pre) < planned:
         lines += [f"**PENDING**: {len(pre)} of {planned} pre-training runs finished.", ""]
     probes = [r for r in records.values() if r.get("spec", {}).get("kind") == "probe" and r.get("status") == "ok"]
-    findings = []
+    findings, complete = [], []
     for regime in p["regimes"]:
         runs = [r for r in pre if r["spec"]["regime"] == regime]
         if not runs:
@@ -420,8 +420,22 @@ def section_finding_i(s: dict, records: dict) -> tuple[list[str], list[str]]:
                          f"{fmt_corr(pc)} ({corr_verdict(pc, +1)}); frozen downstream NC1 vs LP accuracy {fmt_corr(c2)} ({corr_verdict(c2, -1)}).")
             if len(runs) == planned // len(p["regimes"]) and len(x["lp"]) == len(runs):
                 findings.append(f"(i) {regime}, {t}: source NC1 vs LP acc {fmt_corr(c)}; partial (source acc) {fmt_corr(pc)}")
+                complete.append((c, pc))
         lines.append("")
+    if complete and len(complete) == len(p["regimes"]) * len(p["probe_tasks"]):
+        lines += [finding_i_tally(complete), ""]
     return lines, findings
+
+
+def finding_i_tally(pairs: list) -> str:
+    """One line over every budget x task: how many correlations have the paper's sign, how many are significant."""
+    def count(cs):
+        cs = [c for c in cs if c is not None]
+        return f"{sum(c[0] > 0 for c in cs)} of {len(cs)} ({sum(c[0] > 0 and c[1] < ALPHA for c in cs)} with p < 0.05)"
+    n = min((c[2] for c, _ in pairs if c is not None), default=0)
+    return (f"Over all {len(pairs)} budget x task pairs, source NC1 vs LP accuracy has the paper's sign (positive: less source "
+            f"collapse, better transfer) in {count(c for c, _ in pairs)}; controlling for source accuracy in "
+            f"{count(pc for _, pc in pairs)}. Each correlation has n = {n} variants: read the signs, not the sizes.")
 
 
 def _plot_blocks(cell: Cell, path: Path) -> bool:
