@@ -50,6 +50,8 @@ def parse(argv):
     p.add_argument("--keep_work", action="store_true", help="keep each fine-tuning run's folder (adapters, NC history)")
     p.add_argument("--only", default=None, help="run only these parts (comma-separated cell names such as tiny/fmnist/10, "
                    "or finding_i), e.g. to finish the cheap cells first in a short sitting; the report covers the whole plan")
+    p.add_argument("--headlines_first", action="store_true", help="every cell's headline runs (full / Layer / SCL FT) "
+                   "before any cell's other runs (the default orders the first cell's headline, then cell by cell)")
     p.add_argument("--list", action="store_true", help="print the plan's size and exit")
     return p.parse_args(argv)
 
@@ -82,7 +84,10 @@ def main(argv: list[str] | None = None, settings: dict | None = None) -> dict:
         settings["cells"] = [tuple(c) for c in settings["cells"]]
     else:
         if args.command == "run":
-            execute.run_study(plan.restrict(settings, args.only) if args.only else settings, out_dir, workers=args.workers, keep_work=args.keep_work, max_runs=args.max_runs)
+            run_settings = plan.restrict(settings, args.only) if args.only else settings
+            if args.headlines_first:
+                run_settings = plan.headlines_first(run_settings)
+            execute.run_study(run_settings, out_dir, workers=args.workers, keep_work=args.keep_work, max_runs=args.max_runs)
         records = execute.load_records(out_dir, errors=True)
         order, _ = plan.expand(settings, records)
         wanted = {sp["id"] for sp in order}

