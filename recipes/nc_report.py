@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from accelerate.utils import DataLoaderConfiguration
+from recipe_args import int_arg, split_list
 from torch.utils.data import DataLoader
 from transformers import AutoModel, HfArgumentParser
 from transformers.utils import logging as hf_logging
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     loader = DataLoader(data.with_transform(transform), batch_size=args.batch_size, collate_fn=collate_fn)
     loader = accelerator.prepare_data_loader(loader)
 
-    layers = "all" if args.layers == "all" else [int(i) for i in args.layers.split(",")]
+    layers = "all" if args.layers.strip() == "all" else [int_arg(i, "--layers") for i in split_list(args.layers, "--layers")]
     results = layer_nc(model, loader, num_classes, layers=layers, pooling=args.pooling, ncc=args.ncc, progress=args.progress)
     results = {str(k): v for k, v in results.items()}
 

@@ -59,6 +59,22 @@ class _Validated:
                     raise ValueError(f"{f.name}={value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
+def int_arg(value: str, flag: str) -> int:
+    """``int(value)``, or an error naming ``flag`` (a block or head index given on the command line)."""
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{flag}: {value!r} is not an integer index") from None
+
+
+def split_list(value: str, flag: str) -> list[str]:
+    """``"q, v"`` -> ``["q", "v"]``: a comma-separated flag, spaces and empty items dropped; an empty list is an error."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ValueError(f"{flag} needs at least one comma-separated value, got {value!r}")
+    return items
+
+
 @dataclass
 class ModelArguments(_Validated):
     _argument_group_name = "hf-nc model"

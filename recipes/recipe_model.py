@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import torch
-from recipe_args import MethodArguments, ModelArguments
+from recipe_args import MethodArguments, ModelArguments, int_arg, split_list
 from torch import nn
 from transformers import TrainingArguments
 from transformers.utils import logging as hf_logging
@@ -133,30 +134,40 @@ def resized_processor(processor, spec):
 
 
 def parse_heads(spec: str) -> dict:
-    """``"11:0,1;-2:all"`` -> ``{11: [0, 1], -2: "all"}``."""
+    """``"11:0,1;-2:all"`` -> ``{11: [0, 1], -2: "all"}``. Blocks are separated by ``;`` (or by spaces
+    before the next ``block:``); spaces inside a block's head list are ignored, so ``"11:0, 1"`` is
+    heads 0 and 1 of block 11. A block given twice is an error (one would silently replace the other)."""
     heads = {}
-    for part in filter(None, (p.strip() for p in spec.replace(" ", ";").split(";"))):
+    for part in filter(None, (p.strip() for p in re.split(r";|\s+(?=-?\d+\s*:)", spec))):
         block, _, chosen = part.partition(":")
-        heads[int(block)] = "all" if chosen.strip() in ("", "all") else [int(h) for h in chosen.split(",")]
+        b = int_arg(block.strip(), "--heads")
+        if b in heads:
+            raise ValueError(f"--heads: block {b} is given twice in {spec!r}; list its heads once, e.g. '{b}:0,1'")
+        heads[b] = "all" if chosen.strip() in ("", "all") else [int_arg(h, "--heads") for h in split_list(chosen, "--heads")]
     return heads
+
+
+def layer_indices(method: MethodArguments) -> list[int]:
+    """``--layers "9, 11"`` -> ``[9, 11]`` (negative indices count from the end)."""
+    return [int_arg(i, "--layers") for i in split_list(method.layers, "--layers")]
 
 
 def peft_config(method: MethodArguments, classifier_path: Optional[str]):
     """The PEFT config of ``--method`` (``None`` for linear_probe and full)."""
     if method.method == "layer":
-        return hf_nc.LayerFTConfig(layers=[int(i) for i in method.layers.split(",")], part=method.part, train_head=method.train_head)
+        return hf_nc.LayerFTConfig(layers=layer_indices(method), part=method.part, train_head=method.train_head)
     if method.method == "scl":
         return hf_nc.SCLConfig(layer=method.layer, combine=method.scl_combine, position=method.scl_position,
                                skip_source=method.scl_skip_source, train_head=method.train_head)
     if method.method == "heads":
-        return hf_nc.HeadFTConfig(heads=parse_heads(method.heads), projections=method.head_projections.split(","),
+        return hf_nc.HeadFTConfig(heads=parse_heads(method.heads), projections=split_list(method.head_projections, "--head_projections"),
                                   train_head=method.train_head)
     if method.method == "lora":
         from peft import LoraConfig
 
         save = [classifier_path] if method.train_head and classifier_path else None
         return LoraConfig(r=method.lora_r, lora_alpha=method.lora_alpha, lora_dropout=method.lora_dropout,
-                          target_modules=[m.strip() for m in method.lora_target_modules.split(",")], modules_to_save=save)
+                          target_modules=split_list(method.lora_target_modules, "--lora_target_modules"), modules_to_save=save)
     return None
 
 
@@ -186,7 +197,7 @@ def tuned_blocks(method: MethodArguments, num_layers: int) -> str:
     if method.method == "full":
         return "all"
     if method.method == "layer":
-        blocks = ",".join(str(block(int(i))) for i in method.layers.split(","))
+        blocks = ",".join(str(block(i)) for i in layer_indices(method))
         return f"block {blocks}" + ("" if method.part == "block" else f" {method.part}")
     if method.method == "scl":
         return f"block {block(method.layer)} + skip"

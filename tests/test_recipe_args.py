@@ -294,3 +294,33 @@ def test_clip_recipe_runs_at_another_image_size(tmp_path):
 
     saved = _json.loads((tmp_path / "adapter" / "preprocessor_config.json").read_text())
     assert saved["crop_size"] == {"height": 48, "width": 48}  # the saved processor feeds the size the model was trained at
+
+
+# ------------------------------------------------------------------------------------- list-valued flags
+def test_list_flags_accept_spaces_and_name_the_flag_when_wrong():
+    import recipe_model
+
+    heads = common.MethodArguments(method="heads", heads="11:0, 1; -2:all", head_projections="q, v")
+    cfg = recipe_model.peft_config(heads, None)
+    assert cfg.projections == ["q", "v"] and cfg.heads == {11: [0, 1], -2: "all"}  # was {11: [0], 1: "all", -2: "all"}
+    assert recipe_model.parse_heads("11:0,1 10:all") == {11: [0, 1], 10: "all"}  # spaces before a block still separate
+    with pytest.raises(ValueError, match="block 11 is given twice"):
+        recipe_model.parse_heads("11:0;11:1")
+    layer = common.MethodArguments(method="layer", layers=" 9, -1,")
+    assert recipe_model.peft_config(layer, None).layers == [9, -1]
+    assert recipe_model.tuned_blocks(layer, 12) == "block 9,11"
+    lora = common.MethodArguments(method="lora", lora_target_modules="query, value")
+    assert set(recipe_model.peft_config(lora, None).target_modules) == {"query", "value"}
+    for method, flag, value in (("layer", "--layers", ""), ("layer", "--layers", "9,x"), ("heads", "--head_projections", " , "),
+                                ("heads", "--heads", "11:0,a"), ("lora", "--lora_target_modules", ",")):
+        field = {"--layers": "layers", "--head_projections": "head_projections", "--heads": "heads",
+                 "--lora_target_modules": "lora_target_modules"}[flag]
+        with pytest.raises(ValueError, match=flag):
+            recipe_model.peft_config(common.MethodArguments(method=method, **{field: value}), None)
+
+
+def test_nc_report_layers_flag_names_a_bad_value(tmp_path):
+    import nc_report
+
+    with pytest.raises(ValueError, match="--layers: 'x' is not an integer index"):
+        nc_report.main(["--output_dir", str(tmp_path), "--layers", "1,x", "--shots_per_class", "2"])
