@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from datasets import Dataset
-from recipe_args import DataArguments
+from recipe_args import DataArguments, split_list
 
 from hf_nc.data import load_image_dataset
 
@@ -42,7 +42,7 @@ def load_data(dargs: DataArguments, seed: int) -> RecipeData:
     """
     from hf_nc.data import split_provenance
 
-    classes = [c.strip() for c in dargs.classes.split(",")] if dargs.classes else None
+    classes = split_list(dargs.classes, "--classes") if dargs.classes else None
     if dargs.train_val_split and not 0.0 <= dargs.train_val_split < 1.0:
         raise ValueError(f"--train_val_split must be in [0, 1), got {dargs.train_val_split}")
     validation = {}

@@ -77,6 +77,13 @@ def test_max_samples_take_stratified_seeded_subsets(sorted_by_class):
     assert other.train["image"] != data.train["image"]  # the seed picks which images
 
 
+def test_classes_flag_takes_spaces_and_a_trailing_comma():
+    data = common.load_data(common.DataArguments(dataset="digits", classes=" 3, 7,", shots_per_class=2), seed=0)
+    assert data.train.features["label"].names == ["3", "7"] and sorted(set(data.train["label"])) == [0, 1]
+    with pytest.raises(ValueError, match="--classes needs at least one"):
+        common.load_data(common.DataArguments(dataset="digits", classes=" , "), seed=0)
+
+
 def test_max_eval_samples_below_the_number_of_classes_is_an_error(sorted_by_class):
     with pytest.raises(ValueError, match="--max_eval_samples 5"):
         common.load_data(common.DataArguments(dataset=sorted_by_class, max_eval_samples=5), seed=0)
