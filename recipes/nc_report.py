@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from accelerate.utils import DataLoaderConfiguration
-from recipe_args import int_arg, split_list
+from recipe_args import check_sample_count, int_arg, split_list
 from torch.utils.data import DataLoader
 from transformers import AutoModel, HfArgumentParser
 from transformers.utils import logging as hf_logging
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.split not in splits:
         raise ValueError(f"--split {args.split!r}: '{args.dataset}' has the splits {list(splits)}")
     data, provenance = splits[args.split], split_provenance(splits)[args.split]
+    check_sample_count(args.max_samples, "--max_samples")
     if args.max_samples is not None and args.max_samples < len(data):
         data = stratified_subset(data, args.max_samples, seed=args.seed)
         provenance += f", {len(data)} of them (stratified, seed {args.seed})"

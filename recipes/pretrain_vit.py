@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
+from recipe_args import check_sample_count
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -279,6 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
     with accelerator.main_process_first():
         data = load_image_dataset(dargs.dataset, classes=classes, shots_per_class=dargs.shots_per_class, seed=args.seed)
     train, test = data["train"], data["test"]
+    for flag in ("max_train_samples", "max_eval_samples", "nc_samples"):
+        check_sample_count(getattr(dargs, flag), f"--{flag}")
     if dargs.max_train_samples is not None and dargs.max_train_samples < len(train):
         train = train.shuffle(seed=args.seed).select(range(dargs.max_train_samples))
     if dargs.max_eval_samples is not None:

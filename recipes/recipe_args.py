@@ -67,6 +67,12 @@ def int_arg(value: str, flag: str) -> int:
         raise ValueError(f"{flag}: {value!r} is not an integer index") from None
 
 
+def check_sample_count(n: Optional[int], flag: str) -> None:
+    """A ``--max_*_samples`` style count: ``None`` (every image) or >= 1; 0 or less is an error naming ``flag``."""
+    if n is not None and n < 1:
+        raise ValueError(f"{flag} must be >= 1 (leave it out to use every image), got {n}")
+
+
 def split_list(value: str, flag: str) -> list[str]:
     """``"q, v"`` -> ``["q", "v"]``: a comma-separated flag, spaces and empty items dropped; an empty list is an error."""
     items = [v.strip() for v in value.split(",") if v.strip()]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from datasets import Dataset
-from recipe_args import DataArguments, split_list
+from recipe_args import DataArguments, check_sample_count, split_list
 
 from hf_nc.data import load_image_dataset
 
@@ -26,8 +26,9 @@ def subset(ds: Dataset, n: Optional[int], seed: int, flag: str) -> Dataset:
     """``hf_nc.data.stratified_subset`` (seeded, stratified ``n`` of ``ds``), errors naming ``flag``."""
     from hf_nc.data import stratified_subset
 
+    check_sample_count(n, flag)  # 0 used to mean "every image" silently; leaving the flag out says that
     try:
-        return stratified_subset(ds, n or None, seed=seed)
+        return stratified_subset(ds, n, seed=seed)
     except ValueError as e:
         raise ValueError(f"{flag} {n}: {e}") from e
 

@@ -21,6 +21,7 @@ TINY = ["--dataset", "digits", "--image_size", "8", "--patch_size", "2", "--hidd
 
 @pytest.fixture(scope="module")
 def recipe():
+    sys.path.insert(0, str(ROOT / "recipes"))  # its sibling modules (recipe_args), as when run as a script
     spec = importlib.util.spec_from_file_location("pretrain_vit", ROOT / "recipes" / "pretrain_vit.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["pretrain_vit"] = module  # dataclasses look their module up while the file runs
@@ -108,3 +109,9 @@ def test_two_processes_torchrun(tmp_path):
     assert rec["num_processes"] == 2 and rec["steps"] == 4
     assert math.isfinite(rec["history"][-1]["nc"]["nc1"])
     assert (tmp_path / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("flag", ["--max_train_samples", "--max_eval_samples", "--nc_samples"])
+def test_sample_counts_of_zero_are_an_error_naming_the_flag(recipe, flag, tmp_path):
+    with pytest.raises(ValueError, match=f"{flag} must be >= 1"):
+        _run(recipe, tmp_path, flag, "0", "--max_steps", "1")

@@ -324,3 +324,5 @@ def test_nc_report_layers_flag_names_a_bad_value(tmp_path):
 
     with pytest.raises(ValueError, match="--layers: 'x' is not an integer index"):
         nc_report.main(["--output_dir", str(tmp_path), "--layers", "1,x", "--shots_per_class", "2"])
+    with pytest.raises(ValueError, match="--max_samples must be >= 1"):  # was "a subset needs n >= 1", no flag named
+        nc_report.main(["--output_dir", str(tmp_path), "--max_samples", "0"])

@@ -84,6 +84,13 @@ def test_classes_flag_takes_spaces_and_a_trailing_comma():
         common.load_data(common.DataArguments(dataset="digits", classes=" , "), seed=0)
 
 
+@pytest.mark.parametrize("flag", ["max_train_samples", "max_eval_samples"])
+@pytest.mark.parametrize("n", [0, -3])
+def test_max_samples_zero_or_negative_is_an_error_not_every_image(flag, n):
+    with pytest.raises(ValueError, match=f"--{flag} must be >= 1"):
+        common.load_data(common.DataArguments(dataset="digits", **{flag: n}), seed=0)
+
+
 def test_max_eval_samples_below_the_number_of_classes_is_an_error(sorted_by_class):
     with pytest.raises(ValueError, match="--max_eval_samples 5"):
         common.load_data(common.DataArguments(dataset=sorted_by_class, max_eval_samples=5), seed=0)
