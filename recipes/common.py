@@ -112,7 +112,7 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
     train_eval_view = train.with_transform(eval_transform)
     train_view = train.with_transform(build_transforms(spec, train=True, augment=dargs.augment)) if dargs.augment != "none" else train_eval_view
     push_to_hub, targs.push_to_hub = targs.push_to_hub, False  # pushed once, at the end, with a card
-    if dargs.image_size:
+    if dargs.image_size is not None:
         interpolate_positions(model)
 
     train_dataset, nc_train_dataset = train_view, train_eval_view

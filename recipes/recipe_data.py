@@ -47,7 +47,10 @@ def load_data(dargs: DataArguments, seed: int) -> RecipeData:
     if dargs.train_val_split and not 0.0 <= dargs.train_val_split < 1.0:
         raise ValueError(f"--train_val_split must be in [0, 1), got {dargs.train_val_split}")
     validation = {}
-    if dargs.validation_shots_per_class:
+    if dargs.validation_shots_per_class is not None:  # 0 used to fall back to --train_val_split silently
+        if dargs.validation_shots_per_class < 1:
+            raise ValueError(f"--validation_shots_per_class must be >= 1 (no validation split: --train_val_split 0), "
+                             f"got {dargs.validation_shots_per_class}")
         validation["validation_shots_per_class"] = dargs.validation_shots_per_class
     elif dargs.train_val_split:
         validation["validation_split"] = dargs.train_val_split

@@ -98,7 +98,7 @@ def image_spec(model: nn.Module, processor=None, image_size: Optional[int] = Non
     from hf_nc.data.transforms import _config_channels, resolve_image_spec, spec_from_processor, with_image_size
 
     spec = resolve_image_spec(model) if processor is None else spec_from_processor(processor, _config_channels(model.config))
-    return with_image_size(spec, image_size) if image_size else spec
+    return with_image_size(spec, image_size) if image_size is not None else spec  # 0: with_image_size says why not
 
 
 def interpolate_positions(model: nn.Module) -> int:

@@ -326,3 +326,9 @@ def test_nc_report_layers_flag_names_a_bad_value(tmp_path):
         nc_report.main(["--output_dir", str(tmp_path), "--layers", "1,x", "--shots_per_class", "2"])
     with pytest.raises(ValueError, match="--max_samples must be >= 1"):  # was "a subset needs n >= 1", no flag named
         nc_report.main(["--output_dir", str(tmp_path), "--max_samples", "0"])
+
+
+def test_image_size_zero_is_an_error_not_the_models_size(tiny_vit, tmp_path):
+    with pytest.raises(ValueError, match="image_size must be positive, got 0"):  # was: silently the model's own size
+        finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), *SMALL, "--max_steps", "1",
+                           "--method", "full", "--image_size", "0"])

@@ -91,6 +91,13 @@ def test_max_samples_zero_or_negative_is_an_error_not_every_image(flag, n):
         common.load_data(common.DataArguments(dataset="digits", **{flag: n}), seed=0)
 
 
+def test_zero_validation_shots_is_an_error_not_the_default_split():
+    with pytest.raises(ValueError, match="--validation_shots_per_class must be >= 1 .*--train_val_split 0"):
+        common.load_data(common.DataArguments(dataset="digits", shots_per_class=5, validation_shots_per_class=0), seed=0)
+    none = common.load_data(common.DataArguments(dataset="digits", shots_per_class=5, train_val_split=0.0), seed=0)
+    assert none.validation is None
+
+
 def test_max_eval_samples_below_the_number_of_classes_is_an_error(sorted_by_class):
     with pytest.raises(ValueError, match="--max_eval_samples 5"):
         common.load_data(common.DataArguments(dataset=sorted_by_class, max_eval_samples=5), seed=0)
