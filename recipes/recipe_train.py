@@ -71,8 +71,11 @@ def plan_budget(targs: TrainingArguments, method: MethodArguments, num_train: in
     if head_lr is None and method.method == "full" and head_reset:
         head_lr = FULL_NEW_HEAD_LR_FACTOR * targs.learning_rate
     per_step = targs.per_device_train_batch_size * targs.world_size * targs.gradient_accumulation_steps
-    steps_per_epoch = max(1, math.ceil(num_train / max(1, targs.per_device_train_batch_size * targs.world_size))
-                          // targs.gradient_accumulation_steps)
+    # as transformers.Trainer counts them: per-process batches, then one optimizer step per accumulation window,
+    # the last (short) window included
+    per_batch = max(1, targs.per_device_train_batch_size * targs.world_size)
+    batches = num_train // per_batch if targs.dataloader_drop_last else math.ceil(num_train / per_batch)
+    steps_per_epoch = max(1, math.ceil(batches / targs.gradient_accumulation_steps))
     if targs.num_train_epochs is None and targs.max_steps > 0:
         targs.num_train_epochs = float(DEFAULT_MIN_EPOCHS)  # unused: max_steps decides
     elif targs.num_train_epochs is None:

@@ -195,6 +195,19 @@ def test_summary_records_every_setting_and_the_tuned_blocks(tiny_vit, tmp_path, 
     assert "block 3,2" in printed and "% of base" in printed
 
 
+@pytest.mark.parametrize("accumulate, drop_last, per_epoch", [(1, False, 4), (3, False, 2), (1, True, 3)])
+def test_planned_steps_are_the_steps_the_trainer_takes(accumulate, drop_last, per_epoch, tiny_vit, tmp_path):
+    # 30 images at batch 8: 4 batches per epoch (3 with drop_last); with 3-step accumulation the Trainer takes 2
+    # optimizer steps per epoch (the last, short window still steps; 1 was planned), so the default budget
+    # (--min_train_steps) needs fewer epochs than it planned
+    summary = finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), "--method", "layer", *SMALL,
+                                 "--gradient_accumulation_steps", str(accumulate), "--min_train_steps", "8", "--eval_strategy", "no",
+                                 "--save_strategy", "no", "--train_val_split", "0", "--dataloader_drop_last", str(drop_last).lower()])
+    s = summary["settings"]
+    assert s["steps_per_epoch"] == per_epoch and s["num_train_epochs"] == max(common.DEFAULT_MIN_EPOCHS, 8 // s["steps_per_epoch"])
+    assert s["planned_steps"] == s["optimizer_steps"]
+
+
 @pytest.mark.parametrize("method, extra", [("lora", ["--lora_r", "2"]), ("scl", ["--layer", "-2"]), ("heads", ["--heads=-1:0"])])
 def test_trainable_share_is_of_the_base_model(method, extra, tiny_vit, tmp_path):
     from transformers import AutoModelForImageClassification
