@@ -255,6 +255,8 @@ def few_step_trials(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     eval_steps = sorted({int(e) for e in (eval_steps or [steps])})
     if eval_steps[0] < 1 or eval_steps[-1] > steps:
         raise ValueError(f"eval_steps must lie in [1, steps={steps}], got {eval_steps}")
@@ -492,6 +494,8 @@ def suggest_layer(
         raise ValueError(f"rule must be one of {RULE_NAMES}, got {rule!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if blocks is not None and rule != "few_steps":  # would be ignored: the other rules score every block
+        raise ValueError(f"blocks applies to rule='few_steps' only (the blocks it trials); rule={rule!r} scores every block")
     net = _measure.load_candidate(model, seed=seed)
     if isinstance(dataset, str) and rule in ("probe", "few_steps"):
         from ..data import load_image_dataset
