@@ -87,6 +87,8 @@ def test_rank_models_correlates_with_provided_fine_tuned_accuracies_not_the_prob
         assert boot.score_correlations[name]["kendall_tau_ci"] == pytest.approx([1.0, 1.0]), name
     assert "kendall_tau_ci" not in agree.score_correlations["nc1"] and boot.settings["bootstrap"] == 60
     assert type(boot).from_json(boot.to_json()).to_dict() == boot.to_dict()
+    with pytest.raises(ValueError, match="bootstrap must be >= 0"):  # was: silently no intervals
+        rank_models(cands, data, accuracies={"good": 0.9, "mid": 0.6, "bad": 0.2}, bootstrap=-3, progress=False)
     # a subset of candidates with accuracies: the correlation is over those only
     part = rank_models(cands, data, scores=["nc1"], accuracies={"good": 0.9, "bad": 0.2}, batch_size=20, progress=False)
     assert part.score_correlations["nc1"]["n"] == 2

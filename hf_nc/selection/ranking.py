@@ -372,6 +372,8 @@ def rank_models(
     names = [n for n, _ in named]
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must be distinct, got {names}: pass {{name: model}}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0 (0: no intervals), got {bootstrap}")
     score_names = list(dict.fromkeys(scores)) if scores else ["nc1"]
     for n in [*score_names, *(block_scores or [])]:
         _scores.get_score(n)
