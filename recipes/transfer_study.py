@@ -75,7 +75,12 @@ def main(argv: list[str] | None = None, settings: dict | None = None) -> dict:
     meta = {"mode": mode, "notes": notes, "command": f"python recipes/transfer_study.py {' '.join(shlex.quote(a) for a in flags)}".strip()}
     if args.list:
         order, status = plan.expand(settings, execute.load_records(out_dir))
-        print(json.dumps({"planned (without grid extensions)": plan.planned_total(settings), "status": status}, indent=1))
+        left = plan.remaining(settings, execute.load_records(out_dir))
+        print(json.dumps({"planned (without grid extensions)": plan.planned_total(settings), "status": status,
+                          "left (estimate)": left}, indent=1))
+        hours = sum(v["cpu_hours_left"] or 0 for v in left.values())
+        print(f"about {hours:.1f} CPU-hours of fine-tuning left, {hours / max(1, args.workers):.1f} h at --workers {args.workers} "
+              "(each cell's mean run time so far, or its model's other cells'; rough: a cell's first runs are its slowest)")
         return {"order": order, "status": status, "settings": settings}
     start = time.perf_counter()
     if args.results:

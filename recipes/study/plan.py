@@ -500,3 +500,28 @@ def planned_total(s: dict) -> dict:
         n = len(p["variants"]) * len(p["regimes"])
         out["finding_i"] = {"pretrain": n, "probes": n * len(p["probe_tasks"])}
     return out
+
+
+def remaining(s: dict, records: dict) -> dict:
+    """Per cell: runs left against :func:`planned_total` (no grid extensions; 0 once every step
+    :func:`expand` plans is done) and the CPU hours they would take at the mean wall time of the
+    cell's finished runs (of its model's other cells while it has none: ``"basis"`` says which).
+    For planning sittings, not a promise: the first runs of a cell (full FT, low blocks) are its slowest."""
+    ok = [r for r in records.values() if r.get("status") == "ok" and r.get("spec", {}).get("kind") == "finetune"]
+    _, status = expand(s, records)
+    out = {}
+    for cell in s["cells"]:
+        name, fam = cell_name(cell), family(cell[0])
+        total = sum(planned_total(s)[name].values())
+        done = [r for r in ok if r["spec"].get("cell") == name]
+        basis = done or [r for r in ok if family(r["spec"]["model"]) == fam]
+        mean = sum(r["wall_time_s"] for r in basis) / len(basis) if basis else None
+        steps = status.get(name, {})
+        finished = bool(steps) and all(v["done"] >= v["planned"] for v in steps.values()) and \
+            any(v["planned"] for k, v in steps.items() if k.endswith("_final"))
+        left = 0 if finished else max(0, total - len(done))
+        out[name] = {"runs_left": left, "mean_run_s": None if mean is None else round(mean, 1),
+                     "basis": "this cell" if done else f"other {fam} cells" if basis else "none yet",
+                     "cpu_hours_left": None if mean is None else round(left * mean / 3600, 1)}
+    return out
+
