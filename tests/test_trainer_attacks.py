@@ -108,6 +108,7 @@ def test_150_classes_best_model_by_train_nc1_saves(many, tmp_path):
     (dict(nc_num_classes=100), r"labels \[100, 101.*outside 0..99.*nc_num_classes is 100"),
     (dict(nc_layers=[99]), r"nc_layers=\[99\].*out of range"),
     (dict(nc_train_samples="512"), r"nc_train_samples must be an int or None"),
+    (dict(nc_num_classes=0), r"num_classes must be at least 2 \(K >= 2\), got 0"),  # 0 used to mean "from the data" silently
 ])
 def test_bad_settings_fail_at_construction(many, tmp_path, nc_kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -214,7 +214,8 @@ class NCTrainer(NCModelCardMixin, Trainer):
         except ValueError as e:
             raise ValueError(f"NCTrainer cannot measure NC of this model: {e} "
                              "(pass nc_eval=False and nc_train_samples=0 to train it without NC)") from e
-        self.nc_num_classes = check_num_classes(self.nc_num_classes or self._infer_num_classes())
+        # None: from the data; 0 is checked like any other value (it used to mean "infer" silently)
+        self.nc_num_classes = check_num_classes(self._infer_num_classes() if self.nc_num_classes is None else self.nc_num_classes)
         try:
             LayerFeatures(self.model, layers=self.nc_layers)
         except (ValueError, TypeError) as e:
