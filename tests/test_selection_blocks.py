@@ -112,6 +112,8 @@ def test_few_step_trials_arguments_and_scl(splits):
         few_step_trials(model, splits["train"], splits["validation"], steps=1, batch_size=0)
     with pytest.raises(ValueError, match="blocks applies to rule='few_steps' only"):  # was silently ignored
         suggest_layer(model, splits, rule="nc1", blocks=[0], progress=False)
+    with pytest.raises(ValueError, match="num_classes must be at least 2"):  # 0 used to mean "from the data"
+        suggest_layer(model, splits, num_classes=0, progress=False)
 
 
 def test_choose_block_by_trials_accuracy_then_loss():

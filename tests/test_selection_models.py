@@ -89,6 +89,8 @@ def test_rank_models_correlates_with_provided_fine_tuned_accuracies_not_the_prob
     assert type(boot).from_json(boot.to_json()).to_dict() == boot.to_dict()
     with pytest.raises(ValueError, match="bootstrap must be >= 0"):  # was: silently no intervals
         rank_models(cands, data, accuracies={"good": 0.9, "mid": 0.6, "bad": 0.2}, bootstrap=-3, progress=False)
+    with pytest.raises(ValueError, match="num_classes must be at least 2"):  # 0 used to mean "from the data"
+        rank_models(cands, data, num_classes=0, progress=False)
     # a subset of candidates with accuracies: the correlation is over those only
     part = rank_models(cands, data, scores=["nc1"], accuracies={"good": 0.9, "bad": 0.2}, batch_size=20, progress=False)
     assert part.score_correlations["nc1"]["n"] == 2

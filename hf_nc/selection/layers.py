@@ -41,6 +41,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from torch import nn
 
+from ..metrics.validation import check_num_classes
 from . import _measure
 from . import scores as _scores
 
@@ -504,7 +505,7 @@ def suggest_layer(
         dataset = load_image_dataset(dataset, shots_per_class=shots_per_class, seed=seed, validation_split=validation_fraction)
         shots_per_class = None
     train, _, k, _ = _measure.resolve_data(dataset, shots_per_class=shots_per_class, seed=seed)
-    k = num_classes or k
+    k = k if num_classes is None else check_num_classes(num_classes)  # 0 is an error, not "from the data"
     _measure.device_of(net, device)
     fit, val = _validation_split(dataset, train, validation_fraction, seed) if rule in ("probe", "few_steps") else (train, None)
     if rule == "few_steps":
