@@ -108,6 +108,8 @@ def test_few_step_trials_arguments_and_scl(splits):
         few_step_trials(model, splits["train"], splits["validation"], steps=2, eval_steps=[3])
     with pytest.raises(ValueError, match="run_steps"):
         few_step_trials(model, splits["train"], splits["validation"], steps=5, run_steps=4)
+    with pytest.raises(ValueError, match=r"run_steps \(0\) must be >= steps"):
+        few_step_trials(model, splits["train"], splits["validation"], steps=5, run_steps=0)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):  # was "range() arg 3 must not be zero"
         few_step_trials(model, splits["train"], splits["validation"], steps=1, batch_size=0)
     with pytest.raises(ValueError, match="blocks applies to rule='few_steps' only"):  # was silently ignored

@@ -261,7 +261,7 @@ def few_step_trials(
     eval_steps = sorted({int(e) for e in (eval_steps or [steps])})
     if eval_steps[0] < 1 or eval_steps[-1] > steps:
         raise ValueError(f"eval_steps must lie in [1, steps={steps}], got {eval_steps}")
-    run_steps = int(run_steps or steps)
+    run_steps = steps if run_steps is None else int(run_steps)  # 0 fails the check below (it used to mean "steps")
     if run_steps < steps:
         raise ValueError(f"run_steps ({run_steps}) must be >= steps ({steps})")
     n_blocks = resolve_backbone(model).num_layers
