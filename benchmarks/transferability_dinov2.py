@@ -35,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import strict  # noqa: E402
 from transferability import (FEW_STEPS, SCORE_NAMES, STUDY_DIR, block_features, probe_acc, score_blocks, study_init,  # noqa: E402
                              trial_picks)
+from study.plan import FAMILY_LAYERS  # noqa: E402  (recipes/ is on the path: transferability puts it there)
 
 DINOV2_RUN = "convert_dinov2-ab02b5e0"  # the study's converted DINOv2-S (56 x 56): <study>/models/<this>
 DINOV2_LR = 3e-4  # the study's DINOv2 prior for Layer FT: the sweep's LR, checked on validation by dinov2_lr_check
-SWEEP_BLOCKS = list(range(12))  # DINOv2-S/14's blocks (recipes/study/plan.FAMILY_LAYERS["dinov2"])
+SWEEP_BLOCKS = list(range(FAMILY_LAYERS["dinov2"]))  # every block of DINOv2-S/14, as the study counts them
 # the LR check: the sweep's LR and one half-decade step either side, at the first, middle and last
 # block of seed 0; one more value past an edge of the grid when that edge wins
 LR_GRID = (1e-4, 3e-4, 1e-3)
@@ -356,7 +357,7 @@ def print_dinov2(res: dict | None) -> None:
 def dinov2_markdown(d: dict) -> list[str]:
     """The DINOv2-S lines of ``docs/SELECTION.md``'s block-level tables (``d``: :func:`dinov2_summary`'s result)."""
     lines = ["", f"**DINOv2-S** (digits, 10 shots, Layer FT at LR {d['lr']:g}, seed(s) {d['seeds']}): per-block test accuracy (%):", "",
-             "| seed | " + " | ".join(str(b) for b in SWEEP_BLOCKS) + " |", "|---|" + "---|" * 12]
+             "| seed | " + " | ".join(str(b) for b in SWEEP_BLOCKS) + " |", "|---|" + "---|" * len(SWEEP_BLOCKS)]
     if "lr_check" in d:  # before the table: which LR the sweep is at, and whether validation chose it
         lines[1:1] = [describe_lr_check(d["lr_check"]) + ".", ""]
     for c in d["cases"]:

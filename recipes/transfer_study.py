@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None, settings: dict | None = None) -> dict:
     flags = [a for i, a in enumerate(flags) if a != "--max_runs" and (i == 0 or flags[i - 1] != "--max_runs")]
     meta = {"mode": mode, "notes": notes, "command": f"python recipes/transfer_study.py {' '.join(shlex.quote(a) for a in flags)}".strip()}
     if args.list:
-        order, status = plan.expand(settings, execute.load_records(out_dir))
-        left = plan.remaining(settings, execute.load_records(out_dir))
+        records = execute.load_records(out_dir)
+        order, status = plan.expand(settings, records)
+        left = plan.remaining(settings, records, status)
         print(json.dumps({"planned (without grid extensions)": plan.planned_total(settings), "status": status,
                           "left (estimate)": left}, indent=1))
         hours = sum(v["cpu_hours_left"] or 0 for v in left.values())

@@ -502,17 +502,19 @@ def planned_total(s: dict) -> dict:
     return out
 
 
-def remaining(s: dict, records: dict) -> dict:
+def remaining(s: dict, records: dict, status: Optional[dict] = None) -> dict:
     """Per cell: runs left against :func:`planned_total` (no grid extensions; 0 once every step
     :func:`expand` plans is done) and the CPU hours they would take at the mean wall time of the
     cell's finished runs (of its model's other cells while it has none: ``"basis"`` says which).
-    For planning sittings, not a promise: the first runs of a cell (full FT, low blocks) are its slowest."""
+    For planning sittings, not a promise: the first runs of a cell (full FT, low blocks) are its slowest.
+    ``status``: :func:`expand`'s, when the caller has it."""
     ok = [r for r in records.values() if r.get("status") == "ok" and r.get("spec", {}).get("kind") == "finetune"]
-    _, status = expand(s, records)
+    status = expand(s, records)[1] if status is None else status
+    totals = planned_total(s)
     out = {}
     for cell in s["cells"]:
         name, fam = cell_name(cell), family(cell[0])
-        total = sum(planned_total(s)[name].values())
+        total = sum(totals[name].values())
         done = [r for r in ok if r["spec"].get("cell") == name]
         basis = done or [r for r in ok if family(r["spec"]["model"]) == fam]
         mean = sum(r["wall_time_s"] for r in basis) / len(basis) if basis else None
