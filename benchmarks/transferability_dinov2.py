@@ -152,7 +152,7 @@ def dinov2_lr_check(out_dir: Path, study_dir: Path, run: bool = True, grid=LR_GR
         ``test_mean`` (``{"<lr>": mean accuracy over the blocks}``), ``per_block``, ``chosen_lr``,
         ``extended`` (the value added past an edge, or None), ``at_grid_edge``, ``sweep_lr``
         (:data:`DINOV2_LR`), ``sweep_lr_is_chosen`` and ``all_blocks_mean`` (``{"<lr>":
-        {"validation", "test"}}``: the mean over all 12 blocks where the seed's whole sweep at that
+        {"validation", "test"}}``: the mean over every block of :data:`SWEEP_BLOCKS` where the seed's whole sweep at that
         LR is cached; reported beside the check, not read by the choice).
     """
     extension = LR_EXTENSION if extension is None else extension
@@ -327,7 +327,7 @@ def describe_lr_check(check: dict | None) -> str:
     used = check.get("summary_lr", check["sweep_lr"])
     every = check.get("all_blocks_mean") or {}
     tail = "" if not every else (
-        f"; reported only, the mean over all 12 blocks of seed {check['seed']} where its whole sweep ran: validation "
+        f"; reported only, the mean over all {len(SWEEP_BLOCKS)} blocks of seed {check['seed']} where its whole sweep ran: validation "
         + ", ".join(f"{lr} {100 * v['validation']:.1f}" for lr, v in every.items())
         + ", test " + ", ".join(f"{lr} {100 * v['test']:.1f}" for lr, v in every.items()))
     return (f"LR check (seed {check['seed']}, blocks {blocks}): mean validation accuracy (%) {val} -> chosen {check['chosen_lr']:g}{edge} "

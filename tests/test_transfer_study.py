@@ -227,6 +227,27 @@ def test_headlines_first_orders_every_cells_headline_before_other_runs():
     assert any(sp.get("method") == "logreg" for sp in default[:i_second])
 
 
+def test_scl_variants_run_before_the_every_block_finals():
+    s = smoke_settings(pretrain=None)
+    cell = s["cells"][0]
+    records: dict = {}
+    while True:  # play the study out: every spec gets a result (validation accuracy rising with block and LR)
+        order, _ = plan.expand(s, records)
+        new = [sp for sp in order if sp["id"] not in records]
+        if not new:
+            break
+        for sp in new:
+            val = 0.5 + 0.01 * (sp.get("block") or 0) + (sp.get("hp") or 0) + 0.001 * len(sp.get("extra", []))
+            res = {"validation_accuracy": val, "test_accuracy": val, "train_nc1": 1.0, "trainable_params": 10}
+            records[sp["id"]] = {"id": sp["id"], "spec": sp, "status": "ok", "result": res, "wall_time_s": 1.0}
+    steps = plan.cell_steps(s, cell, None, records)
+    pos = {sp["id"]: i for i, sp in enumerate(order)}
+    headline = {sp["id"] for sp in steps["headline_final"]}  # the chosen blocks' finals are headline runs
+    variants, blocks = steps["variants_selection"], [sp for sp in steps["blocks_final"] if sp["id"] not in headline]
+    assert variants and blocks
+    assert max(pos[sp["id"]] for sp in variants) < min(pos[sp["id"]] for sp in blocks)
+
+
 def test_remaining_estimate_per_cell():
     s = smoke_settings(cells=[("tiny", "digits", 5), ("tiny", "fmnist", 5)], pretrain=None)
     first = plan.expand(s, {})[0]

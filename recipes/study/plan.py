@@ -438,7 +438,7 @@ def expand(s: dict, records: dict) -> tuple[list[dict], dict]:
 
     Order: stage-0 models; then, for the first ``headline_cells`` cells, headline selection
     (full FT, Layer FT, SCL FT at every block) and its final runs; then per cell the other
-    methods, the every-block final runs (the skip's test), the SCL variants; the remaining cells
+    methods, the SCL variants, the every-block final runs (the skip's test); the remaining cells
     likewise; finding (i) last."""
     ok = {k: r for k, r in records.items() if r.get("status") in ("ok", "error")}
     models = model_runs(s)
@@ -459,8 +459,10 @@ def expand(s: dict, records: dict) -> tuple[list[dict], dict]:
         steps = per_cell[name]
         if name not in head:
             order += steps["headline_selection"] + steps["headline_final"]
-        order += steps["others_selection"] + steps["others_final"] + steps["blocks_final"]
-        order += steps["variants_selection"] + steps["variants_final"]
+        # the variants (a few dozen runs that decide SCL's documented default) before the every-block
+        # finals (the skip's test: ten seeds at each block, the bulk of a cell)
+        order += steps["others_selection"] + steps["others_final"]
+        order += steps["variants_selection"] + steps["variants_final"] + steps["blocks_final"]
     pre = pretrain_specs(s)
     order += pre
     for p in pre:
