@@ -364,6 +364,32 @@ def test_report_on_hand_made_results(tmp_path):
     assert "- Goal, Layer FT matches full FT (lower end of the paired CI above -0.5 points) with <= 10% of its trained parameters (8.0%): **no**" in text
 
 
+@pytest.mark.parametrize("concat_val, favoured", [(0.65, True), (0.60, False)])
+def test_scl_variant_against_the_default(tmp_path, concat_val, favoured):
+    """The validation-best variant gets a paired test row against the default; the default's verdict
+    reads validation only: concat 3 points ahead (> the 0.5 margin) is favoured, 2 points behind is not."""
+    s = smoke_settings(methods=["full", "layer", "scl"], scl_variants=["concat"], pretrain=None)
+    records = hand_made(s)
+    cell = ("tiny", "digits", 5)
+    for hp, val in ((0.000949, 0.55), (0.003, concat_val)):
+        sp = plan.run_spec(s, cell, "selection", 100, "scl", hp, 10, variant="concat")
+        records[sp["id"]] = {"id": sp["id"], "spec": sp, "status": "ok", "result": {"validation_accuracy": val}, "wall_time_s": 1.0}
+    for seed, acc in zip(s["final_seeds"], (0.82, 0.84)):  # +1.0 over the default's 81/83 on both seeds
+        sp = plan.run_spec(s, cell, "final", seed, "scl", 0.003, 10, variant="concat")
+        records[sp["id"]] = {"id": sp["id"], "spec": sp, "status": "ok", "wall_time_s": 1.0,
+                             "result": {"validation_accuracy": 0.6, "test_accuracy": acc, "train_nc1": 0.2, "trainable_params": 9000}}
+    text = report.write_report(records, s, tmp_path / "R.md", tmp_path / "plots").read_text()
+    row = f"| tiny/digits/5 (block 10) | {100 * (concat_val - 0.62):+.1f} | {'`concat`' if favoured else '`default`'} |"
+    assert row in text
+    if favoured:
+        assert "| SCL FT [concat] - SCL FT | +1.0 [+1.0, +1.0] (n=2) | better |" in text
+        assert "SCL variant `concat` (best on validation) - the default, at block 10: +1.0 [+1.0, +1.0] (n=2) points -> better" in text
+        assert "`concat` is ahead of it on average by +3.0 points, more than the 0.5-point margin" in text
+    else:
+        assert "SCL FT [concat] - SCL FT" not in text  # the default won: nothing to pair
+        assert "closest: `concat`, -2.0 points): the evidence does not favour changing the default" in text
+
+
 def test_report_marks_partial_results(tmp_path):
     s = smoke_settings(methods=["full", "layer", "scl"], scl_variants=[], pretrain=None)
     text = report.write_report(hand_made(s, complete=False), s, tmp_path / "R.md", tmp_path / "plots").read_text()

@@ -207,9 +207,9 @@ def section_headline(cell: Cell) -> tuple[list[str], list[str], bool]:
         rows.append([describe_choice(ch, fam) + edge, f"{pts(ch.val_mean)} (n={ch.n})", ci_text(*stats.mean_ci(cell.runs(ch).values())),
                      f"{p:,}" if p else "-", share, status_word(cell, ch)])
     ch = chosen.get("scl")
-    if ch is not None and s["scl_variants"]:
-        best = cell.choice("scl_variants", [plan.config_key("scl", ch.block, v) for v in [""] + list(s["scl_variants"])])
-        if best is not None and best.variant:
+    best = scl_best_variant(cell)
+    if best is not None:
+        if best.variant:
             p = cell.params(best)
             rows.append([describe_choice(best, fam) + " (best SCL variant on validation)" + (" **edge**" if best.at_edge else ""),
                          f"{pts(best.val_mean)} (n={best.n})", ci_text(*stats.mean_ci(cell.runs(best).values())),
@@ -234,6 +234,14 @@ def section_headline(cell: Cell) -> tuple[list[str], list[str], bool]:
         rows.append([f"{LABEL[a]} - {LABEL[b]}", ci_text(*d, signed=True), v if complete else f"PENDING ({v} so far)"])
         if complete and headline_complete and (a, b) in (("scl", "full"), ("layer", "full"), ("scl", "layer")):
             findings.append(f"{cell.name}: {LABEL[a]} - {LABEL[b]} = {ci_text(*d, signed=True)} points -> {v}{caveats(cell, ca, cb)}")
+    if best is not None and best.variant:  # the validation-best SCL variant against the default, same block and seeds
+        d = stats.paired(cell.runs(best), cell.runs(ch))
+        complete = cell.complete(best) and cell.complete(ch)
+        v = stats.verdict(d[1], d[2], margin, d[3])
+        rows.append([f"SCL FT [{best.variant}] - SCL FT", ci_text(*d, signed=True), v if complete else f"PENDING ({v} so far)"])
+        if complete:
+            findings.append(f"{cell.name}: SCL variant `{best.variant}` (best on validation) - the default, at block {best.block}: "
+                            f"{ci_text(*d, signed=True)} points -> {v}{caveats(cell, best, ch)}")
     lines += [f"Paired differences (test accuracy points, same seeds; margin ±{100 * margin:.1f}):", ""]
     lines += table(["comparison", "mean [95% CI] (n)", "verdict"], rows) + [""]
     # the paper's goal: SCL FT or Layer FT matches full FT with >= 90% fewer trained parameters
@@ -255,6 +263,65 @@ def section_headline(cell: Cell) -> tuple[list[str], list[str], bool]:
                                 f"{caveats(cell, ch, chosen['full'])}")
         lines.append("")
     return lines, findings, headline_complete
+
+
+def scl_best_variant(cell: Cell) -> Optional[select.Choice]:
+    """The best SCL variant on validation at SCL's chosen block (the default among them), once SCL's
+    choice and every variant's grid are complete; None before that, or without variants."""
+    ch = cell.choice("scl")
+    if ch is None or not cell.s["scl_variants"]:
+        return None
+    return cell.choice("scl_variants", [plan.config_key("scl", ch.block, v) for v in [""] + list(cell.s["scl_variants"])])
+
+
+def section_scl_default(cells: list[Cell]) -> tuple[list[str], list[str], bool]:
+    """SCL's documented default from validation: per cell, each variant's best validation accuracy minus
+    the default's at SCL's chosen block; the variant ahead on average by more than the margin would
+    replace it. Returns lines, findings, and whether a DINOv2 cell is among those compared."""
+    s = cells[0].s if cells else {}
+    variants = list(s.get("scl_variants") or [])
+    if not variants:
+        return [], [], True
+    margin = s["equivalence_margin"]
+    lines = ["## SCL's default variant (validation only)", "",
+             "Best validation accuracy (mean over the selection seeds, at its own best LR) of each SCL variant minus the default's "
+             "(`add`, `delta`, `pre_norm`), at each cell's chosen SCL block, in points. The test split plays no part here; the "
+             "validation-best variant's paired test difference from the default is in its cell's headline table.", ""]
+    rows, diffs, names = [], defaultdict(list), []
+    for cell in cells:
+        best = scl_best_variant(cell) if cell.ready else None
+        if best is None:
+            rows.append([cell.name, *["-"] * len(variants), "PENDING"])
+            continue
+        ch = cell.choice("scl")
+        base = cell.sel.best_hp(plan.config_key("scl", ch.block)).mean
+        row = [f"{cell.name} (block {ch.block})"]
+        for v in variants:
+            dv = cell.sel.best_hp(plan.config_key("scl", ch.block, v)).mean - base
+            diffs[v].append(dv)
+            row.append(f"{100 * dv:+.1f}")
+        rows.append(row + [f"`{best.variant or 'default'}`"])
+        names.append(cell.name)
+    if names:
+        rows.append([f"mean over {len(names)} cell{'s' if len(names) > 1 else ''}", *[f"{100 * sum(diffs[v]) / len(diffs[v]):+.1f}" for v in variants], ""])
+    lines += table(["cell", *[f"`{v}`" for v in variants], "best"], rows) + [""]
+    with_dinov2 = any(plan.family(c.model) == "dinov2" for c in cells if c.name in names)
+    findings = []
+    if names:
+        mean = {v: sum(diffs[v]) / len(diffs[v]) for v in variants}
+        top = max(variants, key=lambda v: mean[v])
+        wins = sum(1 for c in cells if c.name in names and scl_best_variant(c).variant == "")
+        text = f"SCL's default variant, validation over {len(names)} cell{'s' if len(names) > 1 else ''} ({', '.join(names)}): the default is best in {wins}; "
+        if mean[top] > margin:
+            text += (f"`{top}` is ahead of it on average by {100 * mean[top]:+.1f} points, more than the {100 * margin:.1f}-point "
+                     f"margin: the evidence favours `{top}` as the default")
+        else:
+            text += (f"no variant is ahead of it on average by more than the {100 * margin:.1f}-point margin (closest: `{top}`, "
+                     f"{100 * mean[top]:+.1f} points): the evidence does not favour changing the default")
+        lines += [f"{text}." + ("" if with_dinov2 else " **PENDING**: no DINOv2-S cell compared yet."), ""]
+        if with_dinov2 or not s.get("dinov2"):
+            findings.append(text)
+    return lines, findings, with_dinov2 or not s.get("dinov2")
 
 
 def section_skip(cell: Cell) -> tuple[list[str], list[str], bool]:
@@ -329,7 +396,7 @@ def section_selection(cell: Cell) -> list[str]:
             best = cell.sel.best_hp(key)
             rows.append([v or "default (add, delta, pre_norm)", f"{pts(best.mean)} (LR {best.hp:g}, n={best.n})" if best else "-",
                          "complete" if cell.flags.get(key) else "running"])
-        best = cell.choice("scl_variants", [plan.config_key("scl", ch.block, v) for v in [""] + list(s["scl_variants"])])
+        best = scl_best_variant(cell)
         lines += [f"SCL variants at block {ch.block} (validation):", ""] + table(["variant", "best val acc %", "grid"], rows) + [""]
         if best is not None:
             lines += [f"Best on validation: `{best.variant or 'default'}`"
@@ -549,6 +616,11 @@ def write_report(records: dict, settings: dict, out_md: str | Path, plots_dir: s
             complete_cells.discard(cell.name)
             body += [f"### {cell.name}", "", "**PENDING** (selection at every block still running).", ""]
             pending.append(f"{cell.name}: the every-block skip test")
+    part, f, compared = section_scl_default([c for c in cells if "scl" in s["methods"]])
+    body += part
+    findings += f
+    if not compared:
+        pending.append("SCL's default variant: no DINOv2-S cell compared yet")
     part, f = section_finding_ii(cells, complete_cells)
     body += part
     findings += f
