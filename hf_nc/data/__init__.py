@@ -9,14 +9,14 @@ Public API:
     verify_images(dataset, split, on_bad_image="raise") -> dataset (every image decoded once)
     build_transforms(model_or_config_or_path, train, augment=False, ..., image_size=None) -> callable for with_transform
     collate_fn(examples) -> dict of tensors
-    select_classes, sample_shots, few_shot_indices, stratified_indices, stratified_subset,
+    select_classes, sample_shots, few_shot_indices, stratified_indices, proportional_indices, stratified_subset,
     to_8bit, DataNotFoundError, CorruptImageError
 """
 
 from .builtin import FASHION_MNIST_CLASSES, fashion_mnist_dir, load_digits_dataset, load_fashion_mnist
 from .errors import CorruptImageError, DataNotFoundError, hub_offline
 from .loading import load_image_dataset, split_provenance, verify_images
-from .subsets import few_shot_indices, sample_shots, select_classes, stratified_indices, stratified_subset
+from .subsets import few_shot_indices, proportional_indices, sample_shots, select_classes, stratified_indices, stratified_subset
 from .transforms import ImageSpec, ImageTransform, build_transforms, collate_fn, resolve_image_spec, to_8bit, with_image_size
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "load_digits_dataset",
     "load_fashion_mnist",
     "load_image_dataset",
+    "proportional_indices",
     "resolve_image_spec",
     "sample_shots",
     "select_classes",

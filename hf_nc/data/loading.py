@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +17,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Image
+from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
 
 from .builtin import BUILTIN_NAMES, load_digits_dataset, load_fashion_mnist
 from .errors import CorruptImageError, DataNotFoundError, hub_offline, hub_unreachable_reason
-from .subsets import few_shot_indices, quiet_datasets, select_classes, stratified_indices
+from .subsets import few_shot_indices, proportional_indices, quiet_datasets, select_classes
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +44,111 @@ def _detect(ds: Dataset, given: str | None, candidates: Sequence[str], kind: str
     typed = [c for c in cols if isinstance(ds.features[c], prefer)]
     if len(typed) == 1:
         return typed[0]
+    if kind == "label" and len(cols) == 1:
+        raise ValueError(f"the data has no label column (its only column: {cols[0]!r}); an image folder with a single class "
+                         "folder loads without labels: hf-nc needs at least 2 classes")
     raise ValueError(f"cannot tell which column holds the {kind}s among {cols}; pass {kind}_column=...")
 
 
-def _standardise(ds: Dataset, image_column: str, label_column: str) -> Dataset:
-    """Keep the image and label columns, renamed to ``image`` / ``label``; labels become a ClassLabel."""
+def _array_dtype(feature) -> str | None:
+    """The numeric dtype of an array-valued column (``List``/``Sequence`` of ``Value``, ``ArrayXD``), or None."""
+    for _ in range(8):
+        if isinstance(feature, Value):
+            return feature.dtype
+        if hasattr(feature, "dtype") and hasattr(feature, "shape"):  # Array2D / Array3D
+            return feature.dtype
+        feature = getattr(feature, "feature", None)
+        if feature is None:
+            return None
+    return None
+
+
+def _pixel_scale(ds: Dataset, column: str, dtype: str, split: str) -> float:
+    """The factor that takes the column's pixel values to 0..255, from its dtype and, for plain
+    integer and float columns, its range over the whole column (one rule for every image)."""
+    if dtype == "uint8":
+        return 1.0
+    if dtype == "uint16":
+        return 255.0 / 65535.0
+    lo, hi = np.inf, -np.inf
+    for batch in ds.iter(batch_size=1000):
+        for x in batch[column]:
+            a = np.asarray(x, dtype=np.float64)
+            if a.size:
+                lo, hi = min(lo, float(np.nanmin(a))), max(hi, float(np.nanmax(a)))
+    if not np.isfinite(lo) or not np.isfinite(hi) or lo < 0:
+        raise ValueError(f"the {split} split's image arrays ({dtype}) hold values in [{lo:g}, {hi:g}]: pixels must be finite "
+                         "and >= 0 (0..1 or 0..255 for floats, 0..255 or 0..65535 for integers)")
+    if dtype.startswith("float"):
+        if hi <= 1.0:
+            return 255.0
+        if hi <= 255.0:
+            logger.warning("the %s split's float image arrays go up to %g: read as 0..255 pixels", split, hi)
+            return 1.0
+    elif hi <= 255:
+        return 1.0
+    elif hi <= 65535:
+        return 255.0 / 65535.0
+    raise ValueError(f"the {split} split's image arrays ({dtype}) go up to {hi:g}: scale them to 0..255 (or floats to 0..1)")
+
+
+def _array_to_image(x, scale: float, split: str):
+    """One array image (H x W, H x W x C or C x H x W, C in 1/3/4) as an 8-bit PIL image."""
+    from PIL import Image as PILImage
+
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):  # channel-first (torch layout)
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
+        raise ValueError(f"an image array of the {split} split has shape {a.shape}: expected H x W, H x W x C or C x H x W "
+                         "with C = 1, 3 or 4")
+    a8 = np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+    return PILImage.fromarray(a8, mode="L" if a8.ndim == 2 else ("RGB" if a8.shape[-1] == 3 else "RGBA"))
+
+
+def _standardise(ds: Dataset, image_column: str, label_column: str, split: str = "train") -> Dataset:
+    """Keep the image and label columns, renamed to ``image`` / ``label``.
+
+    Array-valued images (numpy arrays or nested lists) become 8-bit PIL images with one scale for
+    the whole column (:func:`_pixel_scale`): ``datasets.Image()`` would store a grayscale uint8
+    array as 32-bit mode ``"I"``, which reads as 16-bit (almost black). Labels that are missing
+    (None) are an error naming the split."""
+    missing = [c for c in (image_column, label_column) if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"the {split} split has no column {missing[0]!r} (its columns: {ds.column_names}); every split needs "
+                         "images and labels: an unlabelled split cannot be used for training or evaluation")
     ds = ds.select_columns([image_column, label_column])
     ds = ds.rename_columns({k: v for k, v in ((image_column, "image"), (label_column, "label")) if k != v})
+    if not isinstance(ds.features["label"], ClassLabel):
+        none = sum(v is None for v in ds["label"])
+        if none:
+            raise ValueError(f"{none} of {len(ds)} rows of the {split} split have no label (None): drop or label them")
     if not isinstance(ds.features["image"], Image):
-        ds = ds.cast_column("image", Image())
+        dtype = _array_dtype(ds.features["image"])
+        if dtype is None:
+            ds = ds.cast_column("image", Image())
+        else:
+            scale = _pixel_scale(ds, "image", dtype, split)
+            features = ds.features.copy()
+            features["image"] = Image()
+            with quiet_datasets():
+                ds = ds.map(lambda xs: {"image": [_array_to_image(x, scale, split) for x in xs]}, batched=True,
+                            input_columns=["image"], features=features)
     return ds
+
+
+def _check_label_range(splits: dict[str, Dataset]) -> None:
+    """Every label of every split is a class id ``0..K-1`` (-1 is a ClassLabel's "no label")."""
+    for name, ds in splits.items():
+        k = ds.features["label"].num_classes
+        labels = np.asarray(ds["label"], dtype=np.int64)
+        bad = (labels < 0) | (labels >= k)
+        if bad.any():
+            raise ValueError(f"{int(bad.sum())} of {len(labels)} rows of the {name} split have labels outside 0..{k - 1} "
+                             f"(e.g. {int(labels[bad][0])}; -1 means unlabelled): drop them, e.g. "
+                             "ds.filter(lambda y: y >= 0, input_columns='label')")
 
 
 def _encode_labels(splits: dict[str, Dataset]) -> dict[str, Dataset]:
@@ -318,13 +414,23 @@ def load_image_dataset(
     if test_name is None and val_name is not None:  # train + validation only: validation is the held-out set
         test_name, val_name = val_name, None
     names = {"train": "train", **({"test": test_name} if test_name else {}), **({"validation": val_name} if val_name else {})}
-    splits = {key: _standardise(raw[name], icol, lcol) for key, name in names.items()}
+    splits = {key: _standardise(raw[name], icol, lcol, key) for key, name in names.items()}
     if verify or (verify is None and kind == "folder"):
         splits = {key: verify_images(ds, key, on_bad_image, progress) for key, ds in splits.items()}
     splits = _encode_labels(splits)
+    _check_label_range(splits)
     provenance = {key: f"{source} '{name}' split" for key, name in names.items()}
     if test_name is None:
         train = splits["train"]
+        counts = np.bincount(np.asarray(train["label"], dtype=np.int64), minlength=train.features["label"].num_classes)
+        n_test = test_size if isinstance(test_size, int) else math.ceil(test_size * len(train))  # as datasets counts it
+        why = (f"class(es) {np.flatnonzero(counts < 2).tolist()} have fewer than 2 images" if (counts < 2).any() else
+               f"test_size={test_size} is {n_test} images, fewer than the {len(counts)} classes" if n_test < len(counts) else
+               f"test_size={test_size} leaves {len(train) - n_test} training images for {len(counts)} classes"
+               if len(train) - n_test < len(counts) else None)
+        if why:
+            raise ValueError(f"'{source}' has no test split, so one is drawn (stratified) from its training images, but {why}. "
+                             "Give it a test split (a test/ folder beside train/), more images per class, or another test_size.")
         parts = train.train_test_split(test_size=test_size, seed=split_seed, stratify_by_column="label")
         splits["train"], splits["test"] = parts["train"], parts["test"]
         share = f"{test_size:.0%}" if isinstance(test_size, float) else f"{test_size} images"
@@ -351,7 +457,11 @@ def load_image_dataset(
     if "validation" in data:
         if validation_shots_per_class is not None:
             own = np.asarray(data["validation"]["label"], dtype=np.int64)
-            data["validation"] = data["validation"].select(few_shot_indices(own, validation_shots_per_class, seed, num_classes=k))
+            try:
+                picked = few_shot_indices(own, validation_shots_per_class, seed, num_classes=k, option="validation_shots_per_class")
+            except ValueError as e:
+                raise ValueError(f"the dataset's own validation split is too small: {e}") from e
+            data["validation"] = data["validation"].select(picked)
             provenance["validation"] += f", {validation_shots_per_class} per class (seed {seed})"
         elif validation_split is not None:
             logger.info("'%s' has its own validation split: validation_split=%s is not used", source, validation_split)
@@ -360,16 +470,29 @@ def load_image_dataset(
         outside = "outside the few-shot subset" if shots_per_class is not None else ""
         if validation_shots_per_class is not None:
             try:
-                picked = few_shot_indices(labels[pool], validation_shots_per_class, seed, num_classes=k)
+                picked = few_shot_indices(labels[pool], validation_shots_per_class, seed, num_classes=k,
+                                          option="validation_shots_per_class")
             except ValueError as e:
-                raise ValueError(f"validation_shots_per_class={validation_shots_per_class}: too few training images {outside or 'per class'}: {e}") from e
+                raise ValueError(f"validation_shots_per_class={validation_shots_per_class}: too few training images "
+                                 f"{outside or 'per class'}: {e}") from e
             size = f"{validation_shots_per_class} per class"
         else:
-            n = max(1, round(float(validation_split) * len(labels)))
-            if n >= len(pool):
-                raise ValueError(f"validation_split={validation_split} asks for {n} images but only {len(pool)} training images are {outside or 'available'}")
-            picked = stratified_indices(labels[pool], n, seed, num_classes=k)
-            size = f"{validation_split:.0%} of the training images"
+            # each class in proportion (an imbalanced dataset stays so), at least one image per class
+            # on both sides; from the images outside the few-shot subset, at the fraction of all of them
+            fraction = float(validation_split) * len(labels) / max(1, len(pool))
+            where = f"the training images {outside}" if outside else "the training images"
+            absent = sorted(set(range(k)) - set(np.unique(labels[pool]).tolist()))
+            if fraction >= 1.0 or absent:
+                short = f"class(es) {absent} have no images left" if absent else f"only {len(pool)} images are left"
+                raise ValueError(f"validation_split={validation_split} (recipes: --train_val_split): {short} in {where}; "
+                                 "use fewer shots, a smaller split, or validation_shots_per_class")
+            try:
+                picked = proportional_indices(labels[pool], fraction, seed, num_classes=k,
+                                              option=f"validation_split={validation_split} (recipes: --train_val_split)",
+                                              keep_rest=shots_per_class is None)
+            except ValueError as e:
+                raise ValueError(f"{e} (in {where})") from e
+            size = f"{validation_split:.0%} of the training images, each class in proportion"
         validation = np.sort(pool[picked])
         data["validation"] = train.select(validation)
         provenance["validation"] = f"{len(validation)} images ({size}) drawn stratified (seed {seed}) from the training images of {provenance['train']}" + (

@@ -31,18 +31,24 @@ def _class_label(ds: Dataset, label_column: str) -> ClassLabel:
 
 
 def resolve_classes(classes: Sequence[int | str], names: Sequence[str]) -> list[int]:
-    """Class ids from ids or names; duplicates and unknown classes are errors."""
+    """Class ids from ids or names; duplicates and unknown classes are errors.
+
+    A string that is one of ``names`` is that class, also when it looks like a number (class
+    folders ``1``..``10`` sort as text, so folder ``"1"`` is id 0 and ``"10"`` id 1); any other
+    integer or integer string is an id. Python ints are always ids.
+    """
+    names = [str(n) for n in names]
     ids = []
     for c in classes:
-        if isinstance(c, str) and not c.lstrip("-").isdigit():
-            if c not in names:
-                raise ValueError(f"unknown class name {c!r}; known: {list(names)}")
-            ids.append(list(names).index(c))
-        else:
+        if isinstance(c, str) and c.strip() in names:
+            ids.append(names.index(c.strip()))
+        elif isinstance(c, (int, np.integer)) or (isinstance(c, str) and c.strip().lstrip("-").isdigit()):
             i = int(c)
             if not 0 <= i < len(names):
-                raise ValueError(f"class id {i} out of range 0..{len(names) - 1}")
+                raise ValueError(f"class {c!r} is neither a class name nor a class id 0..{len(names) - 1}; names: {names}")
             ids.append(i)
+        else:
+            raise ValueError(f"unknown class name {c!r}; known: {names}")
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate classes in {list(classes)}")
     return ids
@@ -60,7 +66,11 @@ def select_classes(data: Dataset | DatasetDict, classes: Sequence[int | str], la
     ids = resolve_classes(classes, old.names)
     remap = np.full(old.num_classes, -1, dtype=np.int64)
     remap[ids] = np.arange(len(ids))
-    labels = np.asarray(data[label_column])
+    labels = np.asarray(data[label_column], dtype=np.int64)
+    bad = (labels < 0) | (labels >= old.num_classes)  # -1: a ClassLabel's "no label"; would index remap[-1]
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} of {len(labels)} rows have labels outside 0..{old.num_classes - 1} "
+                         f"(e.g. {int(labels[bad][0])}; -1 means unlabelled): drop them before selecting classes")
     keep = np.flatnonzero(remap[labels] >= 0) if len(labels) else np.array([], dtype=np.int64)
     features = data.features.copy()
     features[label_column] = ClassLabel(names=[old.names[i] for i in ids])
@@ -73,15 +83,17 @@ def select_classes(data: Dataset | DatasetDict, classes: Sequence[int | str], la
         )
 
 
-def few_shot_indices(labels: Sequence[int], shots_per_class: int, seed: int = 0, num_classes: int | None = None):
+def few_shot_indices(labels: Sequence[int], shots_per_class: int, seed: int = 0, num_classes: int | None = None,
+                     option: str = "shots_per_class"):
     """Indices of ``shots_per_class`` examples per class, drawn without replacement.
 
     Stratified and reproducible: the same (labels, shots, seed) always gives the same indices
     (returned sorted). Raises ``ValueError`` if a class has fewer than ``shots_per_class`` examples
-    (classes listed by ``num_classes`` but absent count as having 0).
+    (classes listed by ``num_classes`` but absent count as having 0); ``option``: the name its
+    messages give the count (e.g. ``validation_shots_per_class``).
     """
     if shots_per_class < 1:
-        raise ValueError("shots_per_class must be >= 1")
+        raise ValueError(f"{option} must be >= 1")
     labels = np.asarray(labels, dtype=np.int64)
     k = int(num_classes if num_classes is not None else (labels.max() + 1 if len(labels) else 0))
     rng = np.random.default_rng(seed)
@@ -94,7 +106,7 @@ def few_shot_indices(labels: Sequence[int], shots_per_class: int, seed: int = 0,
             continue
         chosen.append(rng.choice(idx, size=shots_per_class, replace=False))
     if short:
-        raise ValueError(f"shots_per_class={shots_per_class} but these classes have fewer examples: {short}")
+        raise ValueError(f"{option}={shots_per_class} but these classes have fewer examples: {short}")
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
 
 
@@ -145,6 +157,52 @@ def stratified_indices(labels: Sequence[int], n: int, seed: int = 0, num_classes
             take[c] += add
             left -= add
     return np.sort(np.concatenate([pools[c][: take[c]] for c in pools]))
+
+
+def proportional_indices(labels: Sequence[int], fraction: float, seed: int = 0, num_classes: int | None = None,
+                         option: str = "validation_split", keep_rest: bool = True) -> np.ndarray:
+    """Indices of a seeded split holding ``fraction`` of every class (returned sorted).
+
+    Each class present gets ``fraction x`` its count (largest-remainder rounding, so the total is
+    ``round(fraction x len(labels))``), at least one and at most all but one of its examples:
+    the split and the rest both keep every class, and an imbalanced dataset stays imbalanced in
+    the same proportions (where :func:`stratified_indices` gives every class the same count).
+
+    Args:
+        labels: integer class of each example.
+        fraction: in (0, 1).
+        seed: the same (labels, fraction, seed) always gives the same indices.
+        num_classes: classes to consider (default: the distinct values of ``labels``).
+        option: the name messages give ``fraction``.
+        keep_rest: leave at least one example of each class outside the split (False: a class
+            may go into the split whole, e.g. when the rest is not used).
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1), or a class with fewer than 2 examples (it cannot
+            be on both sides).
+    """
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"{option} must be a fraction in (0, 1), got {fraction!r}")
+    labels = np.asarray(labels, dtype=np.int64)
+    present = np.unique(labels)
+    if num_classes is not None:
+        present = present[present < num_classes]
+    counts = {int(c): int(np.sum(labels == c)) for c in present}
+    single = sorted(c for c, m in counts.items() if m < 2)
+    if single and keep_rest:
+        raise ValueError(f"{option}={fraction}: class(es) {single} have a single image, which cannot be both in the split "
+                         "and in the rest; add images, drop the class, or give the dataset its own split")
+    rng = np.random.default_rng(seed)
+    exact = {c: fraction * m for c, m in counts.items()}
+    take = {c: int(np.floor(q)) for c, q in exact.items()}
+    left = int(round(fraction * sum(counts.values()))) - sum(take.values())
+    if left > 0:  # largest remainders first, ties in a seeded order
+        order = sorted(counts, key=lambda c: (-(exact[c] - take[c]), rng.random()))
+        for c in order[:left]:
+            take[c] += 1
+    take = {c: min(max(t, 1), counts[c] - (1 if keep_rest else 0)) for c, t in take.items()}
+    picked = [rng.permutation(np.flatnonzero(labels == c))[: take[c]] for c in counts]
+    return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=np.int64)
 
 
 def stratified_subset(ds: Dataset, n: int | None, seed: int = 0, label_column: str = "label") -> Dataset:
