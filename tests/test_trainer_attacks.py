@@ -8,6 +8,7 @@ trainer with ``_trainer``, and assert what the user should see.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -265,3 +266,67 @@ def test_train_subset_prefix_cache_equals_uncached(tmp_path, method, layers):
     # only the first evaluation's NC pass (it measures every block and grabs the rows at the cut: no separate
     # cache build; its NCC pass already runs from the rows), then none
     assert plain_calls - fast_calls == 3 * 2 * 18 - 18
+
+
+# ---------------------------------------------------------------------------------------------
+# A second train(), the collator's extra inputs, a final evaluate() after load-best
+# ---------------------------------------------------------------------------------------------
+def test_second_train_call_measures_the_train_subset_afresh(tmp_path):
+    # global_step restarts at 0 in every train(): the same step used to reuse the first run's numbers
+    train = _dataset([8, 8, 8], seed=0)
+    model = _model(3)
+    t = _trainer(model, tmp_path, train, _dataset([4, 4, 4], seed=1), nc_kwargs={"nc_train_samples": None},
+                 num_train_epochs=1, eval_strategy="epoch", learning_rate=3e-2)
+    t.train()
+    t.train()
+    last = [e for e in t.state.log_history if TRAIN_SUBSET_NC1 in e][-1]
+    want = _dense(model, train, range(len(train)), 3)["nc1"]
+    assert last[TRAIN_SUBSET_NC1] == pytest.approx(float(want), rel=1e-4)
+
+
+def test_train_subset_pass_gets_the_collators_other_inputs(tmp_path):
+    # 2x the model's image size needs interpolate_pos_encoding, which the collator adds: the Trainer
+    # passes it; the train-subset pass used to drop it and fail at the first evaluation
+    train, test = _dataset([6, 6], seed=0, side=2 * SIDE), _dataset([3, 3], seed=1, side=2 * SIDE)
+
+    def interpolating(items):
+        return {**collate(items), "interpolate_pos_encoding": True}
+
+    t = NCTrainer(model=_model(2), args=_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2), train_dataset=train,
+                  eval_dataset=test, data_collator=interpolating, nc_train_samples=None, nc_plots=False)
+    t.train()
+    assert math.isfinite([e for e in t.state.log_history if TRAIN_SUBSET_NC1 in e][-1][TRAIN_SUBSET_NC1])
+
+
+def test_final_evaluate_keeps_the_training_curve(tmp_path):
+    # load_best_model_at_end loads step 2's weights; the evaluate() after train() (the recipes do it) is at
+    # global_step 6 and used to overwrite step 6's record with the best model's numbers
+    train, test = _dataset([8, 8, 8], seed=0), _dataset([4, 4, 4], seed=1)
+    t = _trainer(_model(3), tmp_path, train, test, nc_kwargs={"nc_train_samples": 12}, max_steps=6, eval_strategy="steps",
+                 eval_steps=2, save_strategy="steps", save_steps=2, load_best_model_at_end=True, metric_for_best_model="eval_nc1",
+                 learning_rate=1e-2)
+    t.train()
+    logged = {e["step"]: e["eval_nc1"] for e in t.state.log_history if "eval_nc1" in e}
+    t.evaluate()
+    assert {r["step"]: r["eval"]["nc1"] for r in t.nc_history} == pytest.approx(logged)
+    saved = json.loads((tmp_path / "nc_history.json").read_text())["records"]
+    assert {r["step"]: r["eval"]["nc1"] for r in saved} == pytest.approx(logged)
+
+
+def test_per_block_nc_below_cached_rows_is_refused(tmp_path):
+    # blocks below the cached one are skipped on PrefixCache rows: each used to report the cached block's NC1
+    from peft import get_peft_model
+
+    from hf_nc import LayerFTConfig, PrefixCache
+
+    train = _dataset([6, 6, 6], seed=0)
+    model = get_peft_model(_model(3), LayerFTConfig(layers=[-1]))
+    cache = PrefixCache.build(model, train, collate, batch_size=8, progress=False)
+    cache.attach(model)
+    last = hf_nc.LayerFeatures(model, layers=[]).backbone.num_layers - 1
+    with pytest.raises(ValueError, match=rf"PrefixCache of block {last - 1}'s output, so the blocks below it \(\[0, "):
+        NCTrainer(model=model, args=_args(tmp_path), train_dataset=cache, eval_dataset=cache, data_collator=collate,
+                  nc_train_dataset=cache, nc_layers=True, nc_plots=False)
+    t = NCTrainer(model=model, args=_args(tmp_path), train_dataset=cache, eval_dataset=cache, data_collator=collate,
+                  nc_train_dataset=cache, nc_layers=[last - 1, last], nc_plots=False)
+    assert math.isfinite(t.evaluate()[f"eval_nc1_block{last - 1}"])

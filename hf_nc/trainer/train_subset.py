@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -74,6 +75,7 @@ class TrainSubsetNC:
         self.every = int(every)
         #: ``evaluate()`` calls outside nested ones (a dict of eval sets recurses), counted by the trainer
         self.evaluate_calls = 0
+        self.train_calls = 0  # NCTrainer.train() calls (the fingerprint names the run)
         self._eval_steps: list[int] = []  # global steps of the evaluations during training, in order
         self._indices: list[int] = []
         self._batches: Optional[list] = None  # this rank's collated batches, when they fit in cache_mb
@@ -184,8 +186,8 @@ class TrainSubsetNC:
         change the model between calls). Tensor version counters cannot serve: fused optimizers
         (transformers' default ``adamw_torch_fused``) update parameters without bumping them."""
         trainer = self.trainer
-        if trainer.is_in_train:
-            return ("step", id(trainer.model), trainer.state.global_step)
+        if trainer.is_in_train:  # global_step restarts at 0 in every train() call: the call is named too
+            return ("step", id(trainer.model), self.train_calls, trainer.state.global_step)
         return ("call", id(trainer.model), self.evaluate_calls)
 
     # ------------------------------------------------------------------ passes
@@ -202,8 +204,11 @@ class TrainSubsetNC:
         with stop:
             for batch in batches:
                 pixel_values, labels = unpack_batch(batch)
+                # the collator's other model inputs (e.g. interpolate_pos_encoding), as the Trainer passes them
+                extra = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()
+                         if k not in ("pixel_values", "labels")} if isinstance(batch, Mapping) else {}
                 try:
-                    model(pixel_values=pixel_values.to(device))
+                    model(pixel_values=pixel_values.to(device), **extra)
                 except StopAtClassifier:
                     pass
                 feats = recorder.pop()

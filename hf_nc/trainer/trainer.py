@@ -222,11 +222,33 @@ class NCTrainer(NCModelCardMixin, Trainer):
             raise ValueError(f"nc_layers={self.nc_layers!r}: {e}") from e
         K = self.nc_num_classes
         evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
+        self._nc_check_layers_on_cached_rows(evals)
         for name, ds in evals.items():
             labels = dataset_labels(ds) if ds is not None and self.nc_eval else None
             if labels is not None:
                 check_labels(labels, K, name if name == "eval_dataset" else f"eval_dataset[{name!r}]")
         self.nc_train_subset.setup(K, seed=self.args.seed)
+
+    def _nc_check_layers_on_cached_rows(self, evals: dict) -> None:
+        """Per-block NC from frozen-prefix rows: the blocks below the cached one are skipped on
+        those rows (each would report the cached block's features), so asking for them is an error."""
+        from ..prefix_cache import PrefixCache
+
+        if not self.nc_layers:
+            return
+        backbone = resolve_backbone(self.model)
+        layers = range(backbone.num_layers) if self.nc_layers == "all" else sorted({backbone.layer_index(i) for i in self.nc_layers})
+        sets = {"nc_train_dataset (or train_dataset)": self.nc_train_subset.dataset if self.nc_train_enabled else None}
+        if self.nc_eval:
+            sets.update(evals)
+        for name, ds in sets.items():
+            if isinstance(ds, PrefixCache):
+                cached = ds.layout.block - 1  # the rows are this block's output
+                below = [i for i in layers if i < cached]
+                if below:
+                    raise ValueError(f"nc_layers={self.nc_layers!r}: {name} is a PrefixCache of block {cached}'s output, so the "
+                                     f"blocks below it ({below}) never run on its rows and their NC cannot be measured from "
+                                     f"them: pass nc_layers with blocks >= {cached}, or image datasets for NC")
 
     @property
     def _nc_backbone(self):
@@ -271,9 +293,12 @@ class NCTrainer(NCModelCardMixin, Trainer):
             self._nc_eval_stats = None
         if description == "Evaluation" and self.nc_train_enabled and self.nc_train_subset.due():
             records["train"] = self.train_nc_metrics()
+        recorded = {r["step"] for r in self.nc_history}
         for prefix, values in records.items():
             output.metrics.update(flatten(TRAIN_SUBSET_PREFIX if prefix == "train" else prefix, values))
-            if description == "Evaluation":
+            # outside training (a final evaluate(), maybe of the best checkpoint loaded at the end) a
+            # record training made at this step stays: the history is the training curve
+            if description == "Evaluation" and (self.is_in_train or self.state.global_step not in recorded):
                 upsert(self.nc_history, self.state.global_step, self.state.epoch, prefix, values)
         return output
 
@@ -377,6 +402,7 @@ class NCTrainer(NCModelCardMixin, Trainer):
         if checkpoint is True:
             checkpoint = get_last_checkpoint(self.args.output_dir)
         self.nc_history = restore_history(checkpoint, self.args.output_dir) if isinstance(checkpoint, str) else []
+        self.nc_train_subset.train_calls += 1
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def plot_nc_history(self) -> list:
