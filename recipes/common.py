@@ -41,6 +41,7 @@ from recipe_args import (  # noqa: E402,F401  (re-exported: the recipes, recipes
     SCLCombine,
     SCLPosition,
     SCLSkipSource,
+    nc_train_samples_for,
     parse,
     training_default,
 )
@@ -123,7 +124,7 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
     trainer = RecipeTrainer(
         model=model, args=targs, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=collate_fn, compute_metrics=compute_accuracy, processing_class=processor, nc_train_dataset=nc_train_dataset,
-        nc_train_samples=dargs.nc_train_samples, nc_layers=dargs.nc_layers, nc_num_classes=len(names),
+        nc_train_samples=nc_train_samples_for(dargs.nc_train_samples, len(names)), nc_layers=dargs.nc_layers, nc_num_classes=len(names),
         head_learning_rate=settings["head_learning_rate"],
     )
     check_fsdp(trainer)

@@ -112,10 +112,10 @@ class DataArguments(_Validated):
     image_size: Optional[int] = field(default=None, metadata={"help": (
         "Feed the model IMAGE_SIZE px images instead of its own size (e.g. 56 for a 224 px backbone on 28 px "
         "images: ~16x cheaper); position embeddings are interpolated.")})
-    nc_train_samples: Optional[int] = field(default=512, metadata={"help": (
+    nc_train_samples: Optional[int] = field(default=None, metadata={"help": (
         "Training images (seeded, stratified subset, no augmentation) measured for train NC at each evaluation "
         "(NCTrainer's nc_train_samples): a positive value must be at least the number of classes; 0: no train NC; "
-        "-1: all training images.")})
+        "-1: all training images; default: 512, or 2 per class with more than 256 classes.")})
     nc_layers: bool = field(default=False, metadata={"help": "Also log NC1 of every block at each evaluation."})
 
 
@@ -218,3 +218,9 @@ def parse(training_cls: type, argv: Optional[list[str]]):
         except (ValueError, TypeError) as e:
             raise ValueError(f"config {args[0]}: {e}") from e
     return tuple(parser.parse_args_into_dataclasses(args=args))
+
+
+def nc_train_samples_for(value: Optional[int], num_classes: int) -> int:
+    """``--nc_train_samples`` as NCTrainer takes it: unset -> 512, or 2 per class with more than 256
+    classes (a fixed 512 cannot hold one image of each of ImageNet's 1000); -1 (all) and others as given."""
+    return max(512, 2 * num_classes) if value is None else value

@@ -345,3 +345,12 @@ def test_image_size_zero_is_an_error_not_the_models_size(tiny_vit, tmp_path):
     with pytest.raises(ValueError, match="image_size must be positive, got 0"):  # was: silently the model's own size
         finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), *SMALL, "--max_steps", "1",
                            "--method", "full", "--image_size", "0"])
+
+
+def test_nc_train_samples_default_holds_every_class():
+    # a fixed 512 could not hold one image of each of 1000 classes: the recipe failed on ImageNet-sized label sets
+    from recipe_args import DataArguments, nc_train_samples_for
+
+    assert DataArguments().nc_train_samples is None
+    assert nc_train_samples_for(None, 10) == 512 and nc_train_samples_for(None, 1000) == 2000
+    assert nc_train_samples_for(-1, 1000) == -1 and nc_train_samples_for(0, 1000) == 0 and nc_train_samples_for(64, 10) == 64

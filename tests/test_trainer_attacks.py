@@ -330,3 +330,23 @@ def test_per_block_nc_below_cached_rows_is_refused(tmp_path):
     t = NCTrainer(model=model, args=_args(tmp_path), train_dataset=cache, eval_dataset=cache, data_collator=collate,
                   nc_train_dataset=cache, nc_layers=[last - 1, last], nc_plots=False)
     assert math.isfinite(t.evaluate()[f"eval_nc1_block{last - 1}"])
+
+
+@pytest.mark.parametrize("metric, kwargs, why", [
+    ("eval_ncc_acc", {}, "NCC accuracy is measured on the train subset only"),
+    ("eval_nc1_block1", {}, "block 1 is not among nc_layers"),
+    ("eval_train_subset_ncc_acc", {}, "nc_ncc=False"),
+    ("eval_nc1", {"nc_eval": False}, "nc_eval=False"),
+    ("train_nc1", {"nc_train_samples": 0}, "the train subset is not measured"),
+])
+def test_best_metric_never_logged_fails_when_the_trainer_is_built(tmp_path, metric, kwargs, why):
+    # it used to fail with transformers' KeyError at the first evaluation, after training had started
+    train = _dataset([4, 4], seed=0)
+    with pytest.raises(ValueError, match=rf"metric_for_best_model='{metric}' is never logged with these settings: {why}"):
+        _trainer(_model(2), tmp_path, train, nc_kwargs=kwargs, metric_for_best_model=metric)
+    fixed = {"eval_ncc_acc": ("eval_train_subset_ncc_acc", {"nc_ncc": True}), "eval_nc1_block1": (metric, {"nc_layers": [1]}),
+             "eval_train_subset_ncc_acc": (metric, {"nc_ncc": True}), "eval_nc1": (metric, {}), "train_nc1": (metric, {})}[metric]
+    t = _trainer(_model(2), tmp_path, train, nc_kwargs=fixed[1], metric_for_best_model=fixed[0], max_steps=1,
+                 eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1, load_best_model_at_end=True)
+    t.train()  # the metric is there at the first evaluation
+    assert t.state.best_metric is not None

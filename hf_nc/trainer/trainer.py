@@ -186,6 +186,8 @@ class NCTrainer(NCModelCardMixin, Trainer):
                              f"nc_train_every={self.nc_train_every} skips it at some: use nc_train_every=1 or select on "
                              "another metric (e.g. eval_nc1)")
         direction = metric_direction(canonical)
+        if direction is not None:
+            self._nc_check_best_metric_is_logged(name, canonical)
         if direction is not None and self.args.greater_is_better != direction:
             logger.info("metric_for_best_model=%s: greater_is_better set to %s", canonical, direction)
             self.args.greater_is_better = direction
@@ -228,6 +230,30 @@ class NCTrainer(NCModelCardMixin, Trainer):
             if labels is not None:
                 check_labels(labels, K, name if name == "eval_dataset" else f"eval_dataset[{name!r}]")
         self.nc_train_subset.setup(K, seed=self.args.seed)
+
+    def _nc_check_best_metric_is_logged(self, name: str, canonical: str) -> None:
+        """An NC ``metric_for_best_model`` these settings never log fails now, not at the first
+        evaluation after training has started (transformers' KeyError)."""
+        import re
+
+        train = canonical.startswith(TRAIN_SUBSET_PREFIX + "_")
+        block = re.search(r"_block(\d+)$", canonical)
+        why = None
+        if train and not self.nc_train_enabled:
+            why = "the train subset is not measured (nc_train_samples=0, or no train data)"
+        elif not train and not self.nc_eval:
+            why = "nc_eval=False: the evaluation data's NC is not measured"
+        elif "ncc_acc" in canonical and not train:
+            why = "NCC accuracy is measured on the train subset only (eval_train_subset_ncc_acc, with nc_ncc=True)"
+        elif "ncc_acc" in canonical and not self.nc_ncc:
+            why = "nc_ncc=False: NCC accuracy is not measured"
+        elif block is not None:
+            backbone = resolve_backbone(self.model)
+            layers = range(backbone.num_layers) if self.nc_layers == "all" else {backbone.layer_index(i) for i in self.nc_layers}
+            if int(block.group(1)) not in layers:
+                why = f"block {block.group(1)} is not among nc_layers={self.nc_layers!r}"
+        if why:
+            raise ValueError(f"metric_for_best_model={name!r} is never logged with these settings: {why}")
 
     def _nc_check_layers_on_cached_rows(self, evals: dict) -> None:
         """Per-block NC from frozen-prefix rows: the blocks below the cached one are skipped on
