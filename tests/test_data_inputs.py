@@ -126,3 +126,18 @@ def test_single_class_image_folder_is_named(tmp_path):
         PILImage.fromarray(np.full((4, 4), i, np.uint8)).save(d / f"{i}.png")
     with pytest.raises(ValueError, match="single class folder loads without labels"):
         load_image_dataset(str(tmp_path / "one"))
+
+
+@pytest.mark.parametrize("mode", ["La", "LAB"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_modes_pil_cannot_convert_directly(mode, channels):
+    # "conversion from La to L not supported" used to stop the first batch
+    from transformers import ViTConfig
+
+    from hf_nc.data import build_transforms
+
+    tf = build_transforms(ViTConfig(image_size=4, patch_size=2, num_channels=channels, hidden_size=8, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=8), train=False)
+    img = PILImage.new(mode, (4, 4))
+    out = tf({"image": [img], "label": [0]})["pixel_values"][0]
+    assert tuple(out.shape) == (channels, 4, 4) and bool(np.isfinite(out.numpy()).all())

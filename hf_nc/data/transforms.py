@@ -54,6 +54,23 @@ def to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8), mode="L")
 
 
+#: Modes PIL cannot convert straight to L/RGB, and the mode to go through (La: premultiplied LA).
+CONVERT_VIA = {"La": "LA", "LAB": "RGB"}
+
+
+def convert_mode(img: Image.Image, mode: str) -> Image.Image:
+    """``img.convert(mode)``, through an intermediate mode where PIL has no direct conversion
+    (``La``, ``LAB``); any other failure is a ``ValueError`` naming the image's mode."""
+    if img.mode == mode:
+        return img
+    via = CONVERT_VIA.get(img.mode)
+    try:
+        return (img.convert(via) if via and via != mode else img).convert(mode)
+    except ValueError as e:
+        raise ValueError(f"an image of PIL mode {img.mode!r} cannot be converted to {mode!r} ({e}): convert the images "
+                         "to RGB or L before loading") from e
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     """What a model expects: output size (h, w), channels, normalisation, and optional resize-then-crop."""
@@ -289,7 +306,7 @@ class ImageTransform:
         """An 8-bit PIL image with the model's channels (``L`` or ``RGB``)."""
         if not isinstance(img, Image.Image):
             img = Image.fromarray(np.asarray(img))
-        return to_8bit(img).convert("L" if self.spec.num_channels == 1 else "RGB")
+        return convert_mode(to_8bit(img), "L" if self.spec.num_channels == 1 else "RGB")
 
     def to_pil(self, img: Image.Image) -> Image.Image:
         """The hand-written path: channels, resize/crop (and augmentation), before normalising."""
