@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import DataLoaderConfiguration, DistributedDataParallelKwargs
@@ -287,6 +288,13 @@ def main(argv: list[str] | None = None) -> dict:
     if dargs.max_eval_samples is not None:
         test = test.select(range(min(dargs.max_eval_samples, len(test))))
     names = train.features["label"].names
+    # a random --max_train_samples can miss a class (and a first-N --max_eval_samples can hold one class):
+    # say so by flag now, not as a NaN metric or an error at the first epoch
+    for split, flag, ds in (("training", "--max_train_samples", train), ("test", "--max_eval_samples", test)):
+        missing = sorted(set(range(len(names))) - set(np.unique(np.asarray(ds["label"])).tolist()))
+        if missing:
+            raise ValueError(f"{flag}: the {len(ds)} {split} images kept hold no image of class(es) "
+                             f"{[names[i] for i in missing][:10]}: use a larger {flag}")
     model = build_model(margs, names)
     net = PretrainNet(model, margs, args.loss)
 

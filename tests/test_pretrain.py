@@ -115,3 +115,11 @@ def test_two_processes_torchrun(tmp_path):
 def test_sample_counts_of_zero_are_an_error_naming_the_flag(recipe, flag, tmp_path):
     with pytest.raises(ValueError, match=f"{flag} must be >= 1"):
         _run(recipe, tmp_path, flag, "0", "--max_steps", "1")
+
+
+@pytest.mark.parametrize("flag, split", [("--max_train_samples", "training"), ("--max_eval_samples", "test")])
+def test_a_sample_count_that_drops_a_class_is_an_error_naming_the_flag(recipe, flag, split, tmp_path):
+    # 3 images cannot hold 10 classes: the training run used to fail at its first epoch (a class with no
+    # samples), the test subset to report the accuracy of one class as the test accuracy
+    with pytest.raises(ValueError, match=rf"{flag}: the 3 {split} images kept hold no image of class\(es\)"):
+        _run(recipe, tmp_path, flag, "3", "--max_steps", "1")
