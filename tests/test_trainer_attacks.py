@@ -350,3 +350,26 @@ def test_best_metric_never_logged_fails_when_the_trainer_is_built(tmp_path, metr
                  eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1, load_best_model_at_end=True)
     t.train()  # the metric is there at the first evaluation
     assert t.state.best_metric is not None
+
+
+def test_model_swapped_between_evaluations_gets_its_own_prefix_rows(tmp_path):
+    # the train subset's cached prefix rows (and frozen-block NC) used to be reused for a model swapped in
+    # with the same cut but other frozen weights
+    from peft import get_peft_model
+
+    from hf_nc import LayerFTConfig
+
+    train = _dataset([8, 8, 8], seed=0)
+
+    def peft(seed):
+        return get_peft_model(_model(3, seed=seed), LayerFTConfig(layers=[-1]))
+
+    t = _trainer(peft(0), tmp_path, train, nc_kwargs={"nc_train_samples": None, "nc_layers": True})
+    t.evaluate()
+    other = peft(1)
+    t.model = other
+    swapped = t.evaluate()
+    fresh = _trainer(peft(1), tmp_path / "fresh", train, nc_kwargs={"nc_train_samples": None, "nc_layers": True}).evaluate()
+    keys = [k for k in fresh if k.startswith(TRAIN_SUBSET_PREFIX + "_nc1")]
+    assert len(keys) > 2 and {k: swapped[k] for k in keys} == pytest.approx({k: fresh[k] for k in keys}, rel=1e-5)
+    assert swapped[TRAIN_SUBSET_NC1] == pytest.approx(float(_dense(other, train, range(len(train)), 3)["nc1"]), rel=1e-4)

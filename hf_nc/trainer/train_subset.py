@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -84,6 +85,7 @@ class TrainSubsetNC:
         self._rows_failed = False  # the rows were over the budget: PrefixCache.build at the next evaluation
         self._prefix_off = False  # not exact / no gain for this model: never try again
         self._frozen_blocks: dict[str, float] = {}  # per-block NC1 below the cut, measured once
+        self._rows_model: Optional[weakref.ref] = None  # the model the cached rows were computed with
         self._cached: Optional[tuple] = None  # (fingerprint of the weights, metrics)
 
     # ------------------------------------------------------------------ the subset
@@ -281,8 +283,11 @@ class TrainSubsetNC:
             self._drop_prefix()
             self._prefix_off = True
             return None
-        if self.prefix is not None and self.prefix.layout.block != cut:
+        # rows (and frozen-block NC) belong to the model they were computed with: a model swapped in
+        # between evaluate() calls with the same cut has other frozen weights
+        if self._rows_model is None or self._rows_model() is not model or (self.prefix is not None and self.prefix.layout.block != cut):
             self._drop_prefix()
+            self._rows_model = weakref.ref(model)
         return cut
 
     def _drop_prefix(self) -> None:
