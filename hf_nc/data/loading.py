@@ -21,7 +21,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
 
 from .builtin import BUILTIN_NAMES, load_digits_dataset, load_fashion_mnist
 from .errors import CorruptImageError, DataNotFoundError, hub_offline, hub_unreachable_reason
-from .subsets import few_shot_indices, proportional_indices, quiet_datasets, select_classes
+from .subsets import check_label_range, few_shot_indices, proportional_indices, quiet_datasets, select_classes
 
 logger = logging.getLogger(__name__)
 
@@ -140,15 +140,9 @@ def _standardise(ds: Dataset, image_column: str, label_column: str, split: str =
 
 
 def _check_label_range(splits: dict[str, Dataset]) -> None:
-    """Every label of every split is a class id ``0..K-1`` (-1 is a ClassLabel's "no label")."""
+    """Every label of every split is a class id ``0..K-1`` (see :func:`check_label_range`)."""
     for name, ds in splits.items():
-        k = ds.features["label"].num_classes
-        labels = np.asarray(ds["label"], dtype=np.int64)
-        bad = (labels < 0) | (labels >= k)
-        if bad.any():
-            raise ValueError(f"{int(bad.sum())} of {len(labels)} rows of the {name} split have labels outside 0..{k - 1} "
-                             f"(e.g. {int(labels[bad][0])}; -1 means unlabelled): drop them, e.g. "
-                             "ds.filter(lambda y: y >= 0, input_columns='label')")
+        check_label_range(np.asarray(ds["label"], dtype=np.int64), ds.features["label"].num_classes, f"the {name} split")
 
 
 def _encode_labels(splits: dict[str, Dataset]) -> dict[str, Dataset]:
@@ -424,10 +418,13 @@ def load_image_dataset(
         train = splits["train"]
         counts = np.bincount(np.asarray(train["label"], dtype=np.int64), minlength=train.features["label"].num_classes)
         n_test = test_size if isinstance(test_size, int) else math.ceil(test_size * len(train))  # as datasets counts it
-        why = (f"class(es) {np.flatnonzero(counts < 2).tolist()} have fewer than 2 images" if (counts < 2).any() else
-               f"test_size={test_size} is {n_test} images, fewer than the {len(counts)} classes" if n_test < len(counts) else
-               f"test_size={test_size} leaves {len(train) - n_test} training images for {len(counts)} classes"
-               if len(train) - n_test < len(counts) else None)
+        why = None
+        if (counts < 2).any():
+            why = f"class(es) {np.flatnonzero(counts < 2).tolist()} have fewer than 2 images"
+        elif n_test < len(counts):
+            why = f"test_size={test_size} is {n_test} images, fewer than the {len(counts)} classes"
+        elif len(train) - n_test < len(counts):
+            why = f"test_size={test_size} leaves {len(train) - n_test} training images for {len(counts)} classes"
         if why:
             raise ValueError(f"'{source}' has no test split, so one is drawn (stratified) from its training images, but {why}. "
                              "Give it a test split (a test/ folder beside train/), more images per class, or another test_size.")

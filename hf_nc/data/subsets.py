@@ -54,6 +54,16 @@ def resolve_classes(classes: Sequence[int | str], names: Sequence[str]) -> list[
     return ids
 
 
+def check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:
+    """Every label is a class id ``0..num_classes-1`` (-1 is a ClassLabel's "no label"), else an
+    error naming ``where`` (e.g. "the test split") and how many rows are outside."""
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} of {len(labels)} rows of {where} have labels outside 0..{num_classes - 1} "
+                         f"(e.g. {int(labels[bad][0])}; -1 means unlabelled): drop them, e.g. "
+                         "ds.filter(lambda y: y >= 0, input_columns='label')")
+
+
 def select_classes(data: Dataset | DatasetDict, classes: Sequence[int | str], label_column: str = "label"):
     """Keep only ``classes`` (ids or names) and remap their labels to ``0..k-1`` in the order given.
 
@@ -67,10 +77,7 @@ def select_classes(data: Dataset | DatasetDict, classes: Sequence[int | str], la
     remap = np.full(old.num_classes, -1, dtype=np.int64)
     remap[ids] = np.arange(len(ids))
     labels = np.asarray(data[label_column], dtype=np.int64)
-    bad = (labels < 0) | (labels >= old.num_classes)  # -1: a ClassLabel's "no label"; would index remap[-1]
-    if bad.any():
-        raise ValueError(f"{int(bad.sum())} of {len(labels)} rows have labels outside 0..{old.num_classes - 1} "
-                         f"(e.g. {int(labels[bad][0])}; -1 means unlabelled): drop them before selecting classes")
+    check_label_range(labels, old.num_classes, "the data")  # -1 ("no label") would index remap[-1]
     keep = np.flatnonzero(remap[labels] >= 0) if len(labels) else np.array([], dtype=np.int64)
     features = data.features.copy()
     features[label_column] = ClassLabel(names=[old.names[i] for i in ids])

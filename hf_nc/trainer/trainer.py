@@ -12,6 +12,7 @@ import functools
 import inspect
 import logging
 import os
+import re
 from typing import Any, Iterable, Literal, Optional, Union
 
 from torch.utils.data import DataLoader, Dataset
@@ -234,8 +235,6 @@ class NCTrainer(NCModelCardMixin, Trainer):
     def _nc_check_best_metric_is_logged(self, name: str, canonical: str) -> None:
         """An NC ``metric_for_best_model`` these settings never log fails now, not at the first
         evaluation after training has started (transformers' KeyError)."""
-        import re
-
         train = canonical.startswith(TRAIN_SUBSET_PREFIX + "_")
         block = re.search(r"_block(\d+)$", canonical)
         why = None
@@ -248,9 +247,7 @@ class NCTrainer(NCModelCardMixin, Trainer):
         elif "ncc_acc" in canonical and not self.nc_ncc:
             why = "nc_ncc=False: NCC accuracy is not measured"
         elif block is not None:
-            backbone = resolve_backbone(self.model)
-            layers = range(backbone.num_layers) if self.nc_layers == "all" else {backbone.layer_index(i) for i in self.nc_layers}
-            if int(block.group(1)) not in layers:
+            if int(block.group(1)) not in self.nc_train_subset._layer_list():
                 why = f"block {block.group(1)} is not among nc_layers={self.nc_layers!r}"
         if why:
             raise ValueError(f"metric_for_best_model={name!r} is never logged with these settings: {why}")
@@ -262,8 +259,7 @@ class NCTrainer(NCModelCardMixin, Trainer):
 
         if not self.nc_layers:
             return
-        backbone = resolve_backbone(self.model)
-        layers = range(backbone.num_layers) if self.nc_layers == "all" else sorted({backbone.layer_index(i) for i in self.nc_layers})
+        layers = self.nc_train_subset._layer_list()
         sets = {"nc_train_dataset (or train_dataset)": self.nc_train_subset.dataset if self.nc_train_enabled else None}
         if self.nc_eval:
             sets.update(evals)
