@@ -61,17 +61,16 @@ def _as_xy(features: Any, labels: Any, num_classes: int | None = None) -> tuple[
         raise ValueError("no samples")
     if not np.all(np.isfinite(x)):
         raise ValueError("features contain NaN or inf")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError("labels must be integer class indices")
-        y = y.astype(np.int64)
-    y = y.astype(np.int64)
+    if y.dtype.kind not in "biuf":  # strings, objects: np.mod would fail with an unrelated TypeError
+        raise ValueError(f"labels must be integer class indices in [0, K), got dtype {y.dtype}: map class names to 0..K-1 first")
+    if y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0)):
+        raise ValueError("labels must be integer class indices")
     k = int(y.max()) + 1 if num_classes is None else int(num_classes)
-    if y.min() < 0 or y.max() >= k:
-        raise ValueError(f"labels outside [0, {k}): min {y.min()}, max {y.max()}")
+    if y.min() < 0 or y.max() >= k:  # before the int64 cast, which would wrap huge float labels
+        raise ValueError(f"labels outside [0, {k}): min {y.min():g}, max {y.max():g}")
     if k < 2:
         raise ValueError(f"need at least 2 classes, got {k}")
-    return x, y, k
+    return x, y.astype(np.int64), k
 
 
 def _class_stats(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
