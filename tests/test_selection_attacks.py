@@ -1,11 +1,13 @@
 """Selection on inputs the other tests never try: label dtypes, tiny or empty splits, SCL's last block,
 checkpoints whose image processor has another size than the config."""
 
-import math
-
 import numpy as np
 import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from PIL import Image as PILImage
+from tiny_models import IMAGE, build_tiny_model
 
+from hf_nc.selection import rank_models, suggest_layer
 from hf_nc.selection import scores as S
 
 
@@ -26,3 +28,38 @@ def test_huge_float_label_is_reported_as_it_is():
         S.logme(x, y, num_classes=3)
     y[-1] = 2.0
     assert S.logme(x, y) == S.logme(x, y.astype(np.int64))  # integral floats still work
+
+
+# ------------------------------------------------------------------------------------ datasets passed in
+def grey_images(per_class: int, seed: int = 0, labels=(0, 1, 2), feature=None) -> Dataset:
+    """Class k: a constant grey level plus pixel noise; ``labels[k]`` is stored as its label."""
+    rng = np.random.default_rng(seed)
+    images, ys = [], []
+    for k, level in enumerate((50, 128, 206)):
+        for _ in range(per_class):
+            images.append(PILImage.fromarray(np.clip(level + rng.normal(0, 12, (IMAGE, IMAGE, 3)), 0, 255).astype(np.uint8)))
+            ys.append(labels[k])
+    feature = feature or ClassLabel(names=["dark", "mid", "light"])
+    return Dataset.from_dict({"image": images, "label": ys}, features=Features({"image": Image(), "label": feature}))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_tiny_model("vit_cls")
+
+
+def test_string_label_column_is_refused_naming_the_fix(model):
+    data = DatasetDict(train=grey_images(2, labels=("a", "b", "c"), feature=Value("string")))
+    for call in (lambda: rank_models({"m": model}, data, progress=False), lambda: suggest_layer(model, data, progress=False)):
+        with pytest.raises(ValueError, match="integer class ids.*class_encode_column"):  # was "can only concatenate str"
+            call()
+
+
+def test_empty_splits_are_named(model):
+    empty_train = DatasetDict(train=grey_images(2).select([]), test=grey_images(1))
+    with pytest.raises(ValueError, match="'train' split .* no images"):
+        rank_models({"m": model}, empty_train, progress=False)
+    empty_test = DatasetDict(train=grey_images(2), test=grey_images(1).select([]))
+    with pytest.raises(ValueError, match="'test' split .* no images"):  # was StandardScaler's "0 sample(s)" after the train pass
+        rank_models({"m": model}, empty_test, linear_probe=True, progress=False)
+    assert rank_models({"m": model}, empty_test, progress=False).best.nc1 >= 0  # no probe: the test split is not read

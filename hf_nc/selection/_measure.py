@@ -68,9 +68,24 @@ def resolve_data(dataset, *, shots_per_class: int | None = None, seed: int = 0, 
         train, test = dataset, None
     if need_test and test is None:
         raise ValueError("linear_probe=True needs a 'test' split: pass a DatasetDict with train and test")
+    for split, ds in (("train", train), ("test", test if need_test else None)):
+        if ds is not None and len(ds) == 0:
+            raise ValueError(f"the {split!r} split of {description} has no images")
+    return train, test, _num_classes(train), description
+
+
+def _num_classes(train) -> int:
+    """K of a training split: its ``ClassLabel``'s size, else ``max(label) + 1`` of integer labels."""
+    if "label" not in train.features:
+        raise ValueError(f"the training split has no 'label' column (columns: {train.column_names})")
     label = train.features["label"]
-    num_classes = int(getattr(label, "num_classes", 0) or (max(train["label"]) + 1))
-    return train, test, num_classes, description
+    if getattr(label, "num_classes", 0):
+        return int(label.num_classes)
+    labels = np.asarray(train["label"])
+    if labels.dtype.kind not in "iuf" or (labels.dtype.kind == "f" and not np.all(np.mod(labels, 1) == 0)):
+        raise ValueError(f"the 'label' column must hold integer class ids, got {label}: turn class names into ids "
+                         "with dataset.class_encode_column('label')")
+    return int(labels.max()) + 1
 
 
 def shard(ds):
