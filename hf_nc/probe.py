@@ -21,11 +21,19 @@ from torch.utils.data import DataLoader
 
 from .data import build_transforms, collate_fn, load_image_dataset
 from .features import FINAL, LayerFeatures
+from .layer_nc import forward_pixels
 
 
 @torch.no_grad()
 def penultimate_features(model: nn.Module, dataset, transform=None, batch_size: int = 256, device=None):
-    """``(features, labels)`` as numpy arrays for an ``image``/``label`` dataset (no augmentation)."""
+    """``(features, labels)`` as numpy arrays for an ``image``/``label`` dataset (no augmentation).
+
+    Inputs of another size than the model's ``image_size`` (a checkpoint saved with a resized image
+    processor, as the recipes' ``--image_size`` does) go through :func:`hf_nc.layer_nc.forward_pixels`,
+    like the NC passes, so the probe sees the same features as the statistics.
+    """
+    if len(dataset) == 0:
+        raise ValueError("penultimate_features: the dataset has no images")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     transform = transform or build_transforms(model, train=False)
     loader = DataLoader(dataset.with_transform(transform), batch_size=batch_size, collate_fn=collate_fn)
@@ -34,7 +42,7 @@ def penultimate_features(model: nn.Module, dataset, transform=None, batch_size: 
     feats, labels = [], []
     with LayerFeatures(model, layers=[], include_final=True) as recorder:
         for batch in loader:
-            model(pixel_values=batch["pixel_values"].to(device))
+            forward_pixels(model, batch["pixel_values"].to(device))
             feats.append(recorder.pop()[FINAL].float().cpu())
             labels.append(batch["labels"])
     model.train(was_training)
@@ -52,6 +60,9 @@ def linear_probe(model: nn.Module, data, *, C: float = 1.0, max_iter: int = 2000
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    empty = [split for split in ("train", "test") if len(data[split]) == 0]
+    if empty:
+        raise ValueError(f"linear_probe: the {' and '.join(map(repr, empty))} split has no images")
     xtr, ytr = penultimate_features(model, data["train"], transform, batch_size)
     xte, yte = penultimate_features(model, data["test"], transform, batch_size)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))

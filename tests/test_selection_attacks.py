@@ -63,3 +63,36 @@ def test_empty_splits_are_named(model):
     with pytest.raises(ValueError, match="'test' split .* no images"):  # was StandardScaler's "0 sample(s)" after the train pass
         rank_models({"m": model}, empty_test, linear_probe=True, progress=False)
     assert rank_models({"m": model}, empty_test, progress=False).best.nc1 >= 0  # no probe: the test split is not read
+
+
+# ------------------------------------------------------------------------------------ probe
+def resized_checkpoint(path, size: int = 24):
+    """A tiny ViT whose saved image processor makes ``size`` px inputs (config.image_size stays 16), as a
+    recipe run with ``--image_size`` saves it."""
+    from transformers import ViTImageProcessor
+
+    build_tiny_model("vit_cls").save_pretrained(path)
+    ViTImageProcessor(size={"height": size, "width": size}).save_pretrained(path)
+    return str(path)
+
+
+def test_probe_interpolates_like_the_nc_pass_for_a_resized_processor(tmp_path):
+    from hf_nc.probe import linear_probe, load_model, penultimate_features
+
+    path = resized_checkpoint(tmp_path / "resized")
+    data = DatasetDict(train=grey_images(4), test=grey_images(2, seed=1))
+    ranking = rank_models([path], data, linear_probe=True, scores=["nc1", "hscore"], progress=False)  # was: "Input image size (24*24) doesn't match model (16*16)"
+    probe = ranking.best.linear_probe
+    assert probe["num_test"] == 6 and probe["dim"] == 32
+    # the probe's train features are the ones the NC statistics saw (same forward, same interpolation)
+    xtr, ytr = penultimate_features(load_model(path), data["train"])
+    assert xtr.shape == (12, 32)
+    assert ranking.best.scores["hscore"] == pytest.approx(S.hscore(xtr, ytr), rel=1e-6)
+    assert linear_probe(load_model(path), data)["test_accuracy"] == probe["test_accuracy"]
+
+
+def test_linear_probe_names_an_empty_split(model):
+    from hf_nc.probe import linear_probe
+
+    with pytest.raises(ValueError, match="'test' split has no images"):  # was torch.cat's "expected a non-empty list"
+        linear_probe(model, DatasetDict(train=grey_images(2), test=grey_images(1).select([])))
