@@ -29,7 +29,7 @@ from transformers.utils import logging as hf_logging
 
 from hf_nc.accelerate_utils import build_accelerator
 from hf_nc.plots import plot_layer_curve
-from hf_nc.selection import choose_block, rank_models
+from hf_nc.selection import METHODS, choose_block, rank_models, tunable_blocks
 
 
 @dataclass
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.candidates = f"{DEFAULT_MODEL},random:{DEFAULT_MODEL}"
     if args.layers not in ("all", "final"):
         raise ValueError(f"--layers must be 'all' or 'final', got {args.layers!r}")
+    if args.method not in METHODS:  # checked before the ranking's passes, not after them
+        raise ValueError(f"--method must be one of {METHODS}, got {args.method!r}")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     accelerator = build_accelerator()  # one process per rank; rank_models shards the data itself
@@ -66,7 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
                           batch_size=args.batch_size, device=accelerator.device, seed=args.seed, scores=scores, rank_by=args.rank_by)
     suggestion = None
     if args.layers == "all":
-        suggestion = choose_block(ranking.best.nc1_per_layer, args.method, tolerance=args.tolerance)
+        curve = ranking.best.nc1_per_layer
+        n = tunable_blocks(len(curve), args.method)  # SCL: never the last block
+        suggestion = choose_block({b: v for b, v in curve.items() if b < n}, args.method, tolerance=args.tolerance)
+        suggestion.nc1_per_layer = [curve[b] for b in sorted(curve)]
         suggestion.model = ranking.best.name
 
     out = {"args": asdict(args), "ranking": ranking.to_dict(), "suggestion": suggestion.to_dict() if suggestion else None}

@@ -279,7 +279,8 @@ def test_suggest_layer_follows_choose_block(data, tmp_path):
     for method, model in zip(METHODS, [good_model(), f"random:{tmp_path / 'good'}"]):
         s = suggest_layer(model, data, method=method, tolerance=0.2, progress=False)
         assert 0 <= s.block < LAYERS and len(s.nc1_per_layer) == LAYERS and s.method == method
-        assert s.block == choose_block(s.nc1_per_layer, method, tolerance=0.2).block
+        tunable = s.nc1_per_layer[:-1] if method == "scl" else s.nc1_per_layer  # SCL never tunes the last block
+        assert s.block == choose_block(tunable, method, tolerance=0.2).block
         assert s.reason and s.rule
 
 
@@ -309,7 +310,7 @@ def test_suggest_layer_score_and_probe_rules(data):
 
     batch = collate_fn([*data["train"].with_transform(build_transforms(model, train=False))])
     feats = extract_features(model.eval(), batch["pixel_values"])
-    per_block = [S.logme(feats[b].numpy(), labels) for b in range(LAYERS)]
+    per_block = [S.logme(feats[b].numpy(), labels) for b in range(LAYERS - 1)]  # SCL (the default): every block but the last
     assert s.extra["logme_per_layer"] == pytest.approx(per_block, rel=1e-6)
     assert s.block == int(np.argmax(per_block)) and len(s.nc1_per_layer) == LAYERS
     # the probe rule reads the validation split, never the test split: poisoned test labels change nothing
@@ -322,7 +323,7 @@ def test_suggest_layer_score_and_probe_rules(data):
     assert v.extra["probe_per_layer"][-1] == pytest.approx(1.0)  # the separable classes probe perfectly on validation
     assert suggest_layer(model, data, rule="ncti", progress=False).extra["ncti_per_layer"]
     by_name = suggest_layer(model, "digits", rule="probe", shots_per_class=5, validation_fraction=0.05, progress=False)
-    assert 0 <= by_name.block < LAYERS and len(by_name.extra["probe_per_layer"]) == LAYERS
+    assert 0 <= by_name.block < LAYERS - 1 and len(by_name.extra["probe_per_layer"]) == LAYERS - 1
     with pytest.raises(ValueError, match="rule"):
         suggest_layer(model, data, rule="leep", progress=False)
 

@@ -96,3 +96,75 @@ def test_linear_probe_names_an_empty_split(model):
 
     with pytest.raises(ValueError, match="'test' split has no images"):  # was torch.cat's "expected a non-empty list"
         linear_probe(model, DatasetDict(train=grey_images(2), test=grey_images(1).select([])))
+
+
+# ------------------------------------------------------------------------------------ SCL and the last block
+def last_block_best(monkeypatch):
+    """Every measured block's NC1 is 10^-block and its hscore is block: the last block is the most collapsed
+    and scores best, so a rule over every block picks it."""
+    from hf_nc.selection import _measure
+
+    real_measure, real_compute, real_scores = _measure.measure, _measure.compute, S.compute_scores
+    block_of = {}
+
+    def measure(*args, **kwargs):
+        stats, kept = real_measure(*args, **kwargs)
+        block_of.update({id(v): key for part in (stats, kept or {}) for key, v in part.items() if isinstance(key, int)})
+        return stats, kept
+
+    def compute(stats, degenerate_tol):
+        metrics, note = real_compute(stats, degenerate_tol)
+        if id(stats) in block_of:
+            metrics["nc1"] = 10.0 ** -block_of[id(stats)]
+        return metrics, note
+
+    def compute_scores(features, labels, names, **kwargs):
+        out = real_scores(features, labels, names, **kwargs)
+        if id(features) in block_of and "hscore" in names:
+            out["hscore"] = float(block_of[id(features)])
+        return out
+
+    monkeypatch.setattr(_measure, "measure", measure)
+    monkeypatch.setattr(_measure, "compute", compute)
+    monkeypatch.setattr(S, "compute_scores", compute_scores)
+
+
+@pytest.mark.parametrize("rule", ["nc1", "hscore"])
+def test_scl_suggestion_is_never_the_last_block(model, monkeypatch, rule):
+    from hf_nc import SCLConfig
+    from peft import get_peft_model
+    from tiny_models import LAYERS
+
+    last_block_best(monkeypatch)
+    data = DatasetDict(train=grey_images(4))
+    assert suggest_layer(model, data, method="layer", rule=rule, progress=False).block == LAYERS - 1
+    scl = suggest_layer(model, data, method="scl", rule=rule, progress=False)
+    assert scl.block == LAYERS - 2 and len(scl.nc1_per_layer) == LAYERS  # was LAYERS - 1, which SCLConfig refuses
+    get_peft_model(build_tiny_model("vit_cls"), SCLConfig(layer=scl.block))  # the suggestion is usable
+
+
+def test_scl_on_a_one_block_model_is_refused_naming_the_method():
+    from hf_nc.selection import tunable_blocks
+
+    with pytest.raises(ValueError, match="cannot tune any block.*method='layer'"):
+        tunable_blocks(1, "scl")
+    assert tunable_blocks(1, "layer") == 1 and tunable_blocks(12, "scl") == 11
+
+
+def test_rank_models_recipe_suggests_an_scl_block_below_the_last(model, monkeypatch, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from tiny_models import LAYERS
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import rank_models as recipe
+
+    DatasetDict(train=grey_images(4), test=grey_images(2, seed=1)).save_to_disk(tmp_path / "data")
+    model.save_pretrained(tmp_path / "m")
+    args = ["--candidates", str(tmp_path / "m"), "--dataset", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="--method must be one of"):  # before any forward pass
+        recipe.main(args + ["--method", "lora"])
+    last_block_best(monkeypatch)
+    out = recipe.main(args + ["--method", "scl"])
+    assert out["suggestion"]["block"] == LAYERS - 2 and len(out["suggestion"]["nc1_per_layer"]) == LAYERS

@@ -11,7 +11,7 @@
 
 from .correlation import bootstrap, correlations, score_correlations, top1_regret
 from .layers import (METHODS, RULE_NAMES, BlockTrial, LayerSuggestion, choose_block, choose_block_by_score, choose_block_by_trials,
-                     few_step_trials, nc1_slopes, suggest_layer)
+                     few_step_trials, nc1_slopes, suggest_layer, tunable_blocks)
 from .scores import SCORES, NCTITerms, ScoreSpec, hscore, hscore_shrinkage, logme, ncti, ncti_composite, ncti_terms
 from .ranking import RULE, CandidateResult, RankingResult, rank_models, spearman
 
@@ -44,4 +44,5 @@ __all__ = [
     "rank_models",
     "spearman",
     "suggest_layer",
+    "tunable_blocks",
 ]

@@ -136,6 +136,23 @@ def choose_block(nc1_per_layer: Sequence[float] | Mapping, method: str = "scl", 
     return LayerSuggestion(block=block, reason=reason, **base)
 
 
+def tunable_blocks(num_blocks: int, method: str) -> int:
+    """How many blocks, from block 0, ``method`` can tune: every block for Layer FT, every block but the
+    last for SCL FT (its skip runs from the tuned block to the classifier past the later blocks;
+    ``SCLConfig`` refuses the last one).
+
+    Raises:
+        ValueError: for SCL FT on a model with one block.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    n = num_blocks - 1 if method == "scl" else num_blocks
+    if n < 1:
+        raise ValueError(f"method={method!r} cannot tune any block of a {num_blocks}-block model (SCL FT needs a block below "
+                         "the last): use method='layer'")
+    return n
+
+
 def choose_block_by_score(values: Sequence[float], score: str, method: str = "scl") -> LayerSuggestion:
     """The block with the best oriented ``score`` (higher is better after the registry's
     direction; ties: the later block, which puts more of the backbone in the trained graph's
@@ -264,8 +281,7 @@ def few_step_trials(
     run_steps = steps if run_steps is None else int(run_steps)  # 0 fails the check below (it used to mean "steps")
     if run_steps < steps:
         raise ValueError(f"run_steps ({run_steps}) must be >= steps ({steps})")
-    n_blocks = resolve_backbone(model).num_layers
-    allowed = list(range(n_blocks - 1)) if method == "scl" else list(range(n_blocks))  # SCL skips from a block below the last
+    allowed = list(range(tunable_blocks(resolve_backbone(model).num_layers, method)))
     blocks = list(allowed if blocks is None else blocks)
     bad = [b for b in blocks if b not in allowed]
     if bad:
@@ -438,7 +454,9 @@ def suggest_layer(
     """The block to tune with SCL FT (``method="scl"``) or Layer FT (``"layer"``).
 
     Streams the frozen model over the downstream TRAINING split once (per-block pooled
-    features; exact under torch.distributed, each rank its shard) and applies ``rule``:
+    features; exact under torch.distributed, each rank its shard) and applies ``rule`` to the blocks
+    the method can tune (:func:`tunable_blocks`: SCL FT never suggests the last block, which
+    ``SCLConfig`` refuses; the NC1 curve in the result still covers every block):
 
     - ``"nc1"`` (default): :func:`choose_block` on the per-block NC1 curve (the knee for SCL,
       the minimum for Layer FT; a heuristic, see this module's docstring);
@@ -521,27 +539,26 @@ def suggest_layer(
     stats, kept = _measure.measure(net, fit, k, layers="all", batch_size=batch_size, keep_blocks=keep_blocks, progress=progress)
     curve = {key: _measure.compute(s, degenerate_tol)[0]["nc1"] for key, s in stats.items() if isinstance(key, int)}
     blocks = sorted(curve)
+    tunable = blocks[: tunable_blocks(len(blocks), method)]  # SCL: never the last block (SCLConfig refuses it)
     if rule == "nc1":
-        suggestion = choose_block(curve, method, tolerance=tolerance, min_log_range=min_log_range)
+        suggestion = choose_block([curve[b] for b in tunable], method, tolerance=tolerance, min_log_range=min_log_range)
     elif rule == "nc1_slope":
-        n = len(blocks) - 1 if method == "scl" else len(blocks)
-        suggestion = choose_block_by_score(nc1_slopes(curve)[:n], "nc1_slope", method)
-        suggestion.nc1_per_layer = [float(curve[b]) for b in blocks]
+        suggestion = choose_block_by_score(nc1_slopes(curve)[: len(tunable)], "nc1_slope", method)
     else:
         if rule == "probe":
             _, vkept = _measure.measure(net, val, k, layers="all", batch_size=batch_size, keep_blocks=True, progress=progress)
-            values = [_measure.fit_probe(kept[b], kept["labels"], vkept[b], vkept["labels"])["test_accuracy"] for b in blocks]
+            values = [_measure.fit_probe(kept[b], kept["labels"], vkept[b], vkept["labels"])["test_accuracy"] for b in tunable]
         else:
-            got = [_scores.compute_scores(kept[b], kept["labels"], [rule], num_classes=k) for b in blocks]
-            if rule == "ncti":  # pooled over this model's blocks
+            got = [_scores.compute_scores(kept[b], kept["labels"], [rule], num_classes=k) for b in tunable]
+            if rule == "ncti":  # pooled over the blocks the method can tune
                 usable = [i for i, g in enumerate(got) if isinstance(g["ncti"], _scores.NCTITerms)]
                 composite = dict(zip(usable, _scores.ncti_composite([got[i]["ncti"] for i in usable])))
-                values = [composite.get(i, float("nan")) for i in range(len(blocks))]
+                values = [composite.get(i, float("nan")) for i in range(len(tunable))]
             else:
                 values = [float(g[rule]) for g in got]
             # constant features: no information, never chosen (as for NC1)
-            values = [v if math.isfinite(curve[b]) or rule == "ncti" else float("nan") for b, v in zip(blocks, values)]
+            values = [v if math.isfinite(curve[b]) or rule == "ncti" else float("nan") for b, v in zip(tunable, values)]
         suggestion = choose_block_by_score(values, rule, method)
-        suggestion.nc1_per_layer = [float(curve[b]) for b in blocks]
+    suggestion.nc1_per_layer = [float(curve[b]) for b in blocks]
     suggestion.model = _measure.candidate_name(model)
     return suggestion
