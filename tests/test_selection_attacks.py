@@ -168,3 +168,12 @@ def test_rank_models_recipe_suggests_an_scl_block_below_the_last(model, monkeypa
     last_block_best(monkeypatch)
     out = recipe.main(args + ["--method", "scl"])
     assert out["suggestion"]["block"] == LAYERS - 2 and len(out["suggestion"]["nc1_per_layer"]) == LAYERS
+
+
+@pytest.mark.parametrize("rule", ["probe", "few_steps"])
+def test_held_out_validation_that_empties_a_class_is_refused(model, rule):
+    one_shot = DatasetDict(train=grey_images(1), test=grey_images(1, seed=1))
+    with pytest.raises(ValueError, match=r"leaves classes \[0, 1, 2\] without a training image"):  # was "no batches" / torch.stack
+        suggest_layer(model, one_shot, rule=rule, method="layer", steps=1, progress=False)
+    with_val = DatasetDict(train=grey_images(1), validation=grey_images(1, seed=1))
+    assert 0 <= suggest_layer(model, with_val, rule="probe", method="layer", progress=False).block < 4

@@ -425,6 +425,11 @@ def _validation_split(dataset, train, fraction: float, seed: int):
     labels = np.asarray(train["label"])
     held = stratified_indices(labels, max(int(round(fraction * len(labels))), len(np.unique(labels))), seed=seed)
     rest = np.setdiff1d(np.arange(len(labels)), held)
+    missing = np.setdiff1d(labels, labels[rest]).tolist()
+    if missing:  # the probe / the trials would fit on no image of these classes (or on none at all)
+        raise ValueError(f"holding out a validation share ({len(held)} of the {len(labels)} training images, at least one per "
+                         f"class) leaves classes {missing[:20]} without a training image: pass a DatasetDict with a "
+                         "'validation' split, or more images per class")
     return train.select(rest.tolist()), train.select(held.tolist())
 
 
