@@ -177,3 +177,14 @@ def test_held_out_validation_that_empties_a_class_is_refused(model, rule):
         suggest_layer(model, one_shot, rule=rule, method="layer", steps=1, progress=False)
     with_val = DatasetDict(train=grey_images(1), validation=grey_images(1, seed=1))
     assert 0 <= suggest_layer(model, with_val, rule="probe", method="layer", progress=False).block < 4
+
+
+def test_unknown_rank_by_fails_before_any_forward_pass(model, monkeypatch):
+    from hf_nc.selection import _measure
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the arguments were checked")
+
+    monkeypatch.setattr(_measure, "measure", no_pass)
+    with pytest.raises(ValueError, match="unknown score 'leep'"):
+        rank_models({"m": model}, DatasetDict(train=grey_images(2)), rank_by="leep", progress=False)

@@ -376,11 +376,11 @@ def rank_models(
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0 (0: no intervals), got {bootstrap}")
     score_names = list(dict.fromkeys(scores)) if scores else ["nc1"]
-    for n in [*score_names, *(block_scores or [])]:
-        _scores.get_score(n)
     rank_by = rank_by or score_names[0]
     if rank_by not in score_names:
         score_names.append(rank_by)
+    for n in [*score_names, *(block_scores or [])]:  # rank_by too: before any model is loaded or run
+        _scores.get_score(n)
     block_names = list(dict.fromkeys(block_scores or []))
     if block_names and layers == "final":
         raise ValueError("block_scores need blocks: pass layers='all' or block indices")
