@@ -101,26 +101,6 @@ def image_spec(model: nn.Module, processor=None, image_size: Optional[int] = Non
     return with_image_size(spec, image_size) if image_size is not None else spec  # 0: with_image_size says why not
 
 
-def interpolate_positions(model: nn.Module) -> int:
-    """Makes every patch embedding that takes ``interpolate_pos_encoding`` (ViT, CLIP) always interpolate; returns how many.
-
-    For ``--image_size``: every forward pass (training, evaluation, NCTrainer's train-subset pass)
-    then accepts the new size. DINOv2 always interpolates and needs nothing. A hook on the module,
-    not a saved setting: a reloaded model needs ``interpolate_pos_encoding=True`` in its calls.
-    """
-    import inspect
-
-    def always(module, args, kwargs):
-        return args, {**kwargs, "interpolate_pos_encoding": True}
-
-    count = 0
-    for m in model.modules():
-        if type(m).__name__.endswith("Embeddings") and "interpolate_pos_encoding" in inspect.signature(m.forward).parameters:
-            m.register_forward_pre_hook(always, with_kwargs=True)
-            count += 1
-    return count
-
-
 def resized_processor(processor, spec):
     """``processor`` with the size overrides of ``spec`` (``--image_size``) applied, to save next to the model."""
     import copy

@@ -91,6 +91,27 @@ def test_probe_interpolates_like_the_nc_pass_for_a_resized_processor(tmp_path):
     assert linear_probe(load_model(path), data)["test_accuracy"] == probe["test_accuracy"]
 
 
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_few_step_trials_interpolate_for_a_resized_processor(tmp_path, prefix_cache):
+    from hf_nc.layer_nc import interpolate_positions
+    from hf_nc.probe import load_model
+    from hf_nc.selection import few_step_trials
+
+    path = resized_checkpoint(tmp_path / "resized")
+    train, val = grey_images(4), grey_images(2, seed=1)
+    kwargs = dict(method="layer", blocks=[1], steps=2, batch_size=4, prefix_cache=prefix_cache)
+    got = few_step_trials(load_model(path), train, val, **kwargs)  # was: "Input image size (24*24) doesn't match model (16*16)"
+    # independent expectation: the same trial on a model told to interpolate by its caller
+    reference = load_model(path)
+    assert interpolate_positions(reference) == 1
+    want = few_step_trials(reference, train, val, **kwargs)
+    assert got[0].validation_accuracy == want[0].validation_accuracy
+    assert got[0].validation_loss == pytest.approx(want[0].validation_loss, rel=1e-5)
+    s = suggest_layer(load_model(path), DatasetDict(train=train, validation=val), rule="few_steps", method="layer",
+                      steps=2, train_batch_size=4, progress=False)
+    assert s.block in range(4)
+
+
 def test_linear_probe_names_an_empty_split(model):
     from hf_nc.probe import linear_probe
 

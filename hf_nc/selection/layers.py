@@ -267,6 +267,7 @@ def few_step_trials(
     from ..adapters import LayerFTConfig, SCLConfig
     from ..backbones import resolve_backbone
     from ..data import build_transforms, collate_fn
+    from ..layer_nc import interpolate_positions, model_image_size
     from ..prefix_cache import PrefixCache
 
     if method not in METHODS:
@@ -290,10 +291,15 @@ def few_step_trials(
     transform = build_transforms(model, train=False)
     # preprocessed once for every block's trial (the images do not change: no augmentation)
     train_view, val_view = _Tensors(train.with_transform(transform)), _Tensors(validation.with_transform(transform))
+    # a processor resized away from config.image_size (a checkpoint saved with --image_size): every pass
+    # of the trial (training, evaluation, the prefix cache's build) interpolates, as the recipes' runs do
+    resized = tuple(train_view.pixel_values.shape[-2:]) != model_image_size(model)
     out = []
     for b in blocks:
         start = time.perf_counter()
         net = copy.deepcopy(model).to(dev)
+        if resized:
+            interpolate_positions(net)
         config = LayerFTConfig(layers=[b]) if method == "layer" else SCLConfig(layer=b)
         net = get_peft_model(net, config)
         tr, va, handle = train_view, val_view, None
