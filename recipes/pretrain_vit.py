@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shlex
 import sys
@@ -261,6 +262,22 @@ def write_card(path: Path, title: str, record: dict) -> None:
     pretrained_card(record, title).save(path)
 
 
+def check_output_dir(path: str, create: bool) -> Path:
+    """``--output_dir`` checked (and created on the main process) before any training, so that a path
+    that cannot hold the checkpoint fails now instead of after the last epoch."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {path} exists and is not a folder: the checkpoint cannot be written there")
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--output_dir {path} cannot be created: {e}") from e
+    if out.is_dir() and not os.access(out, os.W_OK):
+        raise ValueError(f"--output_dir {path} is not writable")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((DataArguments, ModelArguments, PretrainArguments))
     dargs, margs, args = parser.parse_args_into_dataclasses(args=argv)
@@ -274,6 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=refit_head)],
     )
+    out = check_output_dir(args.output_dir, create=accelerator.is_main_process)
     set_seed(args.seed)
     start = time.time()
 
@@ -370,8 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
         "head_train_accuracy": head_train_acc, "test_accuracy": test_acc, "wall_time_s": time.time() - start,
     }
     if accelerator.is_main_process:
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)  # (made at the start; again in case it was removed meanwhile)
         backbone = accelerator.unwrap_model(net).backbone.float()
         backbone.save_pretrained(out)  # only the ViT: the projection head is not saved
         image_processor_for(backbone.config).save_pretrained(out)

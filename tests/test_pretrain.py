@@ -123,3 +123,18 @@ def test_a_sample_count_that_drops_a_class_is_an_error_naming_the_flag(recipe, f
     # samples), the test subset to report the accuracy of one class as the test accuracy
     with pytest.raises(ValueError, match=rf"{flag}: the 3 {split} images kept hold no image of class\(es\)"):
         _run(recipe, tmp_path, flag, "3", "--max_steps", "1")
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file"])
+def test_an_output_dir_that_cannot_hold_the_checkpoint_fails_before_training(recipe, tmp_path, kind, monkeypatch):
+    # the folder used to be made only after the last epoch: a path that was a file (or below one) lost the
+    # whole run at the end, with a bare FileExistsError / NotADirectoryError
+    (tmp_path / "taken").write_text("not a folder")
+    out, match = {"a file": (tmp_path / "taken", "exists and is not a folder"),
+                  "under a file": (tmp_path / "taken" / "run", "cannot be created")}[kind]
+    steps = []
+    real = recipe.compute_loss
+    monkeypatch.setattr(recipe, "compute_loss", lambda *a: steps.append(1) or real(*a))
+    with pytest.raises(ValueError, match=f"--output_dir {out} {match}"):
+        _run(recipe, out, "--max_steps", "2")
+    assert not steps  # raised before training
