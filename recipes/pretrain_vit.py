@@ -321,6 +321,11 @@ def main(argv: list[str] | None = None) -> dict:
     train_tf = build_transforms(model.config, train=True, views=views, **aug_kw)
     eval_tf = build_transforms(model.config, train=False)
     nc_idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[: dargs.nc_samples]
+    nc_labels = np.asarray(train["label"])[nc_idx.numpy()]
+    missing = sorted(set(range(len(names))) - set(np.unique(nc_labels).tolist()))
+    if missing:  # (NCStats would say only "class(es) have no samples", at the first measurement)
+        raise ValueError(f"--nc_samples: the {len(nc_labels)} random training images of the source-NC subset hold no "
+                         f"image of class(es) {[names[i] for i in missing][:10]}: use a larger --nc_samples")
     nc_ds = train.select(sorted(nc_idx.tolist())).with_transform(eval_tf)
     loader_kw = dict(collate_fn=collate_fn, num_workers=dargs.num_workers)
     train_loader = DataLoader(train.with_transform(train_tf), batch_size=args.per_device_train_batch_size,

@@ -138,3 +138,9 @@ def test_an_output_dir_that_cannot_hold_the_checkpoint_fails_before_training(rec
     with pytest.raises(ValueError, match=f"--output_dir {out} {match}"):
         _run(recipe, out, "--max_steps", "2")
     assert not steps  # raised before training
+
+
+def test_an_nc_subset_that_misses_a_class_is_an_error_naming_the_flag(recipe, tmp_path):
+    # 5 random images cannot hold 10 classes: NCStats used to raise "6 class(es) have no samples", naming no flag
+    with pytest.raises(ValueError, match=r"--nc_samples: the 5 random training images .* hold no image of class\(es\)"):
+        _run(recipe, tmp_path, "--nc_samples", "5", "--max_steps", "1")
