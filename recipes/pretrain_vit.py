@@ -306,6 +306,8 @@ def main(argv: list[str] | None = None) -> dict:
     if dargs.max_eval_samples is not None:
         test = test.select(range(min(dargs.max_eval_samples, len(test))))
     names = train.features["label"].names
+    if len(names) < 2:  # (NC1 and the classifier need two classes; NCStats said only "K >= 2" after the data loaded)
+        raise ValueError(f"--classes: pre-training needs at least 2 classes, got {names} from {dargs.dataset!r}")
     # a random --max_train_samples can miss a class (and a first-N --max_eval_samples can hold one class):
     # say so by flag now, not as a NaN metric or an error at the first epoch
     for split, flag, ds in (("training", "--max_train_samples", train), ("test", "--max_eval_samples", test)):

@@ -144,3 +144,8 @@ def test_an_nc_subset_that_misses_a_class_is_an_error_naming_the_flag(recipe, tm
     # 5 random images cannot hold 10 classes: NCStats used to raise "6 class(es) have no samples", naming no flag
     with pytest.raises(ValueError, match=r"--nc_samples: the 5 random training images .* hold no image of class\(es\)"):
         _run(recipe, tmp_path, "--nc_samples", "5", "--max_steps", "1")
+
+
+def test_one_source_class_is_an_error_naming_the_flag(recipe, tmp_path):
+    with pytest.raises(ValueError, match=r"--classes: pre-training needs at least 2 classes, got \['3'\]"):
+        _run(recipe, tmp_path, "--classes", "3", "--max_steps", "1")
