@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
     dargs, margs, args = parser.parse_args_into_dataclasses(args=argv)
     if args.loss not in LOSSES:
         parser.error(f"--loss must be one of {LOSSES}")
+    if not 1 <= margs.patch_size <= margs.image_size:  # (torch's conv error names neither flag)
+        parser.error(f"--patch_size {margs.patch_size} must be between 1 and --image_size {margs.image_size}")
     refit_head = args.loss == "supcon" or margs.projection_head
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)

@@ -149,3 +149,10 @@ def test_an_nc_subset_that_misses_a_class_is_an_error_naming_the_flag(recipe, tm
 def test_one_source_class_is_an_error_naming_the_flag(recipe, tmp_path):
     with pytest.raises(ValueError, match=r"--classes: pre-training needs at least 2 classes, got \['3'\]"):
         _run(recipe, tmp_path, "--classes", "3", "--max_steps", "1")
+
+
+def test_a_patch_larger_than_the_image_is_an_error_naming_both_flags(recipe, tmp_path, capsys):
+    # used to fail at the first forward with torch's "Kernel size can't be greater than actual input size"
+    with pytest.raises(SystemExit):
+        _run(recipe, tmp_path, "--patch_size", "16", "--max_steps", "1")
+    assert "--patch_size 16 must be between 1 and --image_size 8" in capsys.readouterr().err
