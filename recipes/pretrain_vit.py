@@ -344,12 +344,16 @@ def main(argv: list[str] | None = None) -> dict:
     no_decay = [p for n, p in net.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=args.learning_rate)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_ratio * total), total)
+    # Accelerate steps a prepared scheduler num_processes times per optimizer step (it expects a schedule
+    # counted in per-process batches), so the schedule is counted in those units: one pass of the cosine
+    # over the `total` optimizer steps on any number of processes
+    n = accelerator.num_processes
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_ratio * total) * n, total * n)
     net, optimizer, train_loader, test_loader, head_loader, scheduler = accelerator.prepare(
         net, optimizer, train_loader, test_loader, head_loader, scheduler
     )
 
-    history, losses, step = [], [], 0
+    history, losses, learning_rates, step = [], [], [], 0
     history.append({"epoch": 0, "step": 0, "nc": source_nc(accelerator, net, nc_ds, args.per_device_eval_batch_size)})
     accelerator.print(f"epoch 0: source NC1 {history[-1]['nc']['nc1']:.4f}")
     bar = tqdm(total=total, desc="pretrain", disable=not accelerator.is_local_main_process)
@@ -365,6 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
             if accelerator.sync_gradients:
                 step += 1
                 losses.append(accelerator.gather(loss.detach()).mean().item())
+                learning_rates.append(scheduler.get_last_lr()[0])
                 bar.update(1)
                 if step % args.logging_steps == 0:
                     bar.set_postfix(loss=f"{sum(losses[-args.logging_steps:]) / args.logging_steps:.4f}")
@@ -393,7 +398,8 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
                      "accelerate": accelerate.__version__, "datasets": datasets.__version__},
         "class_names": names, "num_train": len(train), "num_test": len(test), "num_nc_samples": len(nc_ds),
-        "num_processes": accelerator.num_processes, "steps": step, "losses": losses, "history": history,
+        "num_processes": accelerator.num_processes, "steps": step, "losses": losses,
+        "learning_rates": learning_rates, "history": history,
         "head_train_accuracy": head_train_acc, "test_accuracy": test_acc, "wall_time_s": time.time() - start,
     }
     if accelerator.is_main_process:

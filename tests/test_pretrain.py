@@ -65,6 +65,7 @@ def test_loss_decreases_and_checkpoint_loads(recipe, tmp_path, extra):
     assert all(math.isfinite(h["nc"]["nc1"]) and h["nc"]["nc1"] > 0 for h in rec["history"])
     saved = json.loads((tmp_path / "history.json").read_text())
     assert saved["history"][-1]["nc"]["nc1"] == pytest.approx(rec["history"][-1]["nc"]["nc1"])
+    assert rec["learning_rates"] == pytest.approx([3e-3 * 0.5 * (1 + math.cos(math.pi * k / steps)) for k in range(1, steps + 1)])
     card = (tmp_path / "README.md").read_text()
     assert "NC1" in card and "python " in card and "--loss" in card
 
@@ -108,6 +109,9 @@ def test_two_processes_torchrun(tmp_path):
     rec = json.loads((tmp_path / "history.json").read_text())
     assert rec["num_processes"] == 2 and rec["steps"] == 4
     assert math.isfinite(rec["history"][-1]["nc"]["nc1"])
+    # one cosine over the 4 optimizer steps, as on one process (Accelerate steps a prepared scheduler once per
+    # process: the LR used to reach 0 after 2 steps and climb back to its peak by the last one)
+    assert rec["learning_rates"] == pytest.approx([3e-3 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(1, 5)])
     assert (tmp_path / "model.safetensors").is_file()
 
 
