@@ -21,6 +21,7 @@ import transformers
 from peft import PeftConfig, PeftModel
 
 from .adapters import register_methods
+from .adapters._base import check_adapter_folder
 from .checkpoints import resolve_builtin
 
 __all__ = ["AutoPeftModelForImageClassification"]
@@ -86,6 +87,8 @@ class AutoPeftModelForImageClassification:
             if key in base_model_kwargs:
                 hub[key] = base_model_kwargs[key]
         config = PeftConfig.from_pretrained(str(adapter_name_or_path), **hub)
+        local = os.path.join(str(adapter_name_or_path), subfolder) if subfolder else str(adapter_name_or_path)
+        check_adapter_folder(local)  # a local folder without weights: named now, before the base is built
         base_id = base_model_name_or_path or config.base_model_name_or_path
         if not base_id:
             raise ValueError(

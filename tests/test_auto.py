@@ -275,3 +275,23 @@ def test_adapter_on_the_fake_hub_loads_by_repo_id(tmp_path):
         loaded = run(HUB_LOAD, hub.client_env(tmp_path / "home_load", {**os.environ, "OMP_NUM_THREADS": "1"}), "load")
     assert loaded["diff"] < 1e-5, loaded
     assert set(loaded["labels"]) <= {"cat", "dog", "bird"} and loaded["labels"]
+
+
+@pytest.mark.parametrize("method", ["scl", "lora"])
+def test_an_adapter_folder_without_weights_is_named(method, tmp_path):
+    # an interrupted copy that kept only adapter_config.json: PEFT fell back to the Hub with the folder as a
+    # repo id and failed with huggingface_hub's "Repo id must be in the form 'repo_name' or ...", naming no file
+    from peft import LoraConfig, PeftModel
+
+    _rgb_base(tmp_path / "base", num_labels=3)
+    base = tf.ViTForImageClassification.from_pretrained(tmp_path / "base")
+    config = hf_nc.SCLConfig(layer=1) if method == "scl" else LoraConfig(target_modules=["q_proj"], modules_to_save=["classifier"])
+    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    match = "adapter folder .*adapter holds no weights file"
+    with pytest.raises(FileNotFoundError, match=match):
+        hf_nc.AutoPeftModelForImageClassification.from_pretrained(tmp_path / "adapter")
+    if method == "scl":  # hf-nc's own tuner checks it for PeftModel.from_pretrained too
+        fresh = tf.ViTForImageClassification.from_pretrained(tmp_path / "base")
+        with pytest.raises(FileNotFoundError, match=match):
+            PeftModel.from_pretrained(fresh, str(tmp_path / "adapter"))

@@ -473,6 +473,21 @@ def _partial_load_error(config, missing: list[str], unexpected: list[str], file:
     )
 
 
+def check_adapter_folder(folder: str) -> None:
+    """Raises ``FileNotFoundError`` naming ``folder`` when a local adapter folder holds no weights file.
+
+    PEFT then falls back to the Hub with the folder's path as a repo id, and fails with huggingface_hub's
+    "Repo id must be in the form 'repo_name' or 'namespace/repo_name'", which names no missing file.
+    """
+    from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+
+    if os.path.isdir(folder) and not any(os.path.isfile(os.path.join(folder, n)) for n in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)):
+        raise FileNotFoundError(
+            f"The adapter folder {folder} holds no weights file ({SAFETENSORS_WEIGHTS_NAME} or {WEIGHTS_NAME}), only "
+            f"{sorted(os.listdir(folder))[:10]}: the save or copy was probably interrupted; save or fetch the adapter again."
+        )
+
+
 def _adapter_weights_file(model_id: str, subfolder: Optional[str], hub_kwargs: dict) -> str | None:
     """The ``adapter_model.safetensors`` PEFT's ``load_peft_weights`` will read, or ``None`` when there
     is none to check (a ``.bin`` adapter, or a Hub file that cannot be fetched: PEFT then raises its own
@@ -481,6 +496,7 @@ def _adapter_weights_file(model_id: str, subfolder: Optional[str], hub_kwargs: d
 
     local = os.path.join(model_id, subfolder) if subfolder else model_id
     if os.path.isdir(local):
+        check_adapter_folder(local)
         path = os.path.join(local, SAFETENSORS_WEIGHTS_NAME)
         return path if os.path.isfile(path) else None
     try:
