@@ -265,3 +265,46 @@ def test_stratified_subset_replaces_first_n(tmp_path):
     sub = stratified_subset(test, 8, seed=0)
     assert Counter(sub["label"]) == {c: 2 for c in range(4)}
     assert _ids(stratified_subset(test, 8, seed=0)) == _ids(sub) and stratified_subset(test, None) is test
+
+
+def _fashion_mnist_idx(folder, n=(20, 10), labels=None, gz=True):
+    """The four Fashion-MNIST IDX files (random images) as a user's HF_NC_FASHION_MNIST_DIR holds them."""
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for stem, count in zip(("train", "t10k"), n):
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        for kind, arr in (("images", images), ("labels", np.arange(labels or count, dtype=np.uint8) % 10)):
+            data = struct.pack(">HBB", 0, 8, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape) + arr.tobytes()
+            name = folder / f"{stem}-{kind}-idx{arr.ndim}-ubyte"
+            if gz:
+                with gzip.open(f"{name}.gz", "wb") as f:
+                    f.write(data)
+            else:
+                name.write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("cut data", r"train-images-idx3-ubyte\.gz: 3984 bytes of data for an array of shape \(20, 28, 28\)"),
+    ("cut gzip", r"train-images-idx3-ubyte\.gz: unreadable \(EOFError"),
+    ("few labels", r"20 train images but 15 labels"),
+], ids=["cut-data", "cut-gzip", "few-labels"])
+def test_a_damaged_fashion_mnist_idx_file_is_named(tmp_path, monkeypatch, damage, match):
+    # a truncated download in HF_NC_FASHION_MNIST_DIR used to end in NumPy's "cannot reshape array of size
+    # 3984 into shape (20,28,28)", gzip's "Compressed file ended ..." or an ArrowInvalid, naming no file
+    import gzip
+
+    folder = _fashion_mnist_idx(tmp_path / "fmnist", labels=15 if damage == "few labels" else None)
+    images = folder / "train-images-idx3-ubyte.gz"
+    if damage == "cut data":
+        images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:4000]))
+    elif damage == "cut gzip":
+        images.write_bytes(images.read_bytes()[:-200])
+    monkeypatch.setenv("HF_NC_FASHION_MNIST_DIR", str(folder))
+    monkeypatch.setenv("HF_NC_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=match):
+        load_image_dataset("fashion_mnist", progress=False)
+    monkeypatch.setenv("HF_NC_FASHION_MNIST_DIR", str(_fashion_mnist_idx(tmp_path / "good")))
+    assert len(load_image_dataset("fashion_mnist", progress=False)["train"]) == 20

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import tempfile
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +61,27 @@ def load_digits_dataset() -> DatasetDict:
     )
 
 
+_REFETCH = "it is probably truncated or corrupt (an interrupted download or copy): fetch it again"
+
+
 def _read_idx(path: Path) -> np.ndarray:
+    """The array in an unsigned-byte IDX file (optionally gzipped); a ``ValueError`` naming the file if it is
+    not one or is cut short (gzip's EOFError and NumPy's reshape error named none)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e}); {_REFETCH}") from e
+    if len(data) < 4:
+        raise ValueError(f"{path}: {len(data)} bytes, not an IDX file; {_REFETCH}")
     zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype != 0x08:
+    if zero != 0 or dtype != 0x08 or len(data) < 4 + 4 * ndim:
         raise ValueError(f"{path}: not an unsigned-byte IDX file")
     shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    if len(data) - 4 - 4 * ndim != math.prod(shape):
+        raise ValueError(f"{path}: {len(data) - 4 - 4 * ndim} bytes of data for an array of shape {shape} "
+                         f"({math.prod(shape)} bytes); {_REFETCH}")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -92,6 +107,8 @@ def _fashion_mnist_from_idx(d: Path) -> DatasetDict:
     for split, stem in (("train", "train"), ("test", "t10k")):
         x = _read_idx(_find_idx(d, f"{stem}-images-idx3-ubyte"))
         y = _read_idx(_find_idx(d, f"{stem}-labels-idx1-ubyte"))
+        if len(x) != len(y):
+            raise ValueError(f"{d}: {len(x)} {stem} images but {len(y)} labels: the IDX files do not belong together")
         splits[split] = _from_arrays(x, y, FASHION_MNIST_CLASSES)
     return DatasetDict(splits)
 
