@@ -141,3 +141,11 @@ def test_modes_pil_cannot_convert_directly(mode, channels):
     img = PILImage.new(mode, (4, 4))
     out = tf({"image": [img], "label": [0]})["pixel_values"][0]
     assert tuple(out.shape) == (channels, 4, 4) and bool(np.isfinite(out.numpy()).all())
+
+
+@pytest.mark.parametrize("classes", [[], (), "12", 3], ids=["empty-list", "empty-tuple", "string", "int"])
+def test_classes_must_be_a_non_empty_list(classes):
+    # [] used to give empty splits that still listed all 10 class names; a string was read per character
+    # ("12" silently kept classes 1 and 2 of Fashion-MNIST, not class 12 or "12"); an int was a bare TypeError
+    with pytest.raises(ValueError, match=r"classes must be a non-empty list of class ids or names .*got "):
+        load_image_dataset("digits", classes=classes, progress=False)

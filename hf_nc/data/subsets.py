@@ -38,6 +38,8 @@ def resolve_classes(classes: Sequence[int | str], names: Sequence[str]) -> list[
     integer or integer string is an id. Python ints are always ids.
     """
     names = [str(n) for n in names]
+    if isinstance(classes, (str, int, np.integer)) or len(classes) == 0:  # (a string would be read per character)
+        raise ValueError(f"classes must be a non-empty list of class ids or names (None keeps every class), got {classes!r}")
     ids = []
     for c in classes:
         if isinstance(c, str) and c.strip() in names:
