@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
     bar = tqdm(total=total, desc="pretrain", disable=not accelerator.is_local_main_process)
     for epoch in range(1, epochs + 1):
         net.train()
+        epoch_start = len(losses)
         for batch in train_loader:
             with accelerator.accumulate(net):
                 loss = compute_loss(net, batch, args, model.config.num_labels)
@@ -375,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
                     bar.set_postfix(loss=f"{sum(losses[-args.logging_steps:]) / args.logging_steps:.4f}")
                 if step >= total:
                     break
-        entry = {"epoch": epoch, "step": step, "train_loss": sum(losses[-steps_per_epoch:]) / max(1, len(losses[-steps_per_epoch:])),
+        entry = {"epoch": epoch, "step": step, "train_loss": sum(losses[epoch_start:]) / max(1, len(losses) - epoch_start),
                  "nc": source_nc(accelerator, net, nc_ds, args.per_device_eval_batch_size)}
         if args.eval_each_epoch and not refit_head:
             entry["test_accuracy"] = evaluate(accelerator, net, test_loader)

@@ -160,3 +160,13 @@ def test_a_patch_larger_than_the_image_is_an_error_naming_both_flags(recipe, tmp
     with pytest.raises(SystemExit):
         _run(recipe, tmp_path, "--patch_size", "16", "--max_steps", "1")
     assert "--patch_size 16 must be between 1 and --image_size 8" in capsys.readouterr().err
+
+
+def test_the_train_loss_of_a_short_last_epoch_is_its_own(recipe, tmp_path):
+    # 30 steps at 21 per epoch: epoch 2 has 9 steps; its train_loss used to average the last 21 losses,
+    # 12 of them from epoch 1
+    rec = _run(recipe, tmp_path, "--max_steps", "30", "--eval_each_epoch", "false")
+    losses = rec["losses"]
+    assert [h["step"] for h in rec["history"]] == [0, 21, 30]
+    assert rec["history"][1]["train_loss"] == pytest.approx(sum(losses[:21]) / 21)
+    assert rec["history"][2]["train_loss"] == pytest.approx(sum(losses[21:]) / 9)
