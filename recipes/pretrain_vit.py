@@ -262,6 +262,25 @@ def write_card(path: Path, title: str, record: dict) -> None:
     pretrained_card(record, title).save(path)
 
 
+def check_budget_flags(args: PretrainArguments, refit_head: bool) -> None:
+    """Step-count flags checked before any work: 0 or negative epochs used to save an untrained model as a
+    pre-trained one, ``--logging_steps 0`` to fail at the first step (integer modulo by zero), and
+    ``--head_fit_steps 0`` to save a random classifier where the head is refitted."""
+    counts = {"--per_device_train_batch_size": args.per_device_train_batch_size,
+              "--per_device_eval_batch_size": args.per_device_eval_batch_size,
+              "--gradient_accumulation_steps": args.gradient_accumulation_steps, "--logging_steps": args.logging_steps}
+    if refit_head:
+        counts["--head_fit_steps (the classifier is refitted with --loss supcon or --projection_head)"] = args.head_fit_steps
+    for flag, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.max_steps <= 0 and not args.num_train_epochs > 0:
+        raise ValueError(f"--num_train_epochs must be > 0 (or --max_steps >= 1), got {args.num_train_epochs}: "
+                         "the run would train no step")
+    if not 0 <= args.warmup_ratio <= 1:
+        raise ValueError(f"--warmup_ratio must be in [0, 1], got {args.warmup_ratio}")
+
+
 def check_output_dir(path: str, create: bool) -> Path:
     """``--output_dir`` checked (and created on the main process) before any training, so that a path
     that cannot hold the checkpoint fails now instead of after the last epoch."""
@@ -286,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not 1 <= margs.patch_size <= margs.image_size:  # (torch's conv error names neither flag)
         parser.error(f"--patch_size {margs.patch_size} must be between 1 and --image_size {margs.image_size}")
     refit_head = args.loss == "supcon" or margs.projection_head
+    check_budget_flags(args, refit_head)
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     accelerator = build_accelerator(  # multi-process (gloo) on CPU-only machines too

@@ -170,3 +170,20 @@ def test_the_train_loss_of_a_short_last_epoch_is_its_own(recipe, tmp_path):
     assert [h["step"] for h in rec["history"]] == [0, 21, 30]
     assert rec["history"][1]["train_loss"] == pytest.approx(sum(losses[:21]) / 21)
     assert rec["history"][2]["train_loss"] == pytest.approx(sum(losses[21:]) / 9)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--num_train_epochs", "0"], r"--num_train_epochs must be > 0 \(or --max_steps >= 1\), got 0.0"),
+    (["--num_train_epochs", "-2"], r"--num_train_epochs must be > 0"),
+    (["--max_steps", "2", "--logging_steps", "0"], r"--logging_steps must be >= 1, got 0"),
+    (["--max_steps", "2", "--loss", "supcon", "--head_fit_steps", "0"], r"--head_fit_steps \(the classifier is refitted"),
+    (["--max_steps", "2", "--per_device_train_batch_size", "0"], r"--per_device_train_batch_size must be >= 1"),
+    (["--max_steps", "2", "--gradient_accumulation_steps", "0"], r"--gradient_accumulation_steps must be >= 1"),
+    (["--max_steps", "2", "--warmup_ratio", "1.5"], r"--warmup_ratio must be in \[0, 1\], got 1.5"),
+], ids=["epochs-0", "epochs-negative", "logging-0", "head-fit-0", "batch-0", "accumulation-0", "warmup-1.5"])
+def test_step_count_flags_are_checked_before_any_work(recipe, tmp_path, flags, match):
+    # 0 / negative epochs saved the random init as a "pre-trained" checkpoint (0 steps, a card, no error);
+    # --logging_steps 0 died at the first step with ZeroDivisionError; --head_fit_steps 0 saved a random head
+    with pytest.raises(ValueError, match=match):
+        _run(recipe, tmp_path / "out", *flags)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
