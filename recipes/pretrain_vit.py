@@ -281,6 +281,27 @@ def check_budget_flags(args: PretrainArguments, refit_head: bool) -> None:
         raise ValueError(f"--warmup_ratio must be in [0, 1], got {args.warmup_ratio}")
 
 
+# flags that only one loss (or the projection head) reads: set to another value without it, they would be
+# silently ignored (e.g. --label_smoothing 0.2 with the default --loss ce trains plain cross-entropy)
+FLAG_NEEDS = {"label_smoothing": ("--loss label_smoothing", lambda m, a: a.loss == "label_smoothing"),
+              "supcon_temperature": ("--loss supcon", lambda m, a: a.loss == "supcon"),
+              "projection_dim": ("--projection_head", lambda m, a: m.projection_head)}
+
+
+def unused_flag_errors(margs: ModelArguments, args: PretrainArguments) -> list[str]:
+    """One message per flag given a non-default value that the chosen loss / head never reads, and for a
+    projection head trained on batches of one image (its BatchNorm needs two)."""
+    errors = []
+    for name, (needs, used) in FLAG_NEEDS.items():
+        owner = margs if hasattr(margs, name) else args
+        default = type(owner).__dataclass_fields__[name].default
+        if getattr(owner, name) != default and not used(margs, args):
+            errors.append(f"--{name} {getattr(owner, name)} applies only with {needs} (it would be ignored)")
+    if margs.projection_head and args.per_device_train_batch_size < 2:
+        errors.append("--projection_head needs --per_device_train_batch_size >= 2 (its BatchNorm normalises over the batch)")
+    return errors
+
+
 def check_output_dir(path: str, create: bool) -> Path:
     """``--output_dir`` checked (and created on the main process) before any training, so that a path
     that cannot hold the checkpoint fails now instead of after the last epoch."""
@@ -304,6 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--loss must be one of {LOSSES}")
     if not 1 <= margs.patch_size <= margs.image_size:  # (torch's conv error names neither flag)
         parser.error(f"--patch_size {margs.patch_size} must be between 1 and --image_size {margs.image_size}")
+    for message in unused_flag_errors(margs, args):
+        parser.error(message)
     refit_head = args.loss == "supcon" or margs.projection_head
     check_budget_flags(args, refit_head)
     if args.torch_threads > 0:

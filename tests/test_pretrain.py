@@ -162,6 +162,27 @@ def test_a_patch_larger_than_the_image_is_an_error_naming_both_flags(recipe, tmp
     assert "--patch_size 16 must be between 1 and --image_size 8" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--label_smoothing", "0.2"], "--label_smoothing 0.2 applies only with --loss label_smoothing"),
+    (["--loss", "mse", "--supcon_temperature", "0.5"], "--supcon_temperature 0.5 applies only with --loss supcon"),
+    (["--projection_dim", "16"], "--projection_dim 16 applies only with --projection_head"),
+    (["--projection_head", "--per_device_train_batch_size", "1"], "--projection_head needs --per_device_train_batch_size >= 2"),
+])
+def test_a_flag_the_run_would_ignore_is_a_usage_error(recipe, tmp_path, capsys, flags, message):
+    # --label_smoothing 0.2 with the default --loss ce used to train plain cross-entropy without a word;
+    # a projection head on batches of one died at the first step in BatchNorm
+    with pytest.raises(SystemExit):
+        _run(recipe, tmp_path / "out", "--max_steps", "1", *flags)
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_flag_its_loss_reads_is_accepted(recipe, tmp_path):
+    rec = _run(recipe, tmp_path / "out", "--max_steps", "1", "--loss", "label_smoothing", "--label_smoothing", "0.2",
+               "--eval_each_epoch", "false")
+    assert rec["steps"] == 1
+
+
 def test_the_train_loss_of_a_short_last_epoch_is_its_own(recipe, tmp_path):
     # 30 steps at 21 per epoch: epoch 2 has 9 steps; its train_loss used to average the last 21 losses,
     # 12 of them from epoch 1
