@@ -152,6 +152,22 @@ class MethodArguments(_Validated):
         "epochs, so a few-shot run gets a real budget (10 shots x 10 classes at batch 64 would be 2 steps per "
         "epoch). 0: just the minimum epochs. --max_steps overrides both.")})
 
+    def __post_init__(self):
+        super().__post_init__()
+        for name, owner in METHOD_FLAGS.items():
+            value = getattr(self, name)
+            if owner != self.method and value != type(self).__dataclass_fields__[name].default:
+                hint = " (Layer FT's blocks are --layers)" if name == "layer" and self.method == "layer" else ""
+                raise ValueError(f"--{name} {value} applies to --method {owner} only, not --method {self.method}: it would "
+                                 f"be ignored{hint}")
+
+
+#: The method-specific flags of ``MethodArguments`` and the method that reads each: any other method would
+#: silently ignore them (``--method layer --layer 3`` tuned block -1, the ``--layers`` default).
+METHOD_FLAGS = {"layers": "layer", "part": "layer", "layer": "scl", "scl_combine": "scl", "scl_position": "scl",
+                "scl_skip_source": "scl", "heads": "heads", "head_projections": "heads", "lora_r": "lora",
+                "lora_alpha": "lora", "lora_dropout": "lora", "lora_target_modules": "lora"}
+
 
 def training_default(name: str, value, help: Optional[str] = None) -> Field:
     """A ``TrainingArguments`` field with another default (same help text on the command line)."""

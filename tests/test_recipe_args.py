@@ -1,6 +1,7 @@
 """The recipes' arguments and defaults: validation vs test, configs (CLI, JSON, YAML), budget, learning rates, summary."""
 
 import json
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -354,3 +355,26 @@ def test_nc_train_samples_default_holds_every_class():
     assert DataArguments().nc_train_samples is None
     assert nc_train_samples_for(None, 10) == 512 and nc_train_samples_for(None, 1000) == 2000
     assert nc_train_samples_for(-1, 1000) == -1 and nc_train_samples_for(0, 1000) == 0 and nc_train_samples_for(64, 10) == 64
+
+
+# ------------------------------------------------------------------------------------- flags of another method
+@pytest.mark.parametrize("method, flags, named", [
+    ("layer", ["--layer", "3"], "--layer 3 applies to --method scl only, not --method layer"),  # used to tune block -1
+    ("scl", ["--layers=2"], "--layers 2 applies to --method layer only"),
+    ("full", ["--lora_r", "4"], "--lora_r 4 applies to --method lora only"),
+    ("lora", ["--scl_combine", "concat"], "--scl_combine concat applies to --method scl only"),
+    ("layer", ["--heads=-1:0"], "--heads -1:0 applies to --method heads only"),
+])
+def test_a_flag_of_another_method_is_an_error_not_ignored(method, flags, named, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        finetune_vit.main(["--output_dir", str(tmp_path), "--method", method, *flags, "--max_steps", "1"])
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_a_flag_of_another_method_is_an_error_in_a_config_file_too(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"output_dir": str(tmp_path / "out"), "method": "layer", "layer": 3}))
+    with pytest.raises(ValueError, match="--layer 3 applies to --method scl only"):
+        common.parse(common.RecipeTrainingArguments, [str(config)])
+    method = common.parse(common.RecipeTrainingArguments, ["--method", "layer", "--layers=3"])[2]
+    assert method.layers == "3"  # the method's own flags are untouched
