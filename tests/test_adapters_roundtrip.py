@@ -78,6 +78,31 @@ def test_wrong_base_fails_loudly(method, tmp_path):
         assert "vit" in str(info.value), what
 
 
+def _other_weights_warnings(base, path) -> list[str]:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PeftModel.from_pretrained(base, path)
+    return [str(w.message) for w in caught if "other weights" in str(w.message)]
+
+
+@pytest.mark.parametrize("model_name", sorted(TINY_MODELS))
+def test_a_base_of_the_same_shape_but_other_weights_is_warned_about(model_name, tmp_path):
+    # a same-shape base with other weights (another checkpoint of the architecture) used to load silently,
+    # giving outputs that are not the trained adapter's
+    _saved(model_name, "scl", tmp_path)
+    assert _other_weights_warnings(build_tiny_model(model_name), tmp_path) == []  # its own base
+    assert _other_weights_warnings(build_tiny_model(model_name).to(torch.bfloat16), tmp_path) == []  # cast, same weights
+    (message,) = _other_weights_warnings(build_tiny_model(model_name, seed=1), tmp_path)
+    assert "SCLConfig adapter was trained on a base with other weights" in message and "embeddings" in message
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["base_weights_sample"]["parameter"] in dict(build_tiny_model(model_name).named_parameters())
+    del config["base_weights_sample"]  # an adapter saved before the sample was recorded: nothing to compare
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    assert _other_weights_warnings(build_tiny_model(model_name, seed=1), tmp_path) == []
+
+
 def test_truncated_or_incomplete_adapter_files_fail_loudly(tmp_path):
     _saved("vit_cls", "scl", tmp_path)
     weights = tmp_path / "adapter_model.safetensors"

@@ -102,6 +102,9 @@ class NCAdapterConfig(PeftConfig):
     base_num_heads: Optional[int] = field(default=None, metadata={"help": "Recorded base fingerprint."})
     base_model_class: Optional[str] = field(default=None, metadata={"help": "Recorded base model class."})
     id2label: Optional[dict[str, str]] = field(default=None, metadata={"help": "Recorded class names of the task."})
+    base_weights_sample: Optional[dict] = field(default=None, metadata={"help": (
+        "Recorded: the first values of the base's first non-zero parameter, to warn when the adapter is applied to a base of "
+        "the same shape but other weights.")})
 
     def __post_init__(self):
         super().__post_init__()
@@ -154,12 +157,14 @@ class NCAdapterConfig(PeftConfig):
         }
 
     def check_or_record_base(self, backbone: Backbone) -> None:
-        """Records the base fingerprint, or raises ``ValueError`` if it names another base."""
+        """Records the base fingerprint, or raises ``ValueError`` if it names another base; warns when the
+        base has the recorded shape but other weights (see :func:`weights_sample`)."""
         actual = self.fingerprint_of(backbone)
         recorded = {k: getattr(self, k) for k in self._FINGERPRINT}
         if all(v is None for v in recorded.values()):
             for k, v in actual.items():
                 setattr(self, k, v)
+            self.base_weights_sample = weights_sample(backbone.model)
             return
         diff = {k: (recorded[k], actual[k]) for k in self._FINGERPRINT if recorded[k] is not None and recorded[k] != actual[k]}
         if diff:
@@ -171,6 +176,46 @@ class NCAdapterConfig(PeftConfig):
                 f"{recorded['base_hidden_size']}, {recorded['base_num_heads']} heads). To apply these settings to "
                 "a new base, build a fresh config (the fingerprint fields must be None)."
             )
+        problem = weights_sample_mismatch(self.base_weights_sample, weights_sample(backbone.model))
+        if problem:
+            warnings.warn(
+                f"This {type(self).__name__} adapter was trained on a base with other weights ({problem}): the shapes "
+                f"match, so it loads, but its outputs are not the trained adapter's. Load it into its own base"
+                + (f" ({self.base_model_name_or_path!r})" if self.base_model_name_or_path else "")
+                + " unless this base is the one you mean.", UserWarning, stacklevel=2)
+
+
+#: values recorded by :func:`weights_sample`; compared within :data:`WEIGHTS_SAMPLE_RTOL` (bf16 rounds at 2**-8)
+WEIGHTS_SAMPLE_SIZE = 8
+WEIGHTS_SAMPLE_RTOL = 1e-2
+
+
+def weights_sample(model: nn.Module) -> Optional[dict]:
+    """``{"parameter": name, "values": [...]}``: the first :data:`WEIGHTS_SAMPLE_SIZE` values of ``model``'s first
+    parameter that is not all zeros (the embeddings' class token or patch projection in every supported
+    backbone; frozen by every hf-nc method), or ``None`` (no such parameter, or weights not materialised)."""
+    for name, p in model.named_parameters():
+        if p.is_meta:  # (loaded lazily: nothing to compare)
+            return None
+        if not p.is_floating_point() or p.numel() == 0:
+            continue
+        flat = p.detach().reshape(-1)[:4096].double().cpu()
+        if bool(flat.abs().max() > 0):
+            return {"parameter": name, "values": [float(v) for v in flat[:WEIGHTS_SAMPLE_SIZE]]}
+    return None
+
+
+def weights_sample_mismatch(recorded: Optional[dict], actual: Optional[dict]) -> Optional[str]:
+    """Why two :func:`weights_sample` records name different weights, or ``None`` (equal within
+    :data:`WEIGHTS_SAMPLE_RTOL`, or either missing: adapters saved before it was recorded)."""
+    if not recorded or not actual:
+        return None
+    if recorded.get("parameter") != actual["parameter"]:
+        return f"first parameter {recorded.get('parameter')!r} vs {actual['parameter']!r}"
+    a, b = np.asarray(recorded.get("values", []), dtype=float), np.asarray(actual["values"], dtype=float)
+    if a.shape != b.shape or not np.all(np.abs(a - b) <= WEIGHTS_SAMPLE_RTOL * np.maximum(np.abs(a), np.abs(b)) + 1e-12):
+        return f"{actual['parameter']} starts {np.round(b[:3], 4).tolist()} here, {np.round(a[:3], 4).tolist()} when trained"
+    return None
 
 
 # -- small helpers ------------------------------------------------------------------------------
