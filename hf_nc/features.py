@@ -8,6 +8,7 @@ the classifier when the model has one, else the pooled output of the final norm.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Iterable, Literal, Union
 
 import torch
@@ -104,9 +105,60 @@ class LayerFeatures:
         return out
 
 
+def model_image_size(model: nn.Module) -> tuple[int, int] | None:
+    config = getattr(model, "config", None)
+    config = getattr(config, "vision_config", None) or config
+    size = getattr(config, "image_size", None)
+    if isinstance(size, int):
+        return size, size
+    return tuple(size) if isinstance(size, (tuple, list)) and len(size) == 2 else None
+
+
+def forward_pixels(model: nn.Module, pixel_values: torch.Tensor):
+    """``model(pixel_values=...)``; inputs of another size than the model's ``image_size`` interpolate the
+    position embeddings for that call (ViT, DeiT, CLIP/SigLIP towers, also ``CLIPForImageClassification``,
+    whose forward has no ``interpolate_pos_encoding``); so ``--image_size`` works (DINOv2 always interpolates)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    size = model_image_size(inner)
+    if size is None or tuple(pixel_values.shape[-2:]) == size:
+        return model(pixel_values=pixel_values)
+    handles = [m.register_forward_pre_hook(_always_interpolate, with_kwargs=True) for m in _interpolating_embeddings(model)]
+    try:
+        return model(pixel_values=pixel_values)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def interpolate_positions(model: nn.Module) -> int:
+    """Makes every patch embedding that takes ``interpolate_pos_encoding`` (ViT, CLIP) always interpolate; returns how many.
+
+    For inputs of another size than the model's ``image_size`` (the recipes' ``--image_size``, a
+    checkpoint saved with a resized processor): every forward pass (training, evaluation, NCTrainer's
+    train-subset pass, a prefix cache's build) then accepts the new size. DINOv2 always interpolates
+    and needs nothing. A hook on the module, not a saved setting: a reloaded model needs
+    ``interpolate_pos_encoding=True`` in its calls (or this again).
+    """
+    modules = _interpolating_embeddings(model)
+    for m in modules:
+        m.register_forward_pre_hook(_always_interpolate, with_kwargs=True)
+    return len(modules)
+
+
+def _interpolating_embeddings(model: nn.Module) -> list[nn.Module]:
+    """The embedding modules whose forward takes ``interpolate_pos_encoding`` (each model's own flag, so
+    no architecture is named here)."""
+    return [m for m in model.modules()
+            if type(m).__name__.endswith("Embeddings") and "interpolate_pos_encoding" in inspect.signature(m.forward).parameters]
+
+
+def _always_interpolate(module, args, kwargs):
+    return args, {**kwargs, "interpolate_pos_encoding": True}
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, pixel_values: torch.Tensor, layers: Layers = "all", pooling: Pooling = None) -> dict[LayerKey, torch.Tensor]:
     """Pooled features of one batch, per block and ``"final"``, from one forward pass."""
     with LayerFeatures(model, layers=layers, pooling=pooling) as recorder:
-        model(pixel_values=pixel_values)
+        forward_pixels(model, pixel_values)  # inputs of another size than config.image_size interpolate
         return recorder.pop()

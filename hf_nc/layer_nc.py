@@ -9,7 +9,6 @@ is empty (fewer batches than ranks) contributes zeros and still joins every coll
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -17,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .features import FINAL, LayerFeatures, LayerKey, Layers, Pooling
+from .features import FINAL, LayerFeatures, LayerKey, Layers, Pooling, forward_pixels
 from .metrics import NCStats
 from .metrics.distributed import default_device, is_distributed, is_main_process
 
@@ -28,49 +27,6 @@ def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return batch["pixel_values"], batch["labels"]
     pixel_values, labels = batch[:2]
     return pixel_values, labels
-
-
-def model_image_size(model: nn.Module) -> tuple[int, int] | None:
-    config = getattr(model, "config", None)
-    config = getattr(config, "vision_config", None) or config
-    size = getattr(config, "image_size", None)
-    if isinstance(size, int):
-        return size, size
-    return tuple(size) if isinstance(size, (tuple, list)) and len(size) == 2 else None
-
-
-def forward_pixels(model: nn.Module, pixel_values: torch.Tensor):
-    """``model(pixel_values=...)``, with ``interpolate_pos_encoding=True`` when the inputs are not
-    the model's own ``image_size`` and its forward takes that flag (ViT, CLIP/SigLIP towers);
-    so ``--image_size`` works for them (DINOv2 always interpolates)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kwargs = {}
-    if "interpolate_pos_encoding" in inspect.signature(inner.forward).parameters:
-        size = model_image_size(inner)
-        if size is not None and tuple(pixel_values.shape[-2:]) != size:
-            kwargs["interpolate_pos_encoding"] = True
-    return model(pixel_values=pixel_values, **kwargs)
-
-
-def interpolate_positions(model: nn.Module) -> int:
-    """Makes every patch embedding that takes ``interpolate_pos_encoding`` (ViT, CLIP) always interpolate; returns how many.
-
-    For inputs of another size than the model's ``image_size`` (the recipes' ``--image_size``, a
-    checkpoint saved with a resized processor): every forward pass (training, evaluation, NCTrainer's
-    train-subset pass, a prefix cache's build) then accepts the new size. DINOv2 always interpolates
-    and needs nothing. A hook on the module, not a saved setting: a reloaded model needs
-    ``interpolate_pos_encoding=True`` in its calls (or this again).
-    """
-
-    def always(module, args, kwargs):
-        return args, {**kwargs, "interpolate_pos_encoding": True}
-
-    count = 0
-    for m in model.modules():
-        if type(m).__name__.endswith("Embeddings") and "interpolate_pos_encoding" in inspect.signature(m.forward).parameters:
-            m.register_forward_pre_hook(always, with_kwargs=True)
-            count += 1
-    return count
 
 
 @torch.no_grad()

@@ -20,8 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .data import build_transforms, collate_fn, load_image_dataset
-from .features import FINAL, LayerFeatures
-from .layer_nc import forward_pixels
+from .features import FINAL, LayerFeatures, forward_pixels
 
 
 @torch.no_grad()
@@ -29,7 +28,7 @@ def penultimate_features(model: nn.Module, dataset, transform=None, batch_size: 
     """``(features, labels)`` as numpy arrays for an ``image``/``label`` dataset (no augmentation).
 
     Inputs of another size than the model's ``image_size`` (a checkpoint saved with a resized image
-    processor, as the recipes' ``--image_size`` does) go through :func:`hf_nc.layer_nc.forward_pixels`,
+    processor, as the recipes' ``--image_size`` does) go through :func:`hf_nc.features.forward_pixels`,
     like the NC passes, so the probe sees the same features as the statistics.
     """
     if len(dataset) == 0:

@@ -78,7 +78,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 import hf_nc  # noqa: E402,F401  (registers the hf-nc PEFT methods)
 from hf_nc.backbones import resolve_backbone  # noqa: E402,F401
 from hf_nc.data import build_transforms, collate_fn  # noqa: E402
-from hf_nc.layer_nc import interpolate_positions  # noqa: E402
+from hf_nc.features import interpolate_positions  # noqa: E402
 
 logger = hf_logging.get_logger("hf_nc.recipes")
 

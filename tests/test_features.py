@@ -31,6 +31,21 @@ def test_block_features_match_output_hidden_states(name):
         torch.testing.assert_close(feats[i], reference_pool(name, hidden_states[i + 1]), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", list(TINY_MODELS))
+def test_inputs_of_another_size_interpolate_positions(name):
+    # extract_features called the model bare: 24 px inputs on a 16 px ViT/CLIP/SigLIP failed with
+    # "Input image size (24*24) doesn't match model (16*16)" (DINOv2 always interpolates)
+    model, x = build_tiny_model(name), torch.nn.functional.interpolate(tiny_pixels(), size=(24, 24))
+    kwargs = {"interpolate_pos_encoding": True} if "dinov2" not in name else {}
+    tower = model.vision_model if name == "clip_cls" else model  # (its forward has no such flag: ask its tower)
+    with torch.no_grad():
+        out = tower(pixel_values=x, output_hidden_states=True, **kwargs)
+    hidden_states = out.hidden_states if out.hidden_states is not None else out.vision_model_output.hidden_states
+    feats = extract_features(model, x)
+    for i in range(LAYERS):
+        torch.testing.assert_close(feats[i], reference_pool(name, hidden_states[i + 1]), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_final_features_are_the_classifier_input(name):
     model, x = build_tiny_model(name), tiny_pixels()

@@ -93,7 +93,7 @@ def test_probe_interpolates_like_the_nc_pass_for_a_resized_processor(tmp_path):
 
 @pytest.mark.parametrize("prefix_cache", [True, False])
 def test_few_step_trials_interpolate_for_a_resized_processor(tmp_path, prefix_cache):
-    from hf_nc.layer_nc import interpolate_positions
+    from hf_nc.features import interpolate_positions
     from hf_nc.probe import load_model
     from hf_nc.selection import few_step_trials
 

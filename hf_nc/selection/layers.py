@@ -267,7 +267,7 @@ def few_step_trials(
     from ..adapters import LayerFTConfig, SCLConfig
     from ..backbones import resolve_backbone
     from ..data import build_transforms, collate_fn
-    from ..layer_nc import interpolate_positions, model_image_size
+    from ..features import interpolate_positions, model_image_size
     from ..prefix_cache import PrefixCache
 
     if method not in METHODS:
