@@ -106,6 +106,7 @@ class LayerFeatures:
 
 
 def model_image_size(model: nn.Module) -> tuple[int, int] | None:
+    """``(H, W)`` of the model's config (its vision tower's for CLIP/SigLIP), or ``None`` when it names none."""
     config = getattr(model, "config", None)
     config = getattr(config, "vision_config", None) or config
     size = getattr(config, "image_size", None)
