@@ -21,7 +21,7 @@ import transformers
 from peft import PeftConfig, PeftModel
 
 from .adapters import register_methods
-from .adapters._base import check_adapter_folder
+from .adapters._weights_files import check_adapter_folder
 from .checkpoints import resolve_builtin
 
 __all__ = ["AutoPeftModelForImageClassification"]
@@ -164,7 +164,7 @@ def _weight_shapes(adapter: str, hub: dict) -> dict[str, list[int]]:
     """Tensor shapes in the adapter's safetensors file (header only), or ``{}`` if there is none."""
     from safetensors import safe_open
 
-    from .adapters._base import _adapter_weights_file
+    from .adapters._weights_files import _adapter_weights_file
 
     path = _adapter_weights_file(adapter, hub.get("subfolder"), {k: v for k, v in hub.items() if k != "subfolder"})
     if path is None:
