@@ -281,6 +281,22 @@ def test_single_sample_class_is_valid():
     assert_close(out, reference_nc(h, y, 3))
 
 
+def test_one_sample_in_every_class_is_refused_not_reported_as_collapse():
+    """One sample per class makes every within-class scatter 0: NC1 = CDNV = 0 whatever the
+    features (random ones here) is no measurement, so it is an error; a second sample in any
+    class makes it defined again (and equal to the dense reference)."""
+    h, y = make_data(5, 8, [1] * 5)
+    with pytest.raises(ValueError, match="every one of the 5 classes has a single sample"):
+        nc_metrics(h, y)
+    s = NCStats(5, 8)
+    for i in range(5):  # streamed one row at a time
+        s.update(h[i : i + 1], y[i : i + 1])
+    with pytest.raises(ValueError, match="single sample.*NC1, CDNV"):
+        s.compute()
+    h2, y2 = make_data(5, 8, [2, 1, 1, 1, 1])
+    assert_close(nc_metrics(h2, y2), reference_nc(h2, y2, 5))
+
+
 # ----------------------------------------------------------------------------- device-side checks
 class _NoHostSync:
     """Makes every host read of a tensor value raise (item, tolist, bool, float, int, numpy)."""

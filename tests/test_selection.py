@@ -274,6 +274,21 @@ def test_rank_models_final_only_from_paths(data, tmp_path):
         rank_models([str(tmp_path / "good")], data["train"], linear_probe=True, progress=False)
 
 
+def test_one_image_per_class_is_refused_before_any_forward_pass(monkeypatch):
+    """With one training image per class every candidate's NC1 is 0 and the "ranking" was the
+    input order: refused, naming the cause, before a model is run."""
+    one_shot = constant_images(1, seed=0)
+
+    def no_forward(*a, **k):
+        raise AssertionError("a forward pass ran")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_forward)
+    for call in (lambda: rank_models({"a": good_model(), "b": blind_model()}, one_shot, progress=False),
+                 lambda: suggest_layer(good_model(), one_shot, progress=False)):
+        with pytest.raises(ValueError, match="training split of dataset: every one of the 3 classes has a single sample"):
+            call()
+
+
 def test_suggest_layer_follows_choose_block(data, tmp_path):
     good_model().save_pretrained(tmp_path / "good")
     for method, model in zip(METHODS, [good_model(), f"random:{tmp_path / 'good'}"]):

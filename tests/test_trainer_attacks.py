@@ -110,6 +110,7 @@ def test_150_classes_best_model_by_train_nc1_saves(many, tmp_path):
     (dict(nc_layers=[99]), r"nc_layers=\[99\].*out of range"),
     (dict(nc_train_samples="512"), r"nc_train_samples must be an int or None"),
     (dict(nc_num_classes=0), r"num_classes must be at least 2 \(K >= 2\), got 0"),  # 0 used to mean "from the data" silently
+    (dict(nc_train_samples=150), r"train subset \(150 images.*single sample"),  # logged NC1 = 0 at every evaluation
 ])
 def test_bad_settings_fail_at_construction(many, tmp_path, nc_kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -14,6 +14,7 @@ from .validation import (
     as_features,
     as_labels,
     check_nonempty,
+    check_within_class,
     check_num_classes,
 )
 
@@ -567,12 +568,13 @@ class NCStats:
 
         Raises:
             ValueError: bad input recorded by ``update``/``ncc_pass``, no samples, classes
-                without samples (named), bad W shape.
+                without samples (named), a single sample in every class, bad W shape.
         """
         self._raise_if_bad()
         if self.device is None or float(self.counts.sum()) == 0:
             raise ValueError("no samples were accumulated")
         check_nonempty(self.counts)
+        check_within_class(self.counts)
         _, M, n = self._class_means()
         N = n.sum()
         sums = self._sums.to(torch.float64)

@@ -119,6 +119,26 @@ def check_nonempty(counts: torch.Tensor) -> None:
         raise ValueError(f"{len(empty)} class(es) have no samples: {shown}")
 
 
+def check_within_class(counts: torch.Tensor) -> None:
+    """Checks that within-class variability can be estimated: some class has 2+ samples.
+
+    With one sample per class every within-class scatter is 0 by construction, so NC1 and CDNV
+    would read as perfect collapse whatever the features are.
+
+    Args:
+        counts: Class counts (K,), every one >= 1.
+
+    Raises:
+        ValueError: every class has a single sample.
+    """
+    if int(counts.max()) < 2:
+        raise ValueError(
+            f"every one of the {counts.numel()} classes has a single sample: within-class variability "
+            "(NC1, CDNV) is 0 by construction, not measured; use at least 2 samples in some class "
+            "(e.g. shots_per_class >= 2)"
+        )
+
+
 def as_classifier_weight(
     weight: Any, num_classes: int, dim: int, device: torch.device
 ) -> torch.Tensor:

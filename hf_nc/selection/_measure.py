@@ -22,6 +22,7 @@ from ..features import FINAL, LayerFeatures
 from ..layer_nc import layer_nc_stats, unpack_batch
 from ..metrics import NCStats
 from ..metrics.distributed import is_distributed
+from ..metrics.validation import check_within_class
 from ..probe import load_model
 
 RANDOM_PREFIX = "random:"
@@ -71,7 +72,14 @@ def resolve_data(dataset, *, shots_per_class: int | None = None, seed: int = 0, 
     for split, ds in (("train", train), ("test", test if need_test else None)):
         if ds is not None and len(ds) == 0:
             raise ValueError(f"the {split!r} split of {description} has no images")
-    return train, test, _num_classes(train), description
+    k = _num_classes(train)
+    labels = np.asarray(train["label"], dtype=np.int64)
+    counts = np.bincount(labels[(labels >= 0) & (labels < k)], minlength=k)  # bad labels: named by the NC pass
+    try:  # before any forward pass: one image per class makes every NC1 0 and the ranking the input order
+        check_within_class(torch.as_tensor(counts))
+    except ValueError as e:
+        raise ValueError(f"the training split of {description}: {e}") from e
+    return train, test, k, description
 
 
 def _num_classes(train) -> int:

@@ -27,6 +27,7 @@ from ..backbones import Backbone, resolve_backbone
 from ..data import stratified_indices
 from ..features import FINAL, LayerFeatures
 from ..layer_nc import unpack_batch
+from ..metrics.validation import check_within_class
 from .collect import LayerStats
 from .labels import check_labels, dataset_labels
 from .subset_rows import ClassifierStop, RowCapture, StopAtClassifier, SubsetRows
@@ -107,7 +108,8 @@ class TrainSubsetNC:
 
         Raises:
             ValueError: not a map-style dataset, labels outside ``0..K - 1``, a class without images,
-                or ``0 < nc_train_samples < K``.
+                ``0 < nc_train_samples < K``, or a single image in every class
+                (NC1 would be 0 by construction).
         """
         if not self.enabled:
             return
@@ -125,12 +127,18 @@ class TrainSubsetNC:
                              "switch train-subset NC off)")
         n = self.samples
         if n is None or n < 0 or n >= len(labels):
-            self._indices = list(range(len(labels)))
-            return
-        if n < K:
+            indices = list(range(len(labels)))
+        elif n < K:
             raise ValueError(f"nc_train_samples={n} cannot hold one image of each of the {K} classes: use "
                              f"nc_train_samples >= {K}, None (all images) or 0 (no train-subset NC)")
-        self._indices = stratified_indices(labels, n, seed=seed, num_classes=K).tolist()
+        else:
+            indices = stratified_indices(labels, n, seed=seed, num_classes=K).tolist()
+        try:  # checked here, before training, not at the first evaluation
+            check_within_class(torch.as_tensor(np.bincount(np.asarray(labels)[indices], minlength=K)))
+        except ValueError as e:
+            raise ValueError(f"the train subset ({len(indices)} images of nc_train_dataset): {e}; or pass "
+                             "nc_train_samples=0 to switch train-subset NC off") from e
+        self._indices = indices
 
     def indices(self) -> list[int]:
         """The seeded, stratified subset of the dataset (all ranks agree); empty when switched off."""
