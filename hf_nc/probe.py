@@ -76,11 +76,14 @@ def linear_probe(model: nn.Module, data, *, C: float = 1.0, max_iter: int = 2000
 
 
 def load_model(path: str, random_init: bool = False, seed: int = 0) -> nn.Module:
-    """A model from a local folder or Hub id (``AutoModelForImageClassification``, else ``AutoModel``
+    """A model from a local folder, Hub id or built-in name (``AutoModelForImageClassification``, else ``AutoModel``
     when the architecture has no image-classification class), or a freshly initialised one of the
     same architecture (``random_init``, seeded)."""
     from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+    from .checkpoints import resolve_builtin
+
+    path = resolve_builtin(path)  # a built-in's stable name, e.g. "hf-nc/tiny-vit-fmnist"
     config = AutoConfig.from_pretrained(path)
     auto = AutoModelForImageClassification if type(config) in AutoModelForImageClassification._model_mapping else AutoModel
     if not random_init:

@@ -77,6 +77,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 import hf_nc  # noqa: E402,F401  (registers the hf-nc PEFT methods)
 from hf_nc.backbones import resolve_backbone  # noqa: E402,F401
+from hf_nc.checkpoints import resolve_builtin  # noqa: E402
 from hf_nc.data import build_transforms, collate_fn  # noqa: E402
 from hf_nc.features import interpolate_positions  # noqa: E402
 
@@ -90,7 +91,8 @@ def run(argv: Optional[list[str]], training_cls: type, load_model: Callable, def
     hf_logging.set_verbosity_warning()
     if targs.push_to_hub:
         check_push(targs)  # before hours of training, not after
-    base = margs.model_name_or_path or default_base(targs)
+    # a built-in's stable name (what its adapters record as their base) is this install's folder
+    base = resolve_builtin(margs.model_name_or_path) if margs.model_name_or_path else default_base(targs)
     data = load_data(dargs, targs.seed)
     train, val, test, names = data.train, data.validation, data.test, data.names
     if val is None:

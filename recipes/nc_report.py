@@ -26,6 +26,7 @@ from transformers import AutoModel, HfArgumentParser
 from transformers.utils import logging as hf_logging
 
 from hf_nc.accelerate_utils import build_accelerator
+from hf_nc.checkpoints import resolve_builtin
 from hf_nc.data import build_transforms, collate_fn, load_image_dataset, split_provenance, stratified_subset
 from hf_nc.layer_nc import layer_nc
 from hf_nc.plots import plot_layer_curve
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Uneven last batches must not be padded with repeated samples: NC would count them twice.
     accelerator = build_accelerator(dataloader_config=DataLoaderConfiguration(even_batches=False))
 
-    model = AutoModel.from_pretrained(args.model_name_or_path).to(accelerator.device)
+    model = AutoModel.from_pretrained(resolve_builtin(args.model_name_or_path)).to(accelerator.device)
     splits = load_image_dataset(args.dataset, shots_per_class=args.shots_per_class, seed=args.seed, on_bad_image=args.on_bad_image, progress=args.progress)
     if args.split not in splits:
         raise ValueError(f"--split {args.split!r}: '{args.dataset}' has the splits {list(splits)}")

@@ -52,6 +52,8 @@ def test_builtin_name_resolves_to_this_install_and_back():
     assert resolve_builtin(Path("/some/folder")) == "/some/folder"
     assert builtin_name(DEFAULT_MODEL) == builtin_name(DEFAULT_MODEL + os.sep) == DEFAULT_MODEL_NAME
     assert builtin_name(os.path.relpath(DEFAULT_MODEL)) == DEFAULT_MODEL_NAME
+    # a trailing slash (shell completion of a name that looks like a path) is still the built-in name
+    assert resolve_builtin(DEFAULT_MODEL_NAME + "/") == DEFAULT_MODEL and builtin_name(DEFAULT_MODEL_NAME + "/") == DEFAULT_MODEL_NAME
     assert builtin_name(DEFAULT_MODEL_NAME) == DEFAULT_MODEL_NAME
     assert builtin_name("user/other") is None and builtin_name(None) is None
     assert hf_nc.DEFAULT_MODEL_NAME == DEFAULT_MODEL_NAME

@@ -117,3 +117,23 @@ def test_bf16_passes_through_training_arguments(tiny_vit, tmp_path):
     # CPU autocast in bf16 where CUDA is absent; NCStats accumulates the bf16 features in float64
     summary = finetune_vit.main(["--model_name_or_path", tiny_vit, "--output_dir", str(tmp_path), "--method", "layer", "--bf16", *QUICK])
     assert summary["train_nc1"] == summary["train_nc1"] and summary["eval_nc1"] == summary["eval_nc1"]
+
+
+def test_builtin_stable_name_is_a_model_name_for_the_recipes(tmp_path):
+    """``hf-nc/tiny-vit-fmnist`` (what adapters of the built-in model record as their base, and the
+    cards print) names the built-in model for every recipe and ``load_model``, trailing slash or
+    not; it used to go to the (offline) Hub and fail."""
+    import nc_report
+
+    from hf_nc.checkpoints import DEFAULT_MODEL, DEFAULT_MODEL_NAME
+    from hf_nc.probe import load_model
+
+    summary = finetune_vit.main(["--model_name_or_path", DEFAULT_MODEL_NAME + "/", "--output_dir", str(tmp_path / "ft"),
+                                 "--method", "scl", *QUICK])
+    config = json.loads((tmp_path / "ft" / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == DEFAULT_MODEL_NAME and summary["test_accuracy"] >= 0
+    report = nc_report.main(["--model_name_or_path", DEFAULT_MODEL_NAME, "--output_dir", str(tmp_path / "nc"),
+                             "--shots_per_class", "5"])
+    assert report
+    model = load_model(DEFAULT_MODEL_NAME)
+    assert model.config._name_or_path.rstrip("/") == DEFAULT_MODEL.rstrip("/")

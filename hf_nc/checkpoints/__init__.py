@@ -37,7 +37,14 @@ def resolve_builtin(name_or_path: str | os.PathLike) -> str:
         ``str(name_or_path)`` (a Hub id or a path for ``from_pretrained``).
     """
     name = str(name_or_path)
-    return BUILTIN_MODELS.get(name, name)
+    return BUILTIN_MODELS.get(_as_name(name), name)
+
+
+def _as_name(name: str) -> str:
+    """A built-in name however typed: ``"hf-nc/tiny-vit-fmnist/"`` (shell completion adds the slash)
+    is that name, unless such a local folder exists (then it is that folder, as for transformers)."""
+    stripped = name.rstrip("/")
+    return stripped if stripped in BUILTIN_MODELS and not os.path.isdir(name) else name
 
 
 def builtin_name(name_or_path: str | os.PathLike | None) -> str | None:
@@ -45,7 +52,7 @@ def builtin_name(name_or_path: str | os.PathLike | None) -> str | None:
     install, however spelt); ``None`` otherwise."""
     if name_or_path is None:
         return None
-    name = str(name_or_path)
+    name = _as_name(str(name_or_path))
     if name in BUILTIN_MODELS:
         return name
     try:
