@@ -134,6 +134,24 @@ def test_choice_reads_validation_only():
     assert t.choose(["scl@6", "scl@5"]).key == "scl@6"  # a tie (0.75) goes to the earlier key
 
 
+def test_exact_validation_ties_follow_the_documented_rule_not_float_rounding():
+    """Three runs at 0.1, 0.2, 0.3 correct are 0.2 whatever the summation order, but summed in
+    two orders they differ in the last bit; the tie must go to the smaller LR (and, between
+    configurations, to the earlier key), as the module states. It went to whichever sum was larger."""
+    def rec(config, hp, seed, val, block):
+        spec = {"stage": "selection", "cell": "c", "config": config, "hp": hp, "seed": seed, "method": "layer", "block": block,
+                "variant": "", "head_factor": None}
+        return {"status": "ok", "spec": spec, "result": {"validation_accuracy": val}}
+
+    low, high = [0.3, 0.2, 0.1], [0.1, 0.2, 0.3]
+    assert sum(low) / 3 < sum(high) / 3  # the float means differ
+    recs = [rec("layer@1", 1e-4, i, v, 1) for i, v in enumerate(low)] + [rec("layer@1", 3e-4, i, v, 1) for i, v in enumerate(high)]
+    recs += [rec("layer@2", 1e-4, i, v, 2) for i, v in enumerate(high)]
+    t = select.SelectionTable.from_records(recs, "c")
+    assert t.best_hp("layer@1").hp == 1e-4
+    assert t.choose(["layer@1", "layer@2"]).key == "layer@1"  # layer@2's 0.2 has the larger float
+
+
 def test_strip_test_drops_every_test_number():
     r = execute.strip_test({"validation_accuracy": 0.5, "test_accuracy": 0.4, "test_nc1": 1.0, "num_images": {"train": 1, "test": 2},
                             "settings": {"learning_rate": 1e-3}})

@@ -7,6 +7,8 @@ of a configuration, full FT's head LR, the block, the SCL variant, logistic regr
 :meth:`SelectionTable.choose` over a list of configuration keys: the (configuration, hyperparameter)
 pair with the highest mean validation accuracy over the selection seeds. Ties go to the earlier
 configuration in the list, then to the smaller hyperparameter, so a choice is deterministic.
+Means are compared rounded (:func:`_key`): the same number of correct images over the seeds is a
+tie however the floats were summed, not a win decided by the last bit.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ class Choice:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
+def _key(mean: float) -> float:
+    """A mean accuracy as compared: two means of the same correct counts differ by float rounding
+    (~1e-16) only, far below one image in any split (>= 1e-6)."""
+    return round(mean, 9)
+
+
 class SelectionTable:
     """``{config key: {hp: [validation accuracy per selection run]}}`` of one cell."""
 
@@ -78,7 +86,7 @@ class SelectionTable:
         scored = [(hp, sum(per[hp]) / len(per[hp]), len(per[hp])) for hp in grid if per.get(hp)]
         if not scored:
             return None
-        hp, mean, n = max(scored, key=lambda t: (t[1], -t[0]))
+        hp, mean, n = max(scored, key=lambda t: (_key(t[1]), -t[0]))
         return Best(hp, mean, n, at_edge=len(grid) > 1 and hp in (grid[0], grid[-1]))
 
     def choose(self, keys: list[str]) -> Optional[Choice]:
@@ -88,7 +96,7 @@ class SelectionTable:
             b = self.best_hp(key)
             if b is None:
                 continue
-            if best is None or b.mean > best[1].mean:
+            if best is None or _key(b.mean) > _key(best[1].mean):
                 best = (key, b)
         if best is None:
             return None
