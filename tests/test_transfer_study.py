@@ -374,7 +374,7 @@ def test_report_on_hand_made_results(tmp_path):
     assert "| SCL FT - full FT | +1.0 [+1.0, +1.0] (n=2) | better |" in text
     assert "| Layer FT - full FT | -5.0 [-5.0, -5.0] (n=2) | worse |" in text
     # the skip's own test at block 10, and finding (ii) over the 4 configurations (NC1 = 1 - acc -> rho = -1)
-    assert "| 10 | 76.0 [63.3, 88.7] (n=2) (LR 0.003) | 82.0 [69.3, 94.7] (n=2) (LR 0.000949) | +6.0 [+6.0, +6.0] (n=2) | better |" in text
+    assert "| 10 | 76.0 [63.3, 88.7] (n=2) (LR 0.003 **edge**) | 82.0 [69.3, 94.7] (n=2) (LR 0.000949 **edge**) | +6.0 [+6.0, +6.0] (n=2) | better |" in text
     assert "| tiny/digits/5 | all configurations | rho = -1.00 (p < 0.001, n = 4) | **expected sign, p < 0.05** |" in text
     assert "- tiny/digits/5: SCL FT - full FT = +1.0 [+1.0, +1.0] (n=2) points -> better" in text
     # the goal: SCL FT (8% of the parameters, CI above -0.5) matches; Layer FT (-5.0) does not
@@ -474,3 +474,24 @@ def test_findings_name_in_domain_cells_and_unbracketed_choices():
     assert "edge for SCL FT" in report.caveats(transfer, choice("scl", True), choice("full", False))
     assert "full FT" not in report.caveats(transfer, choice("scl", True), choice("full", False))
     assert "in-domain control" in report.caveats(control, choice("scl", False), choice("full", False))
+
+
+def test_skip_test_and_finding_ii_findings_carry_the_cells_caveats(tmp_path, monkeypatch):
+    """The every-block skip test and finding (ii) are findings of the same cell as the headline: an
+    in-domain cell, or a block whose LR is still at its grid's edge, is named on their lines too."""
+    s = smoke_settings(methods=["full", "layer", "scl"], scl_variants=[], pretrain=None)
+    records = hand_made(s)
+    # hand_made's grids have two values: every choice is at an edge (SCL@10 at 0.000949, Layer@10 at 0.003)
+    text = report.write_report(records, s, tmp_path / "a.md", tmp_path / "plots").read_text()
+    findings = text.split("## Protocol")[0].splitlines()
+    skip = [x for x in findings if "SCL - Layer FT at the same block" in x]
+    assert len(skip) == 1 and "LR at the grid's edge for Layer FT, SCL FT" in skip[0] and "in-domain" not in skip[0]
+    monkeypatch.setitem(plan.IN_DOMAIN, ("tiny", "digits"), "in-domain control: a test's")
+    text = report.write_report(records, s, tmp_path / "b.md", tmp_path / "plots").read_text()
+    findings = text.split("## Protocol")[0].splitlines()
+    skip = [x for x in findings if "SCL - Layer FT at the same block" in x]
+    ii = [x for x in findings if x.startswith("- (ii)")]
+    assert len(skip) == 1 and "in-domain control: a test's" in skip[0]
+    assert len(ii) == 1 and "in-domain control: a test's" in ii[0]
+    # the skip table marks an edge choice per block, as the headline table does
+    assert "| 10 | 76.0 [63.3, 88.7] (n=2) (LR 0.003 **edge**) | 82.0 [69.3, 94.7] (n=2) (LR 0.000949 **edge**) |" in text

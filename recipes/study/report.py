@@ -329,12 +329,14 @@ def section_skip(cell: Cell) -> tuple[list[str], list[str], bool]:
     lines = [f"### {cell.name}", ""]
     rows, diffs, complete = [], [], True
     counts = defaultdict(int)
+    used = []  # the block choices the finding rests on (for its caveats)
     for b in plan.blocks_of(s, cell.model, "scl"):
         cl, cs = cell.block_choice("layer", b), cell.block_choice("scl", b)
         if cl is None or cs is None:
             rows.append([b, "-", "-", "-", "PENDING (selection)"])
             complete = False
             continue
+        used += [cl, cs]
         d = stats.paired(cell.runs(cs), cell.runs(cl))
         ok = cell.complete(cl) and cell.complete(cs)
         complete &= ok
@@ -342,8 +344,9 @@ def section_skip(cell: Cell) -> tuple[list[str], list[str], bool]:
         if ok:
             counts[v] += 1
             diffs.append(d[0])
-        rows.append([b, f"{ci_text(*stats.mean_ci(cell.runs(cl).values()))} (LR {cl.hp:g})",
-                     f"{ci_text(*stats.mean_ci(cell.runs(cs).values()))} (LR {cs.hp:g})", ci_text(*d, signed=True),
+        rows.append([b, f"{ci_text(*stats.mean_ci(cell.runs(cl).values()))} (LR {cl.hp:g}{' **edge**' if cl.at_edge else ''})",
+                     f"{ci_text(*stats.mean_ci(cell.runs(cs).values()))} (LR {cs.hp:g}{' **edge**' if cs.at_edge else ''})",
+                     ci_text(*d, signed=True),
                      v if ok else f"PENDING ({v} so far)"])
     lines += table(["block", "Layer FT test % [CI]", "SCL FT test % [CI]", "SCL - Layer, paired [CI]", "verdict"], rows) + [""]
     findings = []
@@ -353,7 +356,8 @@ def section_skip(cell: Cell) -> tuple[list[str], list[str], bool]:
         lines += [f"Over the {len(diffs)} complete blocks: {summary}; mean of the per-block differences "
                   f"{ci_text(*m, signed=True)} (blocks as units)." + ("" if complete else " **PENDING**: not every block is complete."), ""]
         if complete:
-            findings.append(f"{cell.name}: SCL - Layer FT at the same block, over {len(diffs)} blocks: {summary}; mean {ci_text(*m, signed=True)}")
+            findings.append(f"{cell.name}: SCL - Layer FT at the same block, over {len(diffs)} blocks: {summary}; mean {ci_text(*m, signed=True)}"
+                            f"{caveats(cell, *used)}")
     return lines, findings, complete
 
 
@@ -428,7 +432,7 @@ def section_finding_ii(cells: list[Cell], complete: set) -> tuple[list[str], lis
             done = cell.name in complete
             rows.append([cell.name, what, fmt_corr(c), corr_verdict(c, -1) if done else "PENDING (cell incomplete)"])
             if what == "all configurations" and c is not None and done:
-                findings.append(f"(ii) {cell.name}, configurations: {fmt_corr(c)}")
+                findings.append(f"(ii) {cell.name}, configurations: {fmt_corr(c)}{caveats(cell)}")
     if not rows:
         return lines + ["**PENDING**: no configuration has all its final seeds yet.", ""], findings
     return lines + table(["cell", "units", "correlation", "verdict"], rows) + [""], findings
