@@ -495,3 +495,18 @@ def test_skip_test_and_finding_ii_findings_carry_the_cells_caveats(tmp_path, mon
     assert len(ii) == 1 and "in-domain control: a test's" in ii[0]
     # the skip table marks an edge choice per block, as the headline table does
     assert "| 10 | 76.0 [63.3, 88.7] (n=2) (LR 0.003 **edge**) | 82.0 [69.3, 94.7] (n=2) (LR 0.000949 **edge**) |" in text
+
+
+def test_protocol_states_the_verdicts_the_code_gives():
+    """A CI that excludes 0 but does not reach past the margin ([+0.1, +1.0] points, margin 0.5) is
+    called "better" by stats.verdict; the protocol must not tell the reader that "better" means the
+    interval lies beyond the margin (a stronger claim than the verdict makes)."""
+    s = smoke_settings()
+    margin = s["equivalence_margin"]
+    assert stats.verdict(0.001, 0.010, margin, 10) == "better" and stats.verdict(-0.010, -0.001, margin, 10) == "worse"
+    assert stats.verdict(margin + 0.001, 0.02, margin, 10) == "better"
+    text = " ".join(report.section_protocol(s, {}))
+    stats_line = text.split("**Statistics.**")[1]
+    assert "beyond the margin" not in stats_line
+    assert "*better* / *worse*: it excludes 0 and is not inside" in stats_line
+    assert "need not exceed the margin" in stats_line

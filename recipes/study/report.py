@@ -158,7 +158,8 @@ def section_protocol(s: dict, meta: dict) -> list[str]:
              f"- **Statistics.** Mean test accuracy with its 95% Student-t interval over seeds; comparisons are paired differences over "
              f"seeds (same training images and test split) with their 95% t interval. *Equivalent*: the interval inside "
              f"±{margin:.1f} points; *not worse* (= **matches**): its lower end above -{margin:.1f}; *better* / *worse*: it excludes 0 "
-             "beyond the margin; otherwise *inconclusive*. Correlations are Spearman's, on configuration means (not pooled runs).", ""]
+             f"and is not inside ±{margin:.1f} (a difference of that sign: its size is what the interval says, it need not exceed "
+             "the margin); otherwise *inconclusive*. Correlations are Spearman's, on configuration means (not pooled runs).", ""]
     rows = []
     for fam in sorted({plan.family(c[0]) for c in s["cells"]}):
         for m in s["methods"]:

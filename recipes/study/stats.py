@@ -44,7 +44,8 @@ def paired(a: dict, b: dict, confidence: float = CONFIDENCE) -> tuple[float, flo
 def verdict(lo: float, hi: float, margin: float, n: int) -> str:
     """Words for a CI ``[lo, hi]`` of a difference A - B, with equivalence margin ``margin``.
 
-    * ``better`` / ``worse``: the CI excludes 0 and lies beyond the margin on one side;
+    * ``better`` / ``worse``: the CI excludes 0 and is not inside the margin (it need not lie beyond it:
+      ``[+0.1, +1.0]`` points with a 0.5 margin is ``better``);
     * ``equivalent``: the CI lies inside ``[-margin, +margin]`` (TOST-style at this confidence);
     * ``not worse`` (non-inferior): the CI's lower end is above ``-margin``, not equivalent;
     * ``not better``: its upper end is below ``+margin``;
