@@ -510,3 +510,23 @@ def test_protocol_states_the_verdicts_the_code_gives():
     assert "beyond the margin" not in stats_line
     assert "*better* / *worse*: it excludes 0 and is not inside" in stats_line
     assert "need not exceed the margin" in stats_line
+
+
+def test_scl_default_finding_names_the_cells_not_compared_yet(tmp_path):
+    """The SCL-default finding is drawn from the cells whose variants are compared; while another cell's
+    are pending, the finding says which (it is not the whole plan's verdict yet)."""
+    s = smoke_settings(methods=["full", "layer", "scl"], scl_variants=["concat"], pretrain=None,
+                       cells=[("tiny", "digits", 5), ("tiny", "fmnist", 5)])
+    records = hand_made(s)
+    for hp, val in ((0.000949, 0.55), (0.003, 0.60)):
+        sp = plan.run_spec(s, ("tiny", "digits", 5), "selection", 100, "scl", hp, 10, variant="concat")
+        records[sp["id"]] = {"id": sp["id"], "spec": sp, "status": "ok", "result": {"validation_accuracy": val}, "wall_time_s": 1.0}
+    text = report.write_report(records, s, tmp_path / "R.md", tmp_path / "plots").read_text()
+    line = [x for x in text.split("## Protocol")[0].splitlines() if x.startswith("- SCL's default variant")]
+    assert len(line) == 1 and "over 1 cell (tiny/digits/5)" in line[0]
+    assert "not compared yet: tiny/fmnist/5" in line[0]
+    # with every cell compared, nothing is said to be pending
+    s1 = smoke_settings(methods=["full", "layer", "scl"], scl_variants=["concat"], pretrain=None)
+    text = report.write_report(records, s1, tmp_path / "R1.md", tmp_path / "plots").read_text()
+    line = [x for x in text.split("## Protocol")[0].splitlines() if x.startswith("- SCL's default variant")]
+    assert len(line) == 1 and "not compared yet" not in line[0]

@@ -319,6 +319,9 @@ def section_scl_default(cells: list[Cell]) -> tuple[list[str], list[str], bool]:
         else:
             text += (f"no variant is ahead of it on average by more than the {100 * margin:.1f}-point margin (closest: `{top}`, "
                      f"{100 * mean[top]:+.1f} points): the evidence does not favour changing the default")
+        left = [c.name for c in cells if c.name not in names]
+        if left:  # the verdict is over the compared cells only, not the plan's
+            text += f" (not compared yet: {', '.join(left)})"
         lines += [f"{text}." + ("" if with_dinov2 else " **PENDING**: no DINOv2-S cell compared yet."), ""]
         if with_dinov2 or not s.get("dinov2"):
             findings.append(text)
