@@ -530,3 +530,35 @@ def test_scl_default_finding_names_the_cells_not_compared_yet(tmp_path):
     text = report.write_report(records, s1, tmp_path / "R1.md", tmp_path / "plots").read_text()
     line = [x for x in text.split("## Protocol")[0].splitlines() if x.startswith("- SCL's default variant")]
     assert len(line) == 1 and "not compared yet" not in line[0]
+
+
+def test_report_marks_validation_ties_the_float_mean_broke(tmp_path):
+    """Two learning rates with the same number of correct validation images over the selection seeds
+    (0.88 + 0.91666... and 0.87666... + 0.92 on 300 images: 539/600 each) tie; the float means differ in the
+    last bit, so the choice is the float's, not the documented smaller-value rule. The selection table and
+    the skip table say so (the choice itself is the plan's: the final runs were planned from it)."""
+    from fractions import Fraction
+
+    s = smoke_settings(methods=["full", "layer", "scl"], scl_variants=[], pretrain=None, selection_seeds=[100, 101])
+    records = hand_made(s)
+    cell = ("tiny", "digits", 5)
+    per = {0.000949: (0.88, 0.9166666666666666), 0.003: (0.8766666666666667, 0.92)}
+    assert len({sum(Fraction(round(300 * v), 300) for v in vals) for vals in per.values()}) == 1  # an exact tie
+    for k in [k for k, r in records.items() if r["spec"]["config"] == "scl@10" and r["spec"]["stage"] == "selection"]:
+        del records[k]
+    for hp, vals in per.items():
+        for seed, v in zip(s["selection_seeds"], vals):
+            sp = plan.run_spec(s, cell, "selection", seed, "scl", hp, 10)
+            records[sp["id"]] = {"id": sp["id"], "spec": sp, "status": "ok", "wall_time_s": 1.0,
+                                 "result": {"validation_accuracy": v, "num_images": {"validation": 300}}}
+    for seed, acc in zip(s["final_seeds"], (0.79, 0.80)):
+        sp = plan.run_spec(s, cell, "final", seed, "scl", 0.003, 10)
+        records[sp["id"]] = {"id": sp["id"], "spec": sp, "status": "ok", "wall_time_s": 1.0,
+                             "result": {"validation_accuracy": 0.9, "test_accuracy": acc, "train_nc1": 0.3, "trainable_params": 8000}}
+    ch = select.SelectionTable.from_records(records.values(), plan.cell_name(cell)).choose(["scl@10"])
+    text = report.write_report(records, s, tmp_path / "R.md", tmp_path / "plots").read_text()
+    tied = ({0.000949, 0.003} - {ch.hp}).pop()
+    row = [x for x in text.split("## Selection details")[1].splitlines() if x.startswith("| 10 |")][0]
+    assert f"-> **{ch.hp:g}**" in row and f"tie on validation with {tied:g}" in row.split("|")[3]
+    assert f"tie on validation with {tied:g}" in [x for x in text.split("## The skip's own test")[1].splitlines() if x.startswith("| 10 |")][0]
+    assert "tie on validation" not in row.split("|")[2]  # Layer@10 has no tie

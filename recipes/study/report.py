@@ -60,6 +60,16 @@ def corr_verdict(c, expected_sign: int) -> str:
     return "**not the expected sign**"
 
 
+def tie_note(cell: "Cell", key: str, hp: float) -> str:
+    """" (tie on validation with X)" when another value of ``key``'s grid has the chosen value's mean
+    validation accuracy up to float rounding (the same number of correct images): the float mean's last
+    bit then decided, not the smaller-value rule ``select.py`` documents; the reader is told."""
+    curve = cell.sel.curve(key)
+    mine = next((v for h, v, _ in curve if h == hp), None)
+    others = [h for h, v, _ in curve if h != hp and mine is not None and abs(v - mine) <= 1e-9]
+    return f" (tie on validation with {', '.join(f'{h:g}' for h in others)})" if others else ""
+
+
 def describe_choice(ch: select.Choice, family: str) -> str:
     what = LABEL.get(ch.method, ch.method) + ("" if ch.block is None else f" @ block {ch.block}") + (f" [{ch.variant}]" if ch.variant else "")
     hp = f"C = {ch.hp:g}" if ch.method == "logreg" else f"LR {ch.hp:g}"
@@ -139,7 +149,9 @@ def section_protocol(s: dict, meta: dict) -> list[str]:
              f"stratified subset of {plan.TASKS['fmnist']['max_eval']} test images per seed).",
              f"- **Selection stage** (validation only): seeds {s['selection_seeds']} (never reported). Every choice (learning rate, "
              "full FT's head LR, the block of Layer/SCL FT, the SCL variant, the logistic-regression C, LP-then-FT's probe) is the "
-             "highest mean validation accuracy over these seeds (`recipes/study/select.py`). Selection records hold no test number "
+             "highest mean validation accuracy over these seeds (`recipes/study/select.py`); two values with the same number of correct "
+             "validation images are a tie, broken by the float mean's rounding (not by the smaller-value rule `select.py` states) and "
+             "marked *tie on validation* below. Selection records hold no test number "
              "(dropped before they are written), so no choice can read one; `tests/test_transfer_study.py` poisons the test labels "
              "and checks that every choice stays the same.",
              f"- **Final stage**: each chosen configuration with seeds {s['final_seeds'][0]}..{s['final_seeds'][-1]} "
@@ -348,8 +360,10 @@ def section_skip(cell: Cell) -> tuple[list[str], list[str], bool]:
         if ok:
             counts[v] += 1
             diffs.append(d[0])
-        rows.append([b, f"{ci_text(*stats.mean_ci(cell.runs(cl).values()))} (LR {cl.hp:g}{' **edge**' if cl.at_edge else ''})",
-                     f"{ci_text(*stats.mean_ci(cell.runs(cs).values()))} (LR {cs.hp:g}{' **edge**' if cs.at_edge else ''})",
+        rows.append([b, f"{ci_text(*stats.mean_ci(cell.runs(cl).values()))} (LR {cl.hp:g}{' **edge**' if cl.at_edge else ''}"
+                        f"{tie_note(cell, cl.key, cl.hp)})",
+                     f"{ci_text(*stats.mean_ci(cell.runs(cs).values()))} (LR {cs.hp:g}{' **edge**' if cs.at_edge else ''}"
+                     f"{tie_note(cell, cs.key, cs.hp)})",
                      ci_text(*d, signed=True),
                      v if ok else f"PENDING ({v} so far)"])
     lines += table(["block", "Layer FT test % [CI]", "SCL FT test % [CI]", "SCL - Layer, paired [CI]", "verdict"], rows) + [""]
@@ -379,7 +393,8 @@ def section_selection(cell: Cell) -> list[str]:
                 continue
             curve = cell.sel.curve(key)
             row.append(("; ".join(f"{hp:g}: {pts(v)}" for hp, v, _ in curve) or "-")
-                       + (f" -> **{best.hp:g}**" + (" **edge**" if best.at_edge and cell.flags.get(key) else "") if best else "")
+                       + (f" -> **{best.hp:g}**" + (" **edge**" if best.at_edge and cell.flags.get(key) else "")
+                          + tie_note(cell, key, best.hp) if best else "")
                        + ("" if cell.flags.get(key) else " (running)"))
         rows.append(row)
     if "layer" in s["methods"] and "scl" in s["methods"]:
@@ -393,7 +408,8 @@ def section_selection(cell: Cell) -> list[str]:
             curve = cell.sel.curve(key)
             best = cell.sel.best_hp(key)
             rows.append([key, "; ".join(f"{hp:g}: {pts(v)}" for hp, v, _ in curve) or "-",
-                         (f"{best.hp:g}" + (" **edge**" if best.at_edge and cell.flags.get(key) else "")) if best else "-",
+                         (f"{best.hp:g}" + (" **edge**" if best.at_edge and cell.flags.get(key) else "") + tie_note(cell, key, best.hp))
+                         if best else "-",
                          "complete" if cell.flags.get(key) else "running"])
     lines += table(["configuration", "validation acc % per value", "best", "grid"], rows) + [""]
     ch = cell.choice("scl")
