@@ -562,3 +562,18 @@ def test_report_marks_validation_ties_the_float_mean_broke(tmp_path):
     assert f"-> **{ch.hp:g}**" in row and f"tie on validation with {tied:g}" in row.split("|")[3]
     assert f"tie on validation with {tied:g}" in [x for x in text.split("## The skip's own test")[1].splitlines() if x.startswith("| 10 |")][0]
     assert "tie on validation" not in row.split("|")[2]  # Layer@10 has no tie
+
+
+def test_report_marks_a_tie_between_scl_variants(tmp_path):
+    """Two variants with the same best validation accuracy: the choice (the earlier in the list) is a
+    tie, and the variant section says so."""
+    s = smoke_settings(methods=["full", "layer", "scl"], scl_variants=["concat", "features"], pretrain=None)
+    records = hand_made(s)
+    cell = ("tiny", "digits", 5)
+    for v in ("concat", "features"):
+        for hp, val in ((0.000949, 0.55), (0.003, 0.65)):
+            sp = plan.run_spec(s, cell, "selection", 100, "scl", hp, 10, variant=v)
+            records[sp["id"]] = {"id": sp["id"], "spec": sp, "status": "ok", "result": {"validation_accuracy": val}, "wall_time_s": 1.0}
+    text = report.write_report(records, s, tmp_path / "R.md", tmp_path / "plots").read_text()
+    line = [x for x in text.splitlines() if x.startswith("Best on validation:")][0]
+    assert line.startswith("Best on validation: `concat`") and "tie on validation with `features`" in line

@@ -423,7 +423,11 @@ def section_selection(cell: Cell) -> list[str]:
         best = scl_best_variant(cell)
         lines += [f"SCL variants at block {ch.block} (validation):", ""] + table(["variant", "best val acc %", "grid"], rows) + [""]
         if best is not None:
+            top = cell.sel.best_hp(best.key).mean
+            tied = [v or "default" for v in [""] + list(s["scl_variants"]) if plan.config_key("scl", ch.block, v) != best.key
+                    and (b := cell.sel.best_hp(plan.config_key("scl", ch.block, v))) is not None and abs(b.mean - top) <= 1e-9]
             lines += [f"Best on validation: `{best.variant or 'default'}`"
+                      + (f" (tie on validation with {', '.join(f'`{v}`' for v in tied)})" if tied else "")
                       + (" (the documented default)." if not best.variant else " (differs from the documented default; see its final runs above).")
                       + " Validation over the selection seeds only: a ranking, not a significance test.", ""]
     return lines
