@@ -577,3 +577,60 @@ def test_report_marks_a_tie_between_scl_variants(tmp_path):
     text = report.write_report(records, s, tmp_path / "R.md", tmp_path / "plots").read_text()
     line = [x for x in text.splitlines() if x.startswith("Best on validation:")][0]
     assert line.startswith("Best on validation: `concat`") and "tie on validation with `features`" in line
+
+
+def _simulate_study(s, test_of, leak: bool) -> dict:
+    """Runs the plan to its end without training: every spec ``expand`` plans gets a record whose
+    validation accuracy is a fixed function of (config, hp, seed), quantised to 1/60 so that ties
+    happen, peaked inside the grid for some configurations and beyond its edges for others (the grid
+    extension runs); test accuracy from ``test_of``; ``leak``: selection records carry a test number too."""
+    import hashlib
+
+    def u(*key):  # a deterministic number in [0, 1)
+        return int(hashlib.sha1(repr(key).encode()).hexdigest()[:8], 16) / 2**32
+
+    records = {}
+    for _ in range(60):
+        order, _ = plan.expand(s, records)
+        todo = [sp for sp in order if sp["id"] not in records]
+        if not todo:
+            return records
+        for sp in todo:
+            if sp["kind"] not in ("finetune", "logreg"):
+                continue
+            centre = -4 + 6 * u(sp["config"])  # log10 of the best hp: inside or beyond the grid
+            val = 0.8 - 0.03 * (math.log10(sp["hp"]) - centre) ** 2 + 0.02 * u(sp["config"], sp["hp"], sp["seed"])
+            res = {"validation_accuracy": round(60 * min(0.99, max(0.05, val))) / 60, "trainable_params": 1000}
+            if sp["stage"] == "final":
+                res.update(test_accuracy=test_of(sp), train_nc1=u("nc", sp["id"]))
+            elif leak:
+                res.update(test_accuracy=1 - res["validation_accuracy"], test_nc1=u("t", sp["id"]))
+            records[sp["id"]] = {"id": sp["id"], "spec": sp, "status": "ok", "result": res, "wall_time_s": 1.0}
+    raise AssertionError("the plan did not finish")
+
+
+def test_test_numbers_change_no_plan_and_no_choice_through_extensions_variants_and_blocks(tmp_path):
+    """The poisoned-label test covers one small grid; this one runs the plan's every path without
+    training (grid extensions at both edges, validation ties, head factors, LP-then-FT's C, the block
+    choice, the every-block finals, the SCL variants) twice: with one set of test accuracies, then with
+    another and a test number leaked into every selection record. The same runs are planned, and the
+    report's choices (validation side) are the same."""
+    s = smoke_settings(methods=["logreg", "full", "lpft", "lora", "layer", "scl"], blocks=[8, 9, 10, 11], grid_size=4,
+                       grid_extend=2, full_head_factors=[1.0, 10.0], scl_variants=["concat", "features"],
+                       selection_seeds=[100, 101], final_seeds=[0, 1, 2], pretrain=None)
+    clean = _simulate_study(s, lambda sp: 0.5 + 0.001 * sp["seed"], leak=False)
+    dirty = _simulate_study(s, lambda sp: (hash(sp["id"]) % 1000) / 1000, leak=True)
+    assert set(clean) == set(dirty)
+    specs = [r["spec"] for r in clean.values()]
+    grids = {k: sorted({sp["hp"] for sp in specs if sp["config"] == k}) for k in {sp["config"] for sp in specs}}
+    prior = {k: plan.method_grid(s, "tiny", next(sp["method"] for sp in specs if sp["config"] == k)) for k in grids}
+    assert any(g[0] < prior[k][0] for k, g in grids.items()) and any(g[-1] > prior[k][-1] for k, g in grids.items())  # both edges
+    assert any(len(g) == 6 for g in grids.values())  # extended twice
+    assert any(sp.get("variant") for sp in specs) and any(sp["method"] == "lpft" and sp["stage"] == "final" for sp in specs)
+    assert {sp["block"] for sp in specs if sp["stage"] == "final" and sp["method"] == "layer"} == {8, 9, 10, 11}
+    texts = [report.write_report(recs, s, tmp_path / f"{i}.md", tmp_path / f"p{i}").read_text() for i, recs in enumerate((clean, dirty))]
+    sel = [t.split("## Selection details")[1] for t in texts]
+    assert sel[0] == sel[1]
+    chosen = [[row.split("|")[1] for row in t.split("## Headline")[1].split("## The skip")[0].splitlines() if row.startswith("| ")]
+              for t in texts]
+    assert chosen[0] == chosen[1]
