@@ -634,3 +634,34 @@ def test_test_numbers_change_no_plan_and_no_choice_through_extensions_variants_a
     chosen = [[row.split("|")[1] for row in t.split("## Headline")[1].split("## The skip")[0].splitlines() if row.startswith("| ")]
               for t in texts]
     assert chosen[0] == chosen[1]
+
+
+def test_skip_test_summary_is_paired_over_seeds(tmp_path):
+    """The every-block summary: the blocks share their seeds (same few-shot draws, same test split), so
+    the interval of the mean over blocks is over seeds (each seed's SCL - Layer averaged over the blocks,
+    t with n_seeds - 1 df), with its verdict; the blocks-as-units interval is kept as a description."""
+    from scipy.stats import t
+
+    s = smoke_settings(methods=["full", "layer", "scl"], scl_variants=[], pretrain=None, blocks=[9, 10, 11])
+    records = hand_made(s)
+    cell = ("tiny", "digits", 5)
+    # block 9: Layer 70/72 %, SCL 71/75 % (+1, +3 points); block 10 (hand_made): +6, +6
+    for m, accs in (("layer", (0.70, 0.72)), ("scl", (0.71, 0.75))):
+        for hp, val in ((0.000949, 0.3), (0.003, 0.35)):
+            for seed in s["selection_seeds"]:
+                sp = plan.run_spec(s, cell, "selection", seed, m, hp, 9)
+                records[sp["id"]] = {"id": sp["id"], "spec": sp, "status": "ok", "result": {"validation_accuracy": val}, "wall_time_s": 1.0}
+        for seed, acc in zip(s["final_seeds"], accs):
+            sp = plan.run_spec(s, cell, "final", seed, m, 0.003, 9)
+            records[sp["id"]] = {"id": sp["id"], "spec": sp, "status": "ok", "wall_time_s": 1.0,
+                                 "result": {"validation_accuracy": 0.3, "test_accuracy": acc, "train_nc1": 0.5, "trainable_params": 8000}}
+    text = report.write_report(records, s, tmp_path / "R.md", tmp_path / "plots").read_text()
+    per_seed = [(1 + 6) / 2, (3 + 6) / 2]  # points
+    mean = sum(per_seed) / 2
+    half = t.ppf(0.975, 1) * math.sqrt(sum((x - mean) ** 2 for x in per_seed)) / math.sqrt(2)
+    want = f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] (n=2)"
+    summary = [x for x in text.splitlines() if x.startswith("Over the 2 complete blocks")][0]
+    assert f"paired over seeds (each seed's mean over the blocks): {want} -> inconclusive" in summary
+    assert "+4.0 [-21.4, +29.4] (n=2) (blocks as units" in summary
+    finding = [x for x in text.split("## Protocol")[0].splitlines() if "SCL - Layer FT at the same block" in x][0]
+    assert f"mean over blocks, paired over seeds {want} -> inconclusive" in finding

@@ -346,6 +346,7 @@ def section_skip(cell: Cell) -> tuple[list[str], list[str], bool]:
     rows, diffs, complete = [], [], True
     counts = defaultdict(int)
     used = []  # the block choices the finding rests on (for its caveats)
+    per_block = []  # ({seed: SCL test acc}, {seed: Layer test acc}) of each complete block
     for b in plan.blocks_of(s, cell.model, "scl"):
         cl, cs = cell.block_choice("layer", b), cell.block_choice("scl", b)
         if cl is None or cs is None:
@@ -360,6 +361,7 @@ def section_skip(cell: Cell) -> tuple[list[str], list[str], bool]:
         if ok:
             counts[v] += 1
             diffs.append(d[0])
+            per_block.append((cell.runs(cs), cell.runs(cl)))
         rows.append([b, f"{ci_text(*stats.mean_ci(cell.runs(cl).values()))} (LR {cl.hp:g}{' **edge**' if cl.at_edge else ''}"
                         f"{tie_note(cell, cl.key, cl.hp)})",
                      f"{ci_text(*stats.mean_ci(cell.runs(cs).values()))} (LR {cs.hp:g}{' **edge**' if cs.at_edge else ''}"
@@ -371,11 +373,18 @@ def section_skip(cell: Cell) -> tuple[list[str], list[str], bool]:
     if diffs:
         summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
         m = stats.mean_ci(diffs)
-        lines += [f"Over the {len(diffs)} complete blocks: {summary}; mean of the per-block differences "
-                  f"{ci_text(*m, signed=True)} (blocks as units)." + ("" if complete else " **PENDING**: not every block is complete."), ""]
+        # the blocks share their seeds (same few-shot draws, same test split): the mean over blocks is
+        # inferred over seeds, each seed's SCL - Layer difference averaged over the blocks
+        seeds = sorted(set.intersection(*(set(a) & set(b) for a, b in per_block)))
+        ps = stats.mean_ci([sum(a[x] - b[x] for a, b in per_block) / len(per_block) for x in seeds])
+        pv = stats.verdict(ps[1], ps[2], margin, ps[3])
+        lines += [f"Over the {len(diffs)} complete blocks: {summary}; mean over the blocks, paired over seeds (each seed's mean over "
+                  f"the blocks): {ci_text(*ps, signed=True)} -> {pv}; the per-block differences' spread: {ci_text(*m, signed=True)} "
+                  "(blocks as units, a description: the blocks are not independent samples)."
+                  + ("" if complete else " **PENDING**: not every block is complete."), ""]
         if complete:
-            findings.append(f"{cell.name}: SCL - Layer FT at the same block, over {len(diffs)} blocks: {summary}; mean {ci_text(*m, signed=True)}"
-                            f"{caveats(cell, *used)}")
+            findings.append(f"{cell.name}: SCL - Layer FT at the same block, over {len(diffs)} blocks: {summary}; mean over blocks, "
+                            f"paired over seeds {ci_text(*ps, signed=True)} -> {pv}{caveats(cell, *used)}")
     return lines, findings, complete
 
 
