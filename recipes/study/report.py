@@ -62,8 +62,8 @@ def corr_verdict(c, expected_sign: int) -> str:
 
 def tie_note(cell: "Cell", key: str, hp: float) -> str:
     """" (tie on validation with X)" when another value of ``key``'s grid has the chosen value's mean
-    validation accuracy up to float rounding (the same number of correct images): the float mean's last
-    bit then decided, not the smaller-value rule ``select.py`` documents; the reader is told."""
+    validation accuracy up to float rounding (the same number of correct images): ``select.py``'s tie
+    rule (the smaller value) decided, not the data; the reader is told."""
     curve = cell.sel.curve(key)
     mine = next((v for h, v, _ in curve if h == hp), None)
     others = [h for h, v, _ in curve if h != hp and mine is not None and abs(v - mine) <= 1e-9]
@@ -150,8 +150,8 @@ def section_protocol(s: dict, meta: dict) -> list[str]:
              f"- **Selection stage** (validation only): seeds {s['selection_seeds']} (never reported). Every choice (learning rate, "
              "full FT's head LR, the block of Layer/SCL FT, the SCL variant, the logistic-regression C, LP-then-FT's probe) is the "
              "highest mean validation accuracy over these seeds (`recipes/study/select.py`); two values with the same number of correct "
-             "validation images are a tie, broken by the float mean's rounding (not by the smaller-value rule `select.py` states) and "
-             "marked *tie on validation* below. Selection records hold no test number "
+             "validation images are a tie, which goes to the smaller value (between configurations: the earlier one, e.g. the "
+             "default variant) and is marked *tie on validation* below. Selection records hold no test number "
              "(dropped before they are written), so no choice can read one; `tests/test_transfer_study.py` poisons the test labels "
              "and checks that every choice stays the same.",
              f"- **Final stage**: each chosen configuration with seeds {s['final_seeds'][0]}..{s['final_seeds'][-1]} "
