@@ -12,8 +12,9 @@ The protocol (``docs/RESULTS.md`` states it from these settings):
 * **Final stage.** Each chosen configuration is run with the ``final_seeds`` (>= 10); the test
   split is read once per final run.
 * **Equal tuning.** Every method gets the same kind of grid: ``len(grid) >= 4`` learning rates in
-  half-decade steps around its prior, extended (``grid_extend`` values per side) while the best
-  value sits at an edge; a choice still at an edge is flagged in the report.
+  half-decade steps around its prior, extended one value at a time (up to ``grid_extend`` values
+  in all, on either side) while the best value sits at an edge; a choice still at an edge is
+  flagged in the report.
 
 Run specs are JSON dicts with an ``id`` (name + hash of the spec: a changed setting is a new run).
 :func:`expand` is pure: from the settings and the records so far it returns every spec that can
