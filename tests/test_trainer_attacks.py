@@ -123,6 +123,20 @@ def test_eval_labels_beyond_nc_num_classes_fail_at_construction(tmp_path):
         _trainer(_model(3), tmp_path, train, test, nc_kwargs=dict(nc_num_classes=3, nc_train_samples=0))
 
 
+def test_best_model_by_eval_nc_on_one_image_per_class_fails_at_construction(tmp_path):
+    """A validation split of one image per class has NaN NC (no within-class variability to
+    measure): selecting the best checkpoint by eval NC1 would compare NaNs, so it is refused;
+    eval accuracy or the train subset's NC1 still select."""
+    train, one_each = _dataset([4, 4, 4]), _dataset([1, 1, 1])
+    best = dict(eval_strategy="steps", save_strategy="steps", load_best_model_at_end=True)
+    for metric in ("nc1", "eval_cdnv"):
+        with pytest.raises(ValueError, match=r"never logged.*single image in every class"):
+            _trainer(_model(3), tmp_path, train, one_each, metric_for_best_model=metric, **best)
+    for metric in ("train_nc1", "eval_accuracy"):
+        _trainer(_model(3), tmp_path, train, one_each, metric_for_best_model=metric, **best)
+    _trainer(_model(3), tmp_path, train, _dataset([2, 1, 1]), metric_for_best_model="nc1", **best)
+
+
 def test_unsupported_model_fails_at_construction(tmp_path):
     model = tf.ResNetForImageClassification(tf.ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_labels=3))
     with pytest.raises(ValueError, match="NCTrainer cannot measure NC of this model.*nc_eval=False and nc_train_samples=0"):

@@ -15,6 +15,7 @@ import os
 import re
 from typing import Any, Iterable, Literal, Optional, Union
 
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -246,9 +247,14 @@ class NCTrainer(NCModelCardMixin, Trainer):
             why = "NCC accuracy is measured on the train subset only (eval_train_subset_ncc_acc, with nc_ncc=True)"
         elif "ncc_acc" in canonical and not self.nc_ncc:
             why = "nc_ncc=False: NCC accuracy is not measured"
-        elif block is not None:
-            if int(block.group(1)) not in self.nc_train_subset._layer_list():
-                why = f"block {block.group(1)} is not among nc_layers={self.nc_layers!r}"
+        elif block is not None and int(block.group(1)) not in self.nc_train_subset._layer_list():
+            why = f"block {block.group(1)} is not among nc_layers={self.nc_layers!r}"
+        elif not train and not isinstance(self.eval_dataset, dict) and self.eval_dataset is not None:
+            labels = dataset_labels(self.eval_dataset)
+            if labels is not None and len(labels) and np.bincount(labels, minlength=self.nc_num_classes).max() < 2:
+                # NC of such data is NaN at every evaluation (metrics/validation.check_within_class)
+                why = ("the evaluation data has a single image in every class, so its NC metrics are undefined (NaN): "
+                       "use more validation images per class, or select on the train subset (train_nc1)")
         if why:
             raise ValueError(f"metric_for_best_model={name!r} is never logged with these settings: {why}")
 
