@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -94,6 +95,10 @@ class PretrainArguments:
     head_fit_steps: int = field(default=300, metadata={"help": "full-batch CE steps of the refitted linear head"})
     logging_steps: int = 25
     eval_each_epoch: bool = True
+    save_each_epoch: bool = field(default=True, metadata={"help": "keep a resumable state (model, optimizer, schedule, RNG, "
+                                                          "history) in <output_dir>/last_epoch after every epoch; removed when done"})
+    resume_from_checkpoint: bool = field(default=False, metadata={"help": "go on from <output_dir>/last_epoch of an interrupted "
+                                                                  "run with the same flags (same result as an uninterrupted run)"})
     torch_threads: int = field(default=0, metadata={"help": "torch.set_num_threads if > 0 (1 helps on busy CPUs)"})
     model_name: Optional[str] = field(default=None, metadata={"help": "title of the model card"})
 
@@ -318,6 +323,49 @@ def check_output_dir(path: str, create: bool) -> Path:
     return out
 
 
+RESUME_DIR = "last_epoch"
+#: flags that may differ between an interrupted run and its resumption (they change no number)
+RESUME_FREE = ("output_dir", "resume_from_checkpoint", "save_each_epoch", "torch_threads", "logging_steps", "num_workers")
+
+
+def run_flags(dargs, margs, args) -> dict:
+    """Every flag that shapes the training, as compared on resumption."""
+    flags = {**asdict(dargs), **asdict(margs), **asdict(args)}
+    return {k: v for k, v in flags.items() if k not in RESUME_FREE}
+
+
+def save_progress(accelerator, out: Path, flags: dict, progress: dict) -> None:
+    """The state after a finished epoch: written to a new folder, then swapped in, so an interruption
+    while saving leaves the previous epoch's state whole."""
+    final, tmp = out / RESUME_DIR, out / (RESUME_DIR + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "progress.json").write_text(json.dumps({"flags": flags, **progress}))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    accelerator.wait_for_everyone()
+
+
+def load_progress(accelerator, out: Path, flags: dict) -> dict:
+    """The saved epoch's progress, with the accelerate state loaded; errors naming what is missing or changed."""
+    folder = out / RESUME_DIR
+    meta = folder / "progress.json"
+    if not meta.is_file():
+        raise ValueError(f"--resume_from_checkpoint: no resumable state in {folder} (it is written after every epoch "
+                         "with --save_each_epoch, and removed when a run finishes)")
+    progress = json.loads(meta.read_text())
+    changed = sorted(k for k in set(flags) | set(progress["flags"]) if flags.get(k) != progress["flags"].get(k))
+    if changed:
+        raise ValueError("--resume_from_checkpoint: the interrupted run had other flags: "
+                         + ", ".join(f"--{k} {progress['flags'].get(k)!r} (now {flags.get(k)!r})" for k in changed))
+    accelerator.load_state(str(folder))
+    return progress
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((DataArguments, ModelArguments, PretrainArguments))
     dargs, margs, args = parser.parse_args_into_dataclasses(args=argv)
@@ -396,11 +444,20 @@ def main(argv: list[str] | None = None) -> dict:
         net, optimizer, train_loader, test_loader, head_loader, scheduler
     )
 
-    history, losses, learning_rates, step = [], [], [], 0
-    history.append({"epoch": 0, "step": 0, "nc": source_nc(accelerator, net, nc_ds, args.per_device_eval_batch_size)})
-    accelerator.print(f"epoch 0: source NC1 {history[-1]['nc']['nc1']:.4f}")
-    bar = tqdm(total=total, desc="pretrain", disable=not accelerator.is_local_main_process)
-    for epoch in range(1, epochs + 1):
+    flags, first_epoch = run_flags(dargs, margs, args), 1
+    if args.resume_from_checkpoint:
+        progress = load_progress(accelerator, out, flags)
+        history, losses, learning_rates, step = (progress[k] for k in ("history", "losses", "learning_rates", "step"))
+        first_epoch = history[-1]["epoch"] + 1
+        train_loader.set_epoch(history[-1]["epoch"])  # the next epoch's shuffle, as without the interruption
+        start -= progress["wall_time_s"]
+        accelerator.print(f"resumed after epoch {first_epoch - 1} (step {step}) from {out / RESUME_DIR}")
+    else:
+        history, losses, learning_rates, step = [], [], [], 0
+        history.append({"epoch": 0, "step": 0, "nc": source_nc(accelerator, net, nc_ds, args.per_device_eval_batch_size)})
+        accelerator.print(f"epoch 0: source NC1 {history[-1]['nc']['nc1']:.4f}")
+    bar = tqdm(total=total, initial=step, desc="pretrain", disable=not accelerator.is_local_main_process)
+    for epoch in range(first_epoch, epochs + 1):
         net.train()
         epoch_start = len(losses)
         for batch in train_loader:
@@ -429,6 +486,9 @@ def main(argv: list[str] | None = None) -> dict:
                           ([("test acc", entry["test_accuracy"])] if "test_accuracy" in entry else [])))
         if step >= total:
             break
+        if args.save_each_epoch:
+            save_progress(accelerator, out, flags, {"history": history, "losses": losses, "learning_rates": learning_rates,
+                                                    "step": step, "wall_time_s": time.time() - start})
     bar.close()
 
     head_train_acc = fit_linear_head(accelerator, net, head_loader, args.head_fit_steps, args.seed) if refit_head else None
@@ -453,6 +513,7 @@ def main(argv: list[str] | None = None) -> dict:
         image_processor_for(backbone.config).save_pretrained(out)
         (out / "history.json").write_text(json.dumps(record, indent=1))
         write_card(out / "README.md", args.model_name or f"ViT pre-trained on {dargs.dataset}", record)
+        shutil.rmtree(out / RESUME_DIR, ignore_errors=True)  # the run is saved whole: its resumable state is spent
     accelerator.print(f"done: {step} steps, test accuracy {test_acc:.4f}, source NC1 {history[-1]['nc']['nc1']:.4f}, "
                       f"{record['wall_time_s']:.0f} s -> {args.output_dir}")
     accelerator.wait_for_everyone()  # every rank leaves together, after the main process has written

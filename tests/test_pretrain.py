@@ -208,3 +208,41 @@ def test_step_count_flags_are_checked_before_any_work(recipe, tmp_path, flags, m
     with pytest.raises(ValueError, match=match):
         _run(recipe, tmp_path / "out", *flags)
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, monkeypatch):
+    """Killed in its third epoch, the run goes on from the last finished epoch's state with
+    --resume_from_checkpoint: same losses, learning rates, history and weights as a run never
+    interrupted (augmentation RNG, shuffling, optimizer and schedule restored); the resumable
+    state is removed once the run is saved; another flag on resumption is an error naming it."""
+    flags = ["--num_train_epochs", "3", "--max_train_samples", "256", "--augment", "crop,flip", "--eval_each_epoch", "false"]
+    whole = _run(recipe, tmp_path / "whole", *flags)
+    assert not (tmp_path / "whole" / recipe.RESUME_DIR).exists()
+
+    real, calls = recipe.compute_loss, []
+
+    def dies_in_epoch_3(*a, **k):
+        calls.append(1)
+        if len(calls) > 2 * 4 + 1:  # 4 steps per epoch: the second step of epoch 3
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(recipe, "compute_loss", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        _run(recipe, tmp_path / "cut", *flags)
+    monkeypatch.setattr(recipe, "compute_loss", real)
+    assert json.loads((tmp_path / "cut" / recipe.RESUME_DIR / "progress.json").read_text())["step"] == 8
+    with pytest.raises(ValueError, match=r"other flags: --learning_rate 0.003 \(now 0.001\)"):
+        _run(recipe, tmp_path / "cut", *flags, "--resume_from_checkpoint", "true", "--learning_rate", "1e-3")
+    resumed = _run(recipe, tmp_path / "cut", *flags, "--resume_from_checkpoint", "true")
+
+    assert resumed["steps"] == whole["steps"] == 12
+    assert resumed["losses"] == pytest.approx(whole["losses"], rel=1e-6)
+    assert resumed["learning_rates"] == pytest.approx(whole["learning_rates"])
+    assert [h["nc"]["nc1"] for h in resumed["history"]] == pytest.approx([h["nc"]["nc1"] for h in whole["history"]], rel=1e-6)
+    with safe_open(str(tmp_path / "whole" / "model.safetensors"), "pt") as a, safe_open(str(tmp_path / "cut" / "model.safetensors"), "pt") as b:
+        for key in a.keys():
+            torch.testing.assert_close(b.get_tensor(key), a.get_tensor(key), rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / "cut" / recipe.RESUME_DIR).exists()
+    with pytest.raises(ValueError, match="no resumable state"):
+        _run(recipe, tmp_path / "cut", *flags, "--resume_from_checkpoint", "true")
