@@ -388,3 +388,28 @@ def test_model_swapped_between_evaluations_gets_its_own_prefix_rows(tmp_path):
     keys = [k for k in fresh if k.startswith(TRAIN_SUBSET_PREFIX + "_nc1")]
     assert len(keys) > 2 and {k: swapped[k] for k in keys} == pytest.approx({k: fresh[k] for k in keys}, rel=1e-5)
     assert swapped[TRAIN_SUBSET_NC1] == pytest.approx(float(_dense(other, train, range(len(train)), 3)["nc1"]), rel=1e-4)
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_setting_the_train_subset_data_or_size_after_construction_redraws_it(tmp_path, peft):
+    # trainer.nc_train_dataset = ... / trainer.nc_train_samples = ... used to keep the old subset, its cached
+    # batches and prefix rows: later evaluations silently measured the old images
+    from peft import get_peft_model
+
+    from hf_nc import LayerFTConfig
+
+    old, new = _dataset([8, 8, 8], seed=0), _dataset([8, 8, 8], seed=1)
+    model = _model(3)
+    if peft:
+        model = get_peft_model(model, LayerFTConfig(layers=[-1]))
+    t = _trainer(model, tmp_path, old, nc_kwargs={"nc_train_samples": 12})
+    assert t.evaluate()[TRAIN_SUBSET_NC1] == pytest.approx(float(_dense(model, old, t.nc_train_indices(), 3)["nc1"]), rel=1e-5)
+    t.nc_train_dataset = new
+    idx = t.nc_train_indices()
+    assert len(idx) == 12 and np.bincount(np.asarray(new.with_format(None)["label"])[idx], minlength=3).tolist() == [4, 4, 4]
+    assert t.evaluate()[TRAIN_SUBSET_NC1] == pytest.approx(float(_dense(model, new, idx, 3)["nc1"]), rel=1e-5)
+    t.nc_train_samples = None
+    assert t.nc_train_indices() == list(range(len(new)))
+    assert t.evaluate()[TRAIN_SUBSET_NC1] == pytest.approx(float(_dense(model, new, range(len(new)), 3)["nc1"]), rel=1e-5)
+    with pytest.raises(ValueError, match="nc_train_samples=2 cannot hold one image of each of the 3 classes"):
+        t.nc_train_samples = 2

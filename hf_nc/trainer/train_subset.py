@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _check_samples(samples: Any) -> None:
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer))):
+        raise ValueError(f"nc_train_samples must be an int or None, got {samples!r}")
+
+
 class TrainSubsetNC:
     """The train subset of one ``NCTrainer``: which images, their cached batches or rows, and its NC.
 
@@ -63,14 +68,13 @@ class TrainSubsetNC:
 
     def __init__(self, trainer: "NCTrainer", dataset: Optional[Dataset], samples: Optional[int], cache_mb: float,
                  prefix_cache: bool, every: int):
-        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer))):
-            raise ValueError(f"nc_train_samples must be an int or None, got {samples!r}")
+        _check_samples(samples)
         if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
             raise ValueError(f"nc_train_every must be a positive int (1: measure the train subset at every evaluation), "
                              f"got {every!r}")
         self.trainer = trainer
-        self.dataset = dataset
-        self.samples = samples
+        self._dataset = dataset
+        self._samples = samples
         self.cache_mb = cache_mb
         self._budget_mb = cache_mb  # cache_mb drops to 0 when the images do not fit; the rows keep it
         self.prefix_cache = prefix_cache
@@ -90,6 +94,37 @@ class TrainSubsetNC:
         self._cached: Optional[tuple] = None  # (fingerprint of the weights, metrics)
 
     # ------------------------------------------------------------------ the subset
+    @property
+    def dataset(self) -> Optional[Dataset]:
+        """``nc_train_dataset``; setting it after the trainer is built redraws the subset from it."""
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, value: Optional[Dataset]) -> None:
+        self._dataset = value
+        self._redraw()
+
+    @property
+    def samples(self) -> Optional[int]:
+        """``nc_train_samples``; setting it after the trainer is built redraws the subset."""
+        return self._samples
+
+    @samples.setter
+    def samples(self, value: Optional[int]) -> None:
+        _check_samples(value)
+        self._samples = value
+        self._redraw()
+
+    def _redraw(self) -> None:
+        """A new dataset or size: the subset, its cached batches, rows and result belonged to the old one
+        (they used to be reused silently); the new subset is checked and drawn as at construction."""
+        if getattr(self.trainer, "nc_train_subset", None) is not self:
+            return  # the trainer is still being built: its set-up draws the subset
+        self._indices, self._batches, self._cached = [], None, None
+        self._drop_prefix()
+        self._prefix_off, self.cache_mb = False, self._budget_mb
+        self.trainer._nc_check_setup()  # the construction-time checks and draw (K resolved there if it never was)
+
     @property
     def enabled(self) -> bool:
         """Whether the train subset is measured (``nc_train_samples != 0`` and there is data)."""
