@@ -296,6 +296,35 @@ def test_attach_checks_the_model_and_the_rows():
     assert "forward" not in emb.__dict__
 
 
+@pytest.mark.parametrize("method", ["layer_ft", "scl_delta", "linear_probe"])
+@pytest.mark.parametrize("change", ["other_checkpoint", "edited_prefix", "other_dtype"])
+def test_rows_of_other_frozen_weights_are_refused(method, change):
+    # a cache built on one model used to attach to another of the same shape (another checkpoint, a prefix
+    # edited before training, another dtype) and silently fed the tuned block the first model's hidden states
+    data = _dataset(4)
+    model = _adapt("vit_cls", method)
+    cache = PrefixCache.build(model, data, collate_fn, progress=False)
+    block = cache.layout.block
+    other = _adapt("vit_cls", method, seed=1 if change == "other_checkpoint" else 0)
+    frozen = [p for p in resolve_backbone(other).blocks[0].parameters() if p.dim() == 2]
+    if change == "edited_prefix":
+        with torch.no_grad():
+            frozen[0].mul_(1.05)  # one weight matrix of the frozen block 0
+    elif change == "other_dtype":
+        other.to(torch.bfloat16)
+    rows = collate_fn([cache[i] for i in range(len(data))])["pixel_values"].to(next(other.parameters()).dtype)
+    images = collate_fn(data)["pixel_values"].to(rows.dtype)
+    with PrefixCache.build(other, data, collate_fn, progress=False).attach(other):
+        wrong = other.eval()(pixel_values=rows).logits  # (what the stale rows gave, with a fresh handle)
+    assert not torch.allclose(wrong, other(pixel_values=images).logits, atol=1e-6)
+    with pytest.raises(PrefixCacheError, match=r"built with other frozen weights than this model's \((.* has other values"
+                                                 r"|the frozen tensors differ: dtype bfloat16 here, float32 when built)"):
+        cache.attach(other)
+    assert "forward" not in resolve_backbone(other).model.get_submodule("vit.embeddings").__dict__  # nothing patched
+    with cache.attach(_adapt("vit_cls", method)) as handle:  # the same weights rebuilt: accepted
+        assert handle.layout.block == block
+
+
 # -- memory ------------------------------------------------------------------------------------
 
 

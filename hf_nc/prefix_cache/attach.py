@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..backbones import resolve_backbone
-from .checks import _scl_delta_source, _stem, first_tuned_block
+from .checks import _scl_delta_source, _stem, first_tuned_block, prefix_weights_mismatch
 from .layout import PrefixCacheError, PrefixLayout
 
 
@@ -109,6 +109,7 @@ class PrefixCacheHandle:
                     f"this model is already attached to a prefix cache of another layout ({existing.layout}); "
                     "remove() that handle first"
                 )
+            cls._check_weights(model, layout)
             return existing
         block = first_tuned_block(model)
         if block != layout.block:
@@ -124,9 +125,22 @@ class PrefixCacheHandle:
             )
         if layout.hidden_size != backbone.hidden_size:
             raise PrefixCacheError(f"the cache's width {layout.hidden_size} is not the model's {backbone.hidden_size}")
+        cls._check_weights(model, layout)
         handle = cls(model, layout)
         backbone.model.__dict__[cls._ATTR] = handle
         return handle
+
+    @staticmethod
+    def _check_weights(model: nn.Module, layout: PrefixLayout) -> None:
+        """Rows computed by other frozen weights (another checkpoint of the same shape, a prefix changed
+        in place, another dtype) would silently feed the tuned block other hidden states than its images."""
+        problem = prefix_weights_mismatch(layout.prefix_weights, model, layout.block)
+        if problem:
+            raise PrefixCacheError(
+                f"the cache was built with other frozen weights than this model's ({problem}): its rows are not "
+                "what this model computes from the images. Build the cache on the model you train, after loading "
+                "its weights"
+            )
 
     def remove(self) -> None:
         """Restores the real forwards; the model runs only from images again."""

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..backbones import resolve_backbone
 from .attach import PrefixCacheHandle
 from .capture import _Capture, _model_inputs
-from .checks import _preserved_rng, dataset_problems, first_tuned_block, prefix_cache_problems
+from .checks import _preserved_rng, dataset_problems, first_tuned_block, prefix_cache_problems, prefix_weights
 from .layout import PrefixCacheError, PrefixLayout
 from .storage import DEFAULT_MEMORY_BUDGET, _human, _parse_bytes, _remove_files, _Storage
 
@@ -179,7 +179,7 @@ class PrefixCache(Dataset):
                 hidden, ref = capture.run(model, _model_inputs(probe, input_key, label_key, device))
                 layout = PrefixLayout(block=block, num_tokens=hidden.shape[1], hidden_size=hidden.shape[2],
                                       parts=1 if ref is None else 2, dtype=hidden.dtype,
-                                      block_returns_tensor=capture.returns_tensor)
+                                      block_returns_tensor=capture.returns_tensor, prefix_weights=prefix_weights(model, block))
                 nbytes = n * layout.row_bytes
                 budget = _parse_bytes(memory_budget)
                 in_ram = nbytes <= budget

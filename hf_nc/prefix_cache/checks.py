@@ -69,6 +69,66 @@ def _prefix_modules(backbone: Backbone, block: int) -> list[tuple[str, nn.Module
     return _stem(backbone) + [(backbone.block_path(i), backbone.blocks[i]) for i in range(block)]
 
 
+def _frozen_modules(backbone: Backbone, block: int) -> list[tuple[str, nn.Module]]:
+    """Every module whose weights the cached rows depend on: the prefix, and SCL's frozen block ``block``."""
+    modules = _prefix_modules(backbone, block)
+    if block < backbone.num_layers and _scl_delta_source(backbone.blocks[block]):
+        modules.append((f"{backbone.block_path(block)}.base_layer", backbone.blocks[block].base_layer))
+    return modules
+
+
+#: relative agreement of two :func:`prefix_weights` records of the same weights (float64 sums of the same
+#: values on another device or in another order differ by ~1e-15; any real change of a weight is far larger)
+PREFIX_WEIGHTS_RTOL = 1e-9
+
+
+@torch.no_grad()
+def _weight_sums(model: nn.Module, block: int) -> list[tuple[str, str, tuple, float, float]]:
+    """Per floating tensor the rows cut at ``block`` depend on (parameters and buffers of the stem, the
+    blocks below ``block`` and an SCL delta source's frozen block): name, dtype, shape, float64 sum and sum
+    of squares. Reductions on the weights' own device: no copy to the host."""
+    out = []
+    for path, module in _frozen_modules(resolve_backbone(model), block):
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if t.is_floating_point() and not t.is_meta:
+                out.append((f"{path}.{name}", str(t.dtype).removeprefix("torch."), tuple(t.shape),
+                            float(t.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(t, dtype=torch.float64) ** 2)))
+    return out
+
+
+def prefix_weights(model: nn.Module, block: int) -> tuple:
+    """A compact record of the frozen weights rows cut at ``block`` are computed with: a digest of the
+    tensors' names, dtypes and shapes, their dtypes, and per tensor its float64 sum and sum of squares
+    (:func:`prefix_weights_mismatch` compares two)."""
+    return _record(_weight_sums(model, block))
+
+
+def _record(sums: list[tuple]) -> tuple:
+    import hashlib
+
+    structure = hashlib.sha1(repr([r[:3] for r in sums]).encode()).hexdigest()
+    return structure, ",".join(sorted({r[1] for r in sums})), tuple(v for r in sums for v in r[3:])
+
+
+def prefix_weights_mismatch(recorded: Optional[tuple], model: nn.Module, block: int) -> Optional[str]:
+    """Why ``model``'s frozen weights are not those of the :func:`prefix_weights` record (the first
+    difference), or ``None`` (the same, or nothing recorded)."""
+    if recorded is None:
+        return None
+    structure, dtypes, values = recorded
+    sums = _weight_sums(model, block)
+    actual = _record(sums)
+    if actual[0] != structure:
+        why = f"dtype {actual[1]} here, {dtypes} when built" if actual[1] != dtypes else "other names or shapes"
+        return f"the frozen tensors differ: {why}"
+    for i, (name, _, shape, s1, q1) in enumerate(sums):
+        s0, q0 = values[2 * i], values[2 * i + 1]
+        scale = np.sqrt(float(np.prod(shape)) * max(q0, q1))  # the largest |sum| a tensor of this norm can have
+        if abs(q0 - q1) > PREFIX_WEIGHTS_RTOL * max(q0, q1) or abs(s0 - s1) > PREFIX_WEIGHTS_RTOL * (abs(s0) + abs(s1) + scale):
+            return f"{name} has other values than when the rows were computed (sum {s1:.6g} vs {s0:.6g})"
+    return None
+
+
 def _stochastic(path: str, module: nn.Module) -> list[str]:
     found = []
     for name, m in module.named_modules():

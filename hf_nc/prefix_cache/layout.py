@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -23,6 +24,9 @@ class PrefixLayout:
         parts: 1, or 2 when the frozen block ``block``'s own output is cached too (SCL delta).
         dtype: dtype of the cached hidden states.
         block_returns_tensor: Whether the blocks return a tensor (else a tuple led by one).
+        prefix_weights: What the frozen weights the rows were computed with sum to
+            (:func:`~hf_nc.prefix_cache.checks.prefix_weights`), checked when a model is attached;
+            ``None``: not recorded (not checked). Not part of the layout's equality.
     """
 
     block: int
@@ -31,6 +35,7 @@ class PrefixLayout:
     parts: int
     dtype: torch.dtype
     block_returns_tensor: bool = True
+    prefix_weights: Optional[tuple] = field(default=None, compare=False, repr=False)
 
     @property
     def row_shape(self) -> tuple[int, int]:

@@ -23,6 +23,7 @@ import torch
 
 from ..backbones import Backbone
 from ..prefix_cache import PrefixLayout
+from ..prefix_cache.checks import prefix_weights
 
 
 def _first_tensor(output) -> torch.Tensor:
@@ -165,5 +166,6 @@ class RowCapture:
         first = self._batches[0]["pixel_values"]
         tokens = first.shape[1] // self._parts
         layout = PrefixLayout(block=self.cut, num_tokens=tokens, hidden_size=first.shape[2], parts=self._parts,
-                              dtype=first.dtype, block_returns_tensor=self._returns_tensor)
+                              dtype=first.dtype, block_returns_tensor=self._returns_tensor,
+                              prefix_weights=prefix_weights(self.backbone.model, self.cut))
         return SubsetRows(layout, self._batches)
