@@ -186,18 +186,74 @@ def _transform_of(dataset) -> Any:
     return fmt.get("transform") or getattr(dataset, "transform", None)
 
 
-def dataset_problems(dataset, input_key: str = "pixel_values", probes: int = 4) -> list[str]:
+#: Class names of random image transforms (torchvision ``RandomResizedCrop``, ``RandAugment``, ``ColorJitter``,
+#: ...; albumentations' / timm's ``Random*``), found in a dataset's transform by :func:`_random_parts`
+_RANDOM_NAME_PREFIXES = ("Random",)
+_RANDOM_NAMES = frozenset({"RandAugment", "AutoAugment", "TrivialAugmentWide", "AugMix", "ColorJitter", "GaussianBlur",
+                           "ElasticTransform", "GaussNoise", "CutMix", "MixUp"})
+_SKIP_TYPES = (str, bytes, int, float, bool, type(None), torch.Tensor, np.ndarray, nn.Module, type)
+
+
+def _random_parts(obj: Any, depth: int = 4, seen: Optional[set] = None) -> list[str]:
+    """Names of random augmentations inside a transform: hf-nc's declared ``augment``, and objects whose
+    class is a random transform, looked for in ``Compose``-style lists, attributes, ``functools.partial``
+    arguments and a function's closure and the globals it names (a ``with_transform`` function)."""
+    import functools
+    import types
+
+    seen = set() if seen is None else seen
+    if depth < 0 or id(obj) in seen or isinstance(obj, _SKIP_TYPES) or isinstance(obj, types.ModuleType):
+        return []
+    seen.add(id(obj))
+    name = type(obj).__name__
+    if name in _RANDOM_NAMES or name.startswith(_RANDOM_NAME_PREFIXES):
+        return [name]
+    augment = getattr(obj, "augment", None) if not isinstance(obj, types.FunctionType) else None
+    if augment and isinstance(augment, (set, frozenset, list, tuple)):
+        return sorted(str(a) for a in augment)
+    children: list = []
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        children = list(obj)
+    elif isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, functools.partial):
+        children = [obj.func, *obj.args, *obj.keywords.values()]
+    elif isinstance(obj, types.MethodType):
+        children = [obj.__func__, obj.__self__]
+    elif isinstance(obj, types.FunctionType):
+        children = [c.cell_contents for c in (obj.__closure__ or ()) if _filled(c)]
+        children += [obj.__globals__[n] for n in obj.__code__.co_names if n in obj.__globals__]
+        children += list(obj.__defaults__ or ())
+    elif hasattr(obj, "__dict__") and not hasattr(obj, "__len__"):  # a transform object (not a dataset)
+        children = list(vars(obj).values())
+    found: list[str] = []
+    for child in children:
+        found += _random_parts(child, depth - 1, seen)
+    return found
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # an empty cell
+        return False
+    return True
+
+
+def dataset_problems(dataset, input_key: str = "pixel_values", probes: int = 16) -> list[str]:
     """Why ``dataset``'s items would not be the same in every epoch (training augmentation).
 
-    Checks an hf-nc transform's declared augmentations, then reads the first ``probes`` items twice
-    and compares ``input_key`` (random number states are restored afterwards).
+    Looks for random augmentations in the dataset's transform (hf-nc's declared ones, random
+    transform classes such as torchvision's ``Random*`` / ``ColorJitter``), then reads the first
+    ``probes`` items twice and compares ``input_key`` (random number states are restored
+    afterwards). Reading alone misses an augmentation that happens to draw the same twice (a flip
+    with p=0.5 did so on 4 items one time in 16).
     """
-    transform = _transform_of(dataset)
-    augment = getattr(getattr(transform, "image_transform", None), "augment", None)
-    if augment:
+    random_parts = _random_parts(_transform_of(dataset))
+    if random_parts:
         return [
-            f"the dataset's transform applies training augmentation ({', '.join(sorted(augment))}): a cache would "
-            "freeze one random draw per image. Train uncached, or cache a view without augmentation"
+            f"the dataset's transform applies training augmentation ({', '.join(sorted(set(random_parts)))}): a cache "
+            "would freeze one random draw per image. Train uncached, or cache a view without augmentation"
         ]
     n = min(probes, len(dataset))
     with _preserved_rng():
