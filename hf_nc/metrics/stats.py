@@ -32,9 +32,9 @@ def _recenter_due(i: int) -> bool:
 
     Updates 1, 2, 4, 8, 16, 32: a tiny or unrepresentative first batch only shapes the shifts
     of a few batches, at most 6 re-centrings (each one (d, K) x (K, d) product, about the
-    cost of a K-sample batch). A class first seen after update 32 keeps its shift from then
-    (the first batch's mean): its within-class part then has the precision of one global
-    shift, as before per-class shifts.
+    cost of a K-sample batch). A class absent from the first batch takes the class mean of the
+    batch it first appears in as its shift (``_shift_new_classes``), so its deviations are
+    within-class sized from its first sample on, also after update 32.
     """
     return 1 <= i <= RECENTER_UNTIL and i & (i - 1) == 0
 
@@ -47,8 +47,9 @@ class NCStats:
     within-class sized: the within-class covariance comes out without the catastrophic
     cancellation a single global shift suffers on well-separated (collapsed) classes, and
     the result does not depend on how the data were batched or ordered. The shifts start at
-    the first batch's class means and are moved, exactly, onto the running class means
-    before the updates 1, 2, 4, 8, 16, 32 (see ``_recenter_classes_``). One packed buffer holds
+    the first batch's class means (a class absent from it: at the class mean of the batch it
+    first appears in) and are moved, exactly, onto the running class means before the
+    updates 1, 2, 4, 8, 16, 32 (see ``_recenter_classes_``). One packed buffer holds
 
     * ``counts``   (K,)   n_k
     * class sums   (K, d) sum over class k of (h_i - c_k)
@@ -135,6 +136,7 @@ class NCStats:
         self._ncc_prep: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._calls = 0  # update() calls (the batch index named in errors)
         self._nonempty = 0  # non-empty update() calls (the re-centring schedule)
+        self._all_seen = False  # every class has samples: no class can need a first shift any more
         self._ncc_calls = 0
         self._buf: torch.Tensor | None = None  # the (B, d+2) work buffer of update()
         if self._device_hint is not None and self.dim is not None:
@@ -310,6 +312,8 @@ class NCStats:
         else:  # float64 features, float32 statistics: shift in float64 first
             torch.sub(x, self._g_acc, out=xs)
         xs.sub_(torch.index_select(self._E_acc, 0, yc))  # (h - g) - E_k: no large offset formed
+        if i > 0 and not self._all_seen:
+            self._shift_new_classes(xs, yc, labels_ok)
         aug[:, d] = torch.linalg.vector_norm(xs, dim=1).square_()  # ||h - c_k||^2
         aug[:, d + 1] = 1.0
         if i > 0:  # NaN/inf in h make the total of h - c_k non-finite
@@ -326,6 +330,35 @@ class NCStats:
         if self.check_every and self._calls % self.check_every == 0:
             self._raise_if_bad()
         return self
+
+    def _shift_new_classes(self, xs: torch.Tensor, yc: torch.Tensor, labels_ok: torch.Tensor) -> None:
+        """Classes seen for the first time in this batch take its class means as their shifts (in place on ``xs``).
+
+        They hold nothing yet, so the move is exact. Without it a class absent from the first batch
+        (class-sorted data: an image folder read in order) kept the first batch's mean as its shift
+        until the next re-centring, or for good after update 32, and its deviations were accumulated
+        between-class sized: float32 statistics lost NC1 to a few percent.
+
+        With checks at every call (the CPU default, which reads the device anyway) it stops once every
+        class has samples; with deferred checks (CUDA) every batch runs it without a host sync, a
+        no-op for the classes already seen.
+        """
+        K, d = self.num_classes, xs.shape[1]
+        unseen = self.counts == 0
+        present = torch.zeros(K, dtype=torch.bool, device=xs.device).index_fill_(0, yc, True)
+        if self.check_every == 1:
+            any_new, any_unseen = torch.stack([(unseen & present & labels_ok).any(), unseen.any()]).tolist()
+            self._all_seen = not any_unseen
+            if not any_new:
+                return
+        part = torch.zeros(K, d + 1, dtype=xs.dtype, device=xs.device)
+        part[:, :d].index_add_(0, yc, xs)
+        part[:, d].index_add_(0, yc, torch.ones_like(xs[:, 0]))
+        delta = part[:, :d] / part[:, d:].clamp_min(1)  # this batch's class means about the current shifts
+        new = labels_ok & unseen & present & torch.isfinite(delta).all(dim=1)
+        old = self._E
+        self._set_shift(self._g, torch.where(new[:, None], old + delta.to(torch.float64), old))
+        xs.sub_(torch.index_select((self._E - old).to(xs.dtype), 0, yc))  # zero for every class but the new ones
 
     def _class_means(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """float64 ``(mu_G - g (d,), M (K, d), counts (K,))``; classes must be non-empty."""
