@@ -413,3 +413,27 @@ def test_setting_the_train_subset_data_or_size_after_construction_redraws_it(tmp
     assert t.evaluate()[TRAIN_SUBSET_NC1] == pytest.approx(float(_dense(model, new, range(len(new)), 3)["nc1"]), rel=1e-5)
     with pytest.raises(ValueError, match="nc_train_samples=2 cannot hold one image of each of the 3 classes"):
         t.nc_train_samples = 2
+
+
+def test_labels_remapped_by_the_transform_are_the_ones_counted(tmp_path):
+    # a class subset renumbered in with_transform (raw ClassLabel ids 3, 7, 9 -> labels 0, 1, 2): the raw column
+    # used to be read as the labels, so nc_num_classes came out 10 and a valid trainer was refused ("no images of
+    # class(es) [0, 1, 2, 4, ...]"), or with nc_num_classes=3 "labels [3, 7, 9] outside 0..2"
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
+
+    base = _dataset([8, 8, 8], seed=0)
+    raw = base.with_format(None)
+    ids = np.asarray([3, 7, 9])[np.asarray(raw["label"])]
+    data = Dataset.from_dict({"pixels": raw["pixels"], "label": ids.tolist()},
+                             features=Features({"pixels": Sequence(Value("float32")), "label": ClassLabel(num_classes=10)}))
+    remap = {3: 0, 7: 1, 9: 2}
+    data = data.with_transform(lambda b: {"pixel_values": [torch.tensor(p).view(3, SIDE, SIDE) for p in b["pixels"]],
+                                          "labels": [remap[v] for v in b["label"]]})
+    model = _model(3)
+    t = _trainer(model, tmp_path, data, nc_kwargs={"nc_train_samples": 12})
+    assert t.nc_num_classes == 3
+    idx = t.nc_train_indices()
+    assert np.bincount([data[i]["labels"] for i in idx], minlength=3).tolist() == [4, 4, 4]  # stratified on the real labels
+    metrics = t.evaluate()
+    assert metrics[TRAIN_SUBSET_NC1] == pytest.approx(float(_dense(model, data, idx, 3)["nc1"]), rel=1e-5)
+    assert metrics["eval_nc1"] == pytest.approx(float(_dense(model, data, range(len(data)), 3)["nc1"]), rel=1e-5)

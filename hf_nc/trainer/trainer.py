@@ -33,7 +33,7 @@ from .collect import (
     metric_direction,
 )
 from .history import plot_history, restore_history, save_history, upsert
-from .labels import check_labels, dataset_labels
+from .labels import check_labels, class_label_count, dataset_labels
 from .labels import check_labels as _check_labels  # noqa: F401 - the name code imported from here before labels.py
 from .train_subset import TrainSubsetNC
 
@@ -198,10 +198,9 @@ class NCTrainer(NCModelCardMixin, Trainer):
     # ------------------------------------------------------------------ set-up
     def _infer_num_classes(self) -> int:
         for ds in (self.nc_train_dataset, self.train_dataset, self.eval_dataset):
-            features = getattr(ds, "features", None) or {}
-            for key in ("label", "labels"):
-                if hasattr(features.get(key), "num_classes"):
-                    return int(features[key].num_classes)
+            count = class_label_count(ds)
+            if count is not None:
+                return count
         return int(resolve_backbone(self.model).model.config.num_labels)
 
     @property
