@@ -437,3 +437,28 @@ def test_labels_remapped_by_the_transform_are_the_ones_counted(tmp_path):
     metrics = t.evaluate()
     assert metrics[TRAIN_SUBSET_NC1] == pytest.approx(float(_dense(model, data, idx, 3)["nc1"]), rel=1e-5)
     assert metrics["eval_nc1"] == pytest.approx(float(_dense(model, data, range(len(data)), 3)["nc1"]), rel=1e-5)
+
+
+def test_augmented_train_subset_data_is_warned_about(tmp_path):
+    # without nc_train_dataset the train subset is train_dataset: with augmentation its NC silently measured one
+    # random draw per image (kept by the batch cache for every later evaluation)
+    import warnings
+
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+    from PIL import Image
+
+    from hf_nc.data import collate_fn
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8)) for _ in range(12)]
+    ds = Dataset.from_dict({"image": images, "label": [0, 1, 2] * 4},
+                           features=Features({"image": ImageFeature(), "label": ClassLabel(num_classes=3)}))
+    model = _model(3)
+    augmented = ds.with_transform(hf_nc.build_transforms(model, train=True, augment="flip"))
+    plain = ds.with_transform(hf_nc.build_transforms(model, train=False))
+    with pytest.warns(UserWarning, match=r"train-subset NC data .* applies random augmentation \(flip\)"):
+        NCTrainer(model=model, args=_args(tmp_path), train_dataset=augmented, eval_dataset=plain, data_collator=collate_fn)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*random augmentation.*")
+        NCTrainer(model=model, args=_args(tmp_path), train_dataset=augmented, eval_dataset=plain, data_collator=collate_fn,
+                  nc_train_dataset=plain)

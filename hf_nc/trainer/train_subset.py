@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import warnings
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional
@@ -152,6 +153,7 @@ class TrainSubsetNC:
             raise ValueError("nc_train_dataset must be a map-style dataset (len() and indexing) to draw the train "
                              "subset from; pass one (e.g. the training data with evaluation transforms), or "
                              "nc_train_samples=0 to switch train-subset NC off")
+        self._warn_if_augmented()
         K = num_classes
         labels = dataset_labels(self.dataset, read_items=True)
         check_labels(labels, K, "nc_train_dataset")
@@ -174,6 +176,20 @@ class TrainSubsetNC:
             raise ValueError(f"the train subset ({len(indices)} images of nc_train_dataset): {e}; or pass "
                              "nc_train_samples=0 to switch train-subset NC off") from e
         self._indices = indices
+
+    def _warn_if_augmented(self) -> None:
+        """Train-subset NC of augmented images (``train_dataset`` by default) measures one random draw
+        per image, kept by the batch cache for every later evaluation: not the training data's NC."""
+        from ..prefix_cache.checks import _random_parts, _transform_of
+
+        data = self.dataset
+        while isinstance(data, Subset):
+            data = data.dataset
+        found = _random_parts(_transform_of(data))
+        if found:
+            warnings.warn(f"the train-subset NC data (nc_train_dataset, default train_dataset) applies random augmentation "
+                          f"({', '.join(sorted(set(found)))}): its NC would be measured on one random draw per image. Pass "
+                          "nc_train_dataset=<the training data with evaluation transforms>", UserWarning, stacklevel=4)
 
     def indices(self) -> list[int]:
         """The seeded, stratified subset of the dataset (all ranks agree); empty when switched off."""
