@@ -170,6 +170,25 @@ def test_nc_train_every_measures_some_evaluations(tmp_path):
     assert TRAIN_SUBSET_NC1 in trainer.evaluate()
 
 
+@pytest.mark.parametrize("resume", ["checkpoint-3", None])
+def test_nc_train_every_keeps_its_schedule_over_a_resume_and_a_second_train(tmp_path, resume):
+    # the evaluation count restarted at 0 in every train(): resumed after the 3rd evaluation, the 4th was measured
+    # and the 5th not (uninterrupted: the 5th, not the 4th); a second train() continued the first run's count
+    data = pattern_dataset(COUNTS)
+
+    def trainer():
+        return NCTrainer(model=_vit(), args=_args(tmp_path, max_steps=6, save_strategy="steps", save_steps=1), train_dataset=data,
+                         eval_dataset=data, data_collator=collate, nc_plots=False, nc_train_every=2)
+
+    first = trainer()
+    first.train()
+    want = [r["step"] for r in first.nc_history if "train" in r]
+    assert want == [1, 3, 5, 6]
+    again = trainer() if resume else first
+    again.train(resume_from_checkpoint=str(tmp_path / resume) if resume else None)
+    assert [r["step"] for r in again.nc_history if "train" in r] == want
+
+
 @pytest.mark.parametrize("every", [0, -1, 1.5, True, "2"])
 def test_nc_train_every_must_be_a_positive_int(tmp_path, every):
     data = pattern_dataset(COUNTS)

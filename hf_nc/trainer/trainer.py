@@ -429,6 +429,9 @@ class NCTrainer(NCModelCardMixin, Trainer):
         if checkpoint is True:
             checkpoint = get_last_checkpoint(self.args.output_dir)
         self.nc_history = restore_history(checkpoint, self.args.output_dir) if isinstance(checkpoint, str) else []
+        # nc_train_every counts this run's evaluations: a resumed run goes on with the checkpoint's (step 0 is an
+        # evaluate() before training unless eval_on_start), a new one starts again
+        self.nc_train_subset._eval_steps = [r["step"] for r in self.nc_history if r["step"] > 0 or self.args.eval_on_start]
         self.nc_train_subset.train_calls += 1
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
