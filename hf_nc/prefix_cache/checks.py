@@ -253,7 +253,8 @@ def dataset_problems(dataset, input_key: str = "pixel_values", probes: int = 16)
     if random_parts:
         return [
             f"the dataset's transform applies training augmentation ({', '.join(sorted(set(random_parts)))}): a cache "
-            "would freeze one random draw per image. Train uncached, or cache a view without augmentation"
+            "would freeze one random draw per image. Train uncached, or cache a view without augmentation (or, if "
+            "that transform never runs on these items, build with check_dataset=False)"
         ]
     n = min(probes, len(dataset))
     with _preserved_rng():
