@@ -462,3 +462,23 @@ def test_augmented_train_subset_data_is_warned_about(tmp_path):
         warnings.filterwarnings("error", message=".*random augmentation.*")
         NCTrainer(model=model, args=_args(tmp_path), train_dataset=augmented, eval_dataset=plain, data_collator=collate_fn,
                   nc_train_dataset=plain)
+
+
+def test_prefix_cache_data_without_attaching_the_model_fails_when_the_trainer_is_built(tmp_path):
+    # it used to fail at the first training step inside transformers: "not enough values to unpack (expected 4, got 3)"
+    from peft import get_peft_model
+
+    from hf_nc import LayerFTConfig, PrefixCache
+
+    train = _dataset([4, 4, 4], seed=0)
+    model = get_peft_model(_model(3), LayerFTConfig(layers=[-1]))
+    cache = PrefixCache.build(model, train, collate, batch_size=8, progress=False)
+    for kw in (dict(train_dataset=cache, eval_dataset=train), dict(train_dataset=train, eval_dataset={"val": cache})):
+        with pytest.raises(ValueError, match=r"is a PrefixCache \(rows entering block 3\), but the model is not attached to it: "
+                                             r"call cache.attach\(model\)"):
+            NCTrainer(model=model, args=_args(tmp_path, max_steps=1), data_collator=collate, nc_plots=False, **kw)
+    cache.attach(model)
+    t = NCTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=cache, eval_dataset=train, data_collator=collate,
+                  nc_plots=False)
+    t.train()
+    assert math.isfinite(t.evaluate()["eval_nc1"])

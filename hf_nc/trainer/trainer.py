@@ -163,6 +163,7 @@ class NCTrainer(NCModelCardMixin, Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self._check_prefix_caches_attached(nc_train_dataset)
         #: the train-subset machinery (:class:`~hf_nc.trainer.train_subset.TrainSubsetNC`); the
         #: ``nc_train_*`` attributes and methods of the trainer read and write it
         self.nc_train_subset = TrainSubsetNC(
@@ -231,6 +232,28 @@ class NCTrainer(NCModelCardMixin, Trainer):
             if labels is not None:
                 check_labels(labels, K, name if name == "eval_dataset" else f"eval_dataset[{name!r}]")
         self.nc_train_subset.setup(K, seed=self.args.seed)
+
+    def _check_prefix_caches_attached(self, nc_train_dataset) -> None:
+        """A :class:`~hf_nc.prefix_cache.PrefixCache` given as data needs the model attached to it: else its
+        rows reach the embeddings as if they were images and the first step fails deep inside transformers
+        ("not enough values to unpack")."""
+        from ..prefix_cache import PrefixCache, PrefixCacheHandle
+
+        evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
+        sets = {"train_dataset": self.train_dataset, "nc_train_dataset": nc_train_dataset,
+                **{k if k == "eval_dataset" else f"eval_dataset[{k!r}]": v for k, v in evals.items()}}
+        caches = {name: ds for name, ds in sets.items() if isinstance(ds, PrefixCache)}
+        if not caches:
+            return
+        try:
+            handle = resolve_backbone(self.model).model.__dict__.get(PrefixCacheHandle._ATTR)
+        except ValueError:
+            return  # not a supported backbone: the NC set-up says so
+        for name, cache in caches.items():
+            if handle is None or handle.layout != cache.layout:
+                raise ValueError(f"{name} is a PrefixCache (rows entering block {cache.layout.block}), but "
+                                 "the model is not attached to it" + ("" if handle is None else " (it is attached to a "
+                                 "cache of another layout)") + ": call cache.attach(model) before building the trainer")
 
     def _nc_check_best_metric_is_logged(self, name: str, canonical: str) -> None:
         """An NC ``metric_for_best_model`` these settings never log fails now, not at the first
