@@ -405,8 +405,10 @@ class NCTrainer(NCModelCardMixin, Trainer):
         """
         return self.nc_train_subset.metrics()
 
-    nc_train_dataset = _subset_setting("dataset", "Training data of the train-subset NC (``nc_train_dataset``).")
-    nc_train_samples = _subset_setting("samples", "Size of the train subset as passed (``nc_train_samples``).")
+    nc_train_dataset = _subset_setting("dataset", "Training data of the train-subset NC (``nc_train_dataset``); setting it "
+                                                  "draws the subset again, with the construction-time checks.")
+    nc_train_samples = _subset_setting("samples", "Size of the train subset as passed (``nc_train_samples``); setting it "
+                                                  "draws the subset again.")
     nc_cache_mb = _subset_setting("cache_mb", "Memory budget of the cached train-subset batches, in MiB "
                                               "(``nc_cache_mb``; drops to 0 once they do not fit).")
     nc_prefix_cache = _subset_setting("prefix_cache", "Whether the train subset is measured from the first "
