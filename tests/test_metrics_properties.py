@@ -24,6 +24,8 @@ def datasets(draw):
     K = draw(st.integers(2, 7))
     d = draw(st.integers(1, 12))
     counts = draw(st.lists(st.integers(1, 40), min_size=K, max_size=K))
+    if max(counts) < 2:  # one sample in every class is refused (no within-class variability to measure)
+        counts[0] = 2
     seed = draw(st.integers(0, 2**31 - 1))
     offset = draw(st.sampled_from([0.0, 1.0, -37.5, 1e3, 1e5]))
     dtype = draw(st.sampled_from([torch.float64, torch.float32]))
@@ -53,7 +55,7 @@ def _reference(K, x, y, W):
     return reference_nc(x.double().numpy(), y.numpy(), K, W)  # the values as stored
 
 
-def _close(got, want, rtol, atol=1e-10):
+def _close(got, want, rtol, atol=1e-9):  # the float64 reference itself errs by ~4e-10 at offset 1e5 (K=2, d=1: nc2_etf 0 exactly)
     for k in KEYS:
         assert got[k] == pytest.approx(want[k], rel=rtol, abs=atol), (k, got[k], want[k])
     assert got["num_samples"] == want["num_samples"]
