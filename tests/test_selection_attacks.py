@@ -1,6 +1,7 @@
 """Selection on inputs the other tests never try: label dtypes, tiny or empty splits, SCL's last block,
 checkpoints whose image processor has another size than the config."""
 
+import math
 import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
@@ -197,7 +198,9 @@ def test_held_out_validation_that_empties_a_class_is_refused(model, rule):
     with pytest.raises(ValueError, match=r"leaves classes \[0, 1, 2\] without a training image"):  # was "no batches" / torch.stack
         suggest_layer(model, one_shot, rule=rule, method="layer", steps=1, progress=False)
     with_val = DatasetDict(train=grey_images(1), validation=grey_images(1, seed=1))
-    assert 0 <= suggest_layer(model, with_val, rule="probe", method="layer", progress=False).block < 4
+    by_probe = suggest_layer(model, with_val, rule="probe", method="layer", progress=False)
+    assert 0 <= by_probe.block < 4  # one training image per class: the probes decide, NC1 is undefined (NaN, not 0)
+    assert all(math.isnan(v) for v in by_probe.nc1_per_layer)
 
 
 def test_unknown_rank_by_fails_before_any_forward_pass(model, monkeypatch):

@@ -54,8 +54,10 @@ def load_candidate(candidate: Candidate, seed: int = 0) -> nn.Module:
     return load_model(path, random_init=random_init, seed=seed)
 
 
-def resolve_data(dataset, *, shots_per_class: int | None = None, seed: int = 0, need_test: bool = False):
-    """``(train, test or None, num_classes, description)`` from a name/path or a (Dataset)Dict."""
+def resolve_data(dataset, *, shots_per_class: int | None = None, seed: int = 0, need_test: bool = False,
+                 need_within_class: bool = True):
+    """``(train, test or None, num_classes, description)`` from a name/path or a (Dataset)Dict;
+    with ``need_within_class`` (NC1 decides), a training split of one image per class is refused."""
     description = dataset if isinstance(dataset, str) else "dataset"
     if isinstance(dataset, str):
         dataset = load_image_dataset(dataset, shots_per_class=shots_per_class, seed=seed)
@@ -73,6 +75,8 @@ def resolve_data(dataset, *, shots_per_class: int | None = None, seed: int = 0, 
         if ds is not None and len(ds) == 0:
             raise ValueError(f"the {split!r} split of {description} has no images")
     k = _num_classes(train)
+    if not need_within_class:
+        return train, test, k, description
     labels = np.asarray(train["label"], dtype=np.int64)
     counts = np.bincount(labels[(labels >= 0) & (labels < k)], minlength=k)  # bad labels: named by the NC pass
     try:  # before any forward pass: one image per class makes every NC1 0 and the ranking the input order

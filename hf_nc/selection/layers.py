@@ -533,7 +533,9 @@ def suggest_layer(
         # validation drawn from the training images outside the few-shot subset (same subset)
         dataset = load_image_dataset(dataset, shots_per_class=shots_per_class, seed=seed, validation_split=validation_fraction)
         shots_per_class = None
-    train, _, k, _ = _measure.resolve_data(dataset, shots_per_class=shots_per_class, seed=seed)
+    # the probe and few-step rules need no within-class variability (one image per class is fine)
+    train, _, k, _ = _measure.resolve_data(dataset, shots_per_class=shots_per_class, seed=seed,
+                                           need_within_class=rule not in ("probe", "few_steps"))
     k = k if num_classes is None else check_num_classes(num_classes)  # 0 is an error, not "from the data"
     _measure.device_of(net, device)
     fit, val = _validation_split(dataset, train, validation_fraction, seed) if rule in ("probe", "few_steps") else (train, None)
@@ -548,7 +550,9 @@ def suggest_layer(
         return suggestion
     keep_blocks = rule not in ("nc1", "nc1_slope")
     stats, kept = _measure.measure(net, fit, k, layers="all", batch_size=batch_size, keep_blocks=keep_blocks, progress=progress)
-    curve = {key: _measure.compute(s, degenerate_tol)[0]["nc1"] for key, s in stats.items() if isinstance(key, int)}
+    # the probe rule on one image per class: NC1 is undefined there (reported NaN), the probes decide
+    curve = {key: (_measure.compute(s, degenerate_tol)[0]["nc1"] if int(s.counts.max()) >= 2 else float("nan"))
+             for key, s in stats.items() if isinstance(key, int)}
     blocks = sorted(curve)
     tunable = blocks[: tunable_blocks(len(blocks), method)]  # SCL: never the last block (SCLConfig refuses it)
     if rule == "nc1":
