@@ -2,6 +2,7 @@
 checkpoints whose image processor has another size than the config."""
 
 import math
+
 import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
