@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+import numpy as np
 from accelerate.utils import DataLoaderConfiguration
 from recipe_args import check_sample_count, int_arg, split_list
 from torch.utils.data import DataLoader
@@ -63,6 +64,17 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def check_within_class_flags(data, num_classes: int, cause: str) -> None:
+    """Refuses a split with one image in every class before any forward pass, naming ``cause`` (a flag).
+
+    NCStats would refuse it only after the whole pass (NC1 and CDNV are 0 by construction there).
+    """
+    counts = np.bincount(np.asarray(data["label"], dtype=np.int64), minlength=num_classes)
+    if counts.max(initial=0) < 2:
+        raise ValueError(f"{cause}: every one of the {num_classes} classes has a single image, so within-class "
+                         "variability (NC1, CDNV) would be 0 by construction, not measured")
+
+
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(ReportArguments).parse_args_into_dataclasses(args=argv)
     if args.model_name_or_path is None:
@@ -79,10 +91,17 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--split {args.split!r}: '{args.dataset}' has the splits {list(splits)}")
     data, provenance = splits[args.split], split_provenance(splits)[args.split]
     check_sample_count(args.max_samples, "--max_samples")
+    num_classes = data.features["label"].num_classes
+    shots = args.shots_per_class is not None and args.split == "train"
+    check_within_class_flags(data, num_classes, "--shots_per_class 1 (use --shots_per_class >= 2)" if shots
+                             else f"the {args.split!r} split of {args.dataset!r}")
     if args.max_samples is not None and args.max_samples < len(data):
+        if args.max_samples < num_classes:  # stratified_indices' own error names no flag
+            raise ValueError(f"--max_samples {args.max_samples} cannot hold one image of each of the {num_classes} classes: "
+                             f"use --max_samples >= {num_classes}")
         data = stratified_subset(data, args.max_samples, seed=args.seed)
         provenance += f", {len(data)} of them (stratified, seed {args.seed})"
-    num_classes = data.features["label"].num_classes
+    check_within_class_flags(data, num_classes, f"--max_samples {args.max_samples} (use --max_samples > {num_classes})")
     transform = build_transforms(model, train=False, image_size=args.image_size)
     loader = DataLoader(data.with_transform(transform), batch_size=args.batch_size, collate_fn=collate_fn)
     loader = accelerator.prepare_data_loader(loader)

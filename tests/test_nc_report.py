@@ -96,3 +96,17 @@ def test_image_size_override_and_split_record(tiny_checkpoint, tmp_path, capsys)
     assert json.loads((tmp_path / "cap" / "nc_report.json").read_text())["split"] == "digits 'test' split, 30 of them (stratified, seed 0)"
     with pytest.raises(ValueError, match="has the splits"):
         nc_report.main(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path), "--split", "validation", "--no_progress"])
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--shots_per_class", "1"], "--shots_per_class"),
+    (["--max_samples", "10"], "--max_samples"),  # digits has 10 classes: one image each
+    (["--max_samples", "4"], "--max_samples"),  # fewer images than classes
+])
+def test_one_image_per_class_is_refused_by_flag_before_the_forward_pass(tiny_checkpoint, tmp_path, monkeypatch, flags, named):
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the forward pass ran before the flags were checked")
+
+    monkeypatch.setattr(nc_report, "layer_nc", no_pass)
+    with pytest.raises(ValueError, match=named):
+        nc_report.main(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path), "--no_progress", *flags])
