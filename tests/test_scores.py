@@ -226,3 +226,22 @@ def test_input_errors_and_failed_scores_are_nan_with_reason():
 
 
 # the block benchmark's --quick test: tests/test_selection_blocks.py::test_block_benchmark_quick
+
+
+def test_one_sample_in_every_class_is_refused_by_every_score():
+    # With one sample per class the labels only name the samples: H-score is then exactly
+    # min(K - 1, d) and every score the same for any labelling, whatever the features.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 20)), np.arange(6)
+    for name in ("logme", "logme_thin", "hscore", "hscore_shrinkage", "ncti"):
+        with pytest.raises(ValueError, match="single sample"):
+            S.SCORES[name].fn(x, y, num_classes=6)
+    stats = NCStats(6, 20).update(torch.from_numpy(x), torch.from_numpy(y))
+    for fn in (S.logme_from_stats, S.hscore_from_stats):
+        with pytest.raises(ValueError, match="single sample"):
+            fn(stats)
+    out = S.compute_scores(x, y, ["logme", "hscore"], num_classes=6)
+    assert math.isnan(out["logme"]) and "single sample" in out["errors"]["hscore"]
+    # one class with a second sample is a measurement again
+    x2, y2 = np.vstack([x, rng.normal(size=(1, 20))]), np.append(y, 0)
+    assert math.isfinite(S.hscore(x2, y2)) and math.isfinite(S.logme(x2, y2))

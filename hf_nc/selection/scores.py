@@ -73,11 +73,24 @@ def _as_xy(features: Any, labels: Any, num_classes: int | None = None) -> tuple[
     return x, y.astype(np.int64), k
 
 
-def _class_stats(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class counts (K,) and class sums (K, d); every class must have a sample."""
-    counts = np.bincount(y, minlength=k).astype(np.float64)
+def _check_counts(counts: np.ndarray) -> None:
+    """Every class has a sample, and some class has two.
+
+    With one sample in every class the labels are a bijection onto the samples, and every score
+    here is symmetric in the classes: it is then a function of the features alone, the same for
+    any labelling (H-score is exactly min(K - 1, d)), so it would measure nothing about the task.
+    """
     if np.any(counts == 0):
         raise ValueError(f"classes without samples: {np.flatnonzero(counts == 0).tolist()}")
+    if counts.max() < 2:
+        raise ValueError(f"every one of the {len(counts)} classes has a single sample: the score would not depend on the "
+                         "labels (within-class variability is 0 by construction); use at least 2 samples in some class")
+
+
+def _class_stats(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class counts (K,) and class sums (K, d); every class must have a sample, some class two."""
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    _check_counts(counts)
     sums = np.zeros((k, x.shape[1]))
     np.add.at(sums, y, x)
     return counts, sums
@@ -89,8 +102,7 @@ def _stats_arrays(stats) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     if stats.device is None or float(stats.counts.sum()) == 0:
         raise ValueError("the NCStats hold no samples")
     counts = stats.counts.double().cpu().numpy()
-    if np.any(counts == 0):
-        raise ValueError(f"classes without samples: {np.flatnonzero(counts == 0).tolist()}")
+    _check_counts(counts)
     c = stats.shift.double().cpu().numpy()
     shifted = stats.sums.double().cpu().numpy()  # sum over class k of (h - c)
     second = stats.second.double().cpu().numpy()  # sum over i of (h - c)(h - c)^T
