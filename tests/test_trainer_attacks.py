@@ -482,3 +482,41 @@ def test_prefix_cache_data_without_attaching_the_model_fails_when_the_trainer_is
                   nc_plots=False)
     t.train()
     assert math.isfinite(t.evaluate()["eval_nc1"])
+
+
+def test_setting_nc_layers_or_num_classes_after_construction_is_checked_and_drops_stale_blocks(tmp_path):
+    # trainer.nc_layers = ... kept the frozen blocks' NC1 of the first pass (blocks no longer asked for were
+    # still reported), nc_layers=False failed at the next evaluate() ('bool' object is not iterable), a bad
+    # block or a wrong nc_num_classes was accepted and failed or gave NaN only at the next evaluation
+    from peft import get_peft_model
+
+    from hf_nc import LayerFTConfig
+
+    train = _dataset([8, 8, 8], seed=0)
+    model = get_peft_model(_model(3), LayerFTConfig(layers=[-1]))
+    t = _trainer(model, tmp_path, train, nc_kwargs={"nc_train_samples": 12, "nc_layers": "all"})
+    first = t.evaluate()
+    blocks = [k for k in first if k.startswith(TRAIN_SUBSET_NC1 + "_block")]
+    assert len(blocks) == 4
+    t.nc_layers = False
+    assert t.nc_layers == []
+    later = t.evaluate()
+    assert not [k for k in later if "_block" in k]
+    assert later[TRAIN_SUBSET_NC1] == pytest.approx(first[TRAIN_SUBSET_NC1], rel=1e-6)
+    with pytest.raises(ValueError, match=r"nc_layers=\[99\]"):
+        t.nc_layers = [99]
+    assert t.nc_layers == []  # the refused value is not kept
+    with pytest.raises(ValueError, match="no images of class"):
+        t.nc_num_classes = 5
+    assert t.nc_num_classes == 3
+    t.nc_layers = [1]
+    assert [k for k in t.evaluate() if k.startswith(TRAIN_SUBSET_NC1 + "_block")] == [TRAIN_SUBSET_NC1 + "_block1"]
+
+
+def test_switching_eval_nc_off_after_construction_checks_metric_for_best_model(tmp_path):
+    train = _dataset([8, 8, 8], seed=0)
+    t = _trainer(_model(3), tmp_path, train, nc_kwargs={"nc_train_samples": 12}, metric_for_best_model="eval_nc1",
+                 eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True)
+    with pytest.raises(ValueError, match="metric_for_best_model='eval_nc1' is never logged.*nc_eval=False"):
+        t.nc_eval = False
+    assert t.nc_eval is True

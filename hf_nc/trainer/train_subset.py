@@ -116,10 +116,16 @@ class TrainSubsetNC:
         self._samples = value
         self._redraw()
 
+    def settings_changed(self) -> None:
+        """The trainer's ``nc_layers`` / ``nc_num_classes`` / ``nc_eval`` / ``nc_ncc`` changed: the result
+        and the frozen blocks' NC1 were measured with the old ones (removed blocks kept being reported),
+        and K stratifies the subset; everything is checked and drawn again, as at construction."""
+        self._redraw()
+
     def _redraw(self) -> None:
         """A new dataset or size: the subset, its cached batches, rows and result belonged to the old one
         (they used to be reused silently); the new subset is checked and drawn as at construction."""
-        if getattr(self.trainer, "nc_train_subset", None) is not self:
+        if getattr(self.trainer, "nc_train_subset", None) is not self or not getattr(self.trainer, "_nc_built", False):
             return  # the trainer is still being built: its set-up draws the subset
         self._indices, self._batches, self._cached = [], None, None
         self._drop_prefix()

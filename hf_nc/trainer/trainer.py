@@ -48,6 +48,33 @@ def _subset_setting(name: str, doc: str) -> property:
                     lambda self, value: setattr(self.nc_train_subset, name, value), doc=doc)
 
 
+def _nc_setting(name: str, doc: str, normalise=lambda value: value) -> property:
+    """An NC setting shared by the eval-data and train-subset NC; setting it after construction runs
+    the construction-time checks again and drops what was measured or cached with the old value
+    (the train subset's rows, result and frozen-block NC1), restoring the old value if they fail."""
+    attr = "_" + name
+
+    def fset(self, value):
+        old = getattr(self, attr, None)
+        setattr(self, attr, normalise(value))
+        if not getattr(self, "_nc_built", False):
+            return  # still being built: __init__ runs the checks once every setting is in
+        try:
+            self.nc_train_subset.settings_changed()
+            self._nc_check_best_metric()
+        except ValueError:
+            setattr(self, attr, old)
+            self.nc_train_subset.settings_changed()
+            raise
+
+    return property(lambda self: getattr(self, attr), fset, doc=doc)
+
+
+def _layers_setting(value):
+    """``nc_layers`` as passed -> ``"all"``, ``[]`` or the block indices."""
+    return "all" if value is True else ([] if value is False or value is None else value)
+
+
 class _NCHistoryCallback(TrainerCallback):
     """Copies the NC history into every checkpoint and draws the plots when training ends."""
 
@@ -170,7 +197,7 @@ class NCTrainer(NCModelCardMixin, Trainer):
             self, nc_train_dataset if nc_train_dataset is not None else self.train_dataset, nc_train_samples,
             cache_mb=nc_cache_mb, prefix_cache=nc_prefix_cache, every=nc_train_every)
         self.nc_eval = nc_eval
-        self.nc_layers = "all" if nc_layers is True else ([] if nc_layers is False else nc_layers)
+        self.nc_layers = nc_layers
         self.nc_ncc = nc_ncc
         self.nc_plots = nc_plots
         self.nc_num_classes = nc_num_classes
@@ -179,6 +206,12 @@ class NCTrainer(NCModelCardMixin, Trainer):
         self._nc_eval_stats: Optional[LayerStats] = None
         self._nc_depth = 0
         self._nc_check_setup()
+        self._nc_check_best_metric()
+        self._nc_built = True  # from now on setting nc_layers / nc_num_classes / nc_eval / nc_ncc re-runs the checks
+        self.add_callback(_NCHistoryCallback(self))
+
+    def _nc_check_best_metric(self) -> None:
+        """``metric_for_best_model`` canonicalised, and refused where these settings never log it."""
         name = self.args.metric_for_best_model
         canonical = canonical_metric_name(name)
         if canonical != name:
@@ -194,7 +227,6 @@ class NCTrainer(NCModelCardMixin, Trainer):
         if direction is not None and self.args.greater_is_better != direction:
             logger.info("metric_for_best_model=%s: greater_is_better set to %s", canonical, direction)
             self.args.greater_is_better = direction
-        self.add_callback(_NCHistoryCallback(self))
 
     # ------------------------------------------------------------------ set-up
     def _infer_num_classes(self) -> int:
@@ -219,7 +251,7 @@ class NCTrainer(NCModelCardMixin, Trainer):
             raise ValueError(f"NCTrainer cannot measure NC of this model: {e} "
                              "(pass nc_eval=False and nc_train_samples=0 to train it without NC)") from e
         # None: from the data; 0 is checked like any other value (it used to mean "infer" silently)
-        self.nc_num_classes = check_num_classes(self._infer_num_classes() if self.nc_num_classes is None else self.nc_num_classes)
+        self._nc_num_classes = check_num_classes(self._infer_num_classes() if self.nc_num_classes is None else self.nc_num_classes)
         try:
             LayerFeatures(self.model, layers=self.nc_layers)
         except (ValueError, TypeError) as e:
@@ -405,6 +437,13 @@ class NCTrainer(NCModelCardMixin, Trainer):
         """
         return self.nc_train_subset.metrics()
 
+    nc_eval = _nc_setting("nc_eval", "Whether NC of the evaluation data is measured (``nc_eval``).")
+    nc_layers = _nc_setting("nc_layers", "Blocks with per-block NC1: ``\"all\"``, ``[]`` or indices (``nc_layers``; "
+                                         "``True``/``False`` are read as at construction); setting it checks it again.",
+                            _layers_setting)
+    nc_ncc = _nc_setting("nc_ncc", "Whether the train subset's ``ncc_acc`` is computed (``nc_ncc``).")
+    nc_num_classes = _nc_setting("nc_num_classes", "K (``nc_num_classes``; resolved from the data at construction); "
+                                                   "setting it checks the data against it and draws the train subset again.")
     nc_train_dataset = _subset_setting("dataset", "Training data of the train-subset NC (``nc_train_dataset``); setting it "
                                                   "draws the subset again, with the construction-time checks.")
     nc_train_samples = _subset_setting("samples", "Size of the train subset as passed (``nc_train_samples``); setting it "
