@@ -30,6 +30,7 @@ from transformers import AutoModelForImageClassification, Trainer, TrainingArgum
 from transformers.utils import logging as hf_logging
 
 import hf_nc
+from hf_nc.checkpoints import resolve_builtin
 from hf_nc.data import build_transforms, collate_fn, load_image_dataset
 from hf_nc.trainer import NCTrainer
 from _results import add_json_argument, goal_row, info_row, print_goals, record
@@ -39,8 +40,8 @@ def run(cls, args, data, prefix_cache: bool = True, clock: Callable[[], float] =
     train, test = data
     set_seed(0)
     names = train.features["label"].names
-    model = AutoModelForImageClassification.from_pretrained(
-        args.model, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True)
+    model = AutoModelForImageClassification.from_pretrained(  # a built-in's stable name is its folder, not a Hub id
+        resolve_builtin(args.model), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True)
     model = get_peft_model(model, hf_nc.SCLConfig(layer=args.layer))
     transform = build_transforms(model, train=False)
     with tempfile.TemporaryDirectory() as out:

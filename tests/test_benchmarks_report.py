@@ -152,3 +152,30 @@ def test_gpu_check_script_parses_and_rejects_unknown_options():
     subprocess.run(["bash", "-n", str(script)], check=True)
     out = subprocess.run(["bash", str(script), "--gpu"], capture_output=True, text=True)
     assert out.returncode == 2 and "usage" in out.stderr
+
+
+def test_trainer_benchmark_loads_the_builtin_model_by_its_stable_name(monkeypatch):
+    # --model hf-nc/tiny-vit-fmnist (the name the cards print) was sent to the offline Hub
+    import argparse
+    import importlib.util
+
+    from hf_nc.checkpoints import DEFAULT_MODEL_NAME
+    from hf_nc.data import load_image_dataset
+
+    spec = importlib.util.spec_from_file_location("benchmark_trainer", ROOT / "benchmarks" / "trainer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    loaded = []
+
+    class Loaded(Exception):
+        pass
+
+    def stop(model, config):  # the model loaded: stop before the timed training
+        loaded.append(model)
+        raise Loaded
+
+    monkeypatch.setattr(bench, "get_peft_model", stop)
+    train = load_image_dataset("digits", shots_per_class=2)["train"]
+    with pytest.raises(Loaded):
+        bench.run(bench.Trainer, argparse.Namespace(model=DEFAULT_MODEL_NAME, layer=-6), (train, train))
+    assert loaded[0].config.num_labels == 10
