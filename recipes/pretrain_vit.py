@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, get_cosine_schedule_with_warmup
 
 from hf_nc.accelerate_utils import build_accelerator
-from hf_nc.data import build_transforms, collate_fn, load_image_dataset
+from hf_nc.data import build_transforms, collate_fn, load_image_dataset, stratified_subset
 from hf_nc.metrics import NCStats
 
 LOSSES = ("ce", "label_smoothing", "mse", "supcon")
@@ -56,7 +56,7 @@ class DataArguments:
     classes: Optional[str] = field(default=None, metadata={"help": "comma-separated source classes, e.g. 0,1,2,3,4"})
     shots_per_class: Optional[int] = field(default=None, metadata={"help": "few-shot source training set"})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "seeded random subset (tests)"})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "first N test images"})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "seeded (--seed), stratified subset of N test images"})
     augment: str = field(default="none", metadata={"help": "none | crop | flip | crop,flip"})
     crop_scale_min: float = field(default=0.8, metadata={"help": "random resized crop: smallest area share"})
     nc_samples: int = field(default=2000, metadata={"help": "size of the fixed training subset for source NC"})
@@ -396,12 +396,17 @@ def main(argv: list[str] | None = None) -> dict:
         check_sample_count(getattr(dargs, flag), f"--{flag}")
     if dargs.max_train_samples is not None and dargs.max_train_samples < len(train):
         train = train.shuffle(seed=args.seed).select(range(dargs.max_train_samples))
-    if dargs.max_eval_samples is not None:
-        test = test.select(range(min(dargs.max_eval_samples, len(test))))
+    if dargs.max_eval_samples is not None and dargs.max_eval_samples < len(test):
+        # seeded and stratified, as in the fine-tuning recipes: a test/ folder is sorted by class, so its first N
+        # images were one or two classes and the reported test accuracy theirs
+        try:
+            test = stratified_subset(test, dargs.max_eval_samples, seed=args.seed)
+        except ValueError as e:
+            raise ValueError(f"--max_eval_samples {dargs.max_eval_samples}: {e}") from e
     names = train.features["label"].names
     if len(names) < 2:  # (NC1 and the classifier need two classes; NCStats said only "K >= 2" after the data loaded)
         raise ValueError(f"--classes: pre-training needs at least 2 classes, got {names} from {dargs.dataset!r}")
-    # a random --max_train_samples can miss a class (and a first-N --max_eval_samples can hold one class):
+    # a random --max_train_samples can miss a class:
     # say so by flag now, not as a NaN metric or an error at the first epoch
     for split, flag, ds in (("training", "--max_train_samples", train), ("test", "--max_eval_samples", test)):
         missing = sorted(set(range(len(names))) - set(np.unique(np.asarray(ds["label"])).tolist()))
@@ -502,6 +507,7 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
                      "accelerate": accelerate.__version__, "datasets": datasets.__version__},
         "class_names": names, "num_train": len(train), "num_test": len(test), "num_nc_samples": len(nc_ds),
+        "num_test_per_class": np.bincount(np.asarray(test["label"]), minlength=len(names)).tolist(),
         "num_processes": accelerator.num_processes, "steps": step, "losses": losses,
         "learning_rates": learning_rates, "history": history,
         "head_train_accuracy": head_train_acc, "test_accuracy": test_acc, "wall_time_s": time.time() - start,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -121,12 +122,28 @@ def test_sample_counts_of_zero_are_an_error_naming_the_flag(recipe, flag, tmp_pa
         _run(recipe, tmp_path, flag, "0", "--max_steps", "1")
 
 
-@pytest.mark.parametrize("flag, split", [("--max_train_samples", "training"), ("--max_eval_samples", "test")])
-def test_a_sample_count_that_drops_a_class_is_an_error_naming_the_flag(recipe, flag, split, tmp_path):
+@pytest.mark.parametrize("flag, message", [("--max_train_samples", r"the 3 training images kept hold no image of class\(es\)"),
+                                           ("--max_eval_samples", "3: a stratified subset of 3 cannot hold all 10 classes")])
+def test_a_sample_count_that_drops_a_class_is_an_error_naming_the_flag(recipe, flag, message, tmp_path):
     # 3 images cannot hold 10 classes: the training run used to fail at its first epoch (a class with no
     # samples), the test subset to report the accuracy of one class as the test accuracy
-    with pytest.raises(ValueError, match=rf"{flag}: the 3 {split} images kept hold no image of class\(es\)"):
+    with pytest.raises(ValueError, match=rf"{flag}:? {message}"):
         _run(recipe, tmp_path, flag, "3", "--max_steps", "1")
+
+
+def test_max_eval_samples_of_a_class_sorted_test_folder_is_stratified(recipe, tmp_path):
+    # an image folder's test/ split is read class by class: the first 21 of 3 x 10 test images were
+    # 10, 10 and 1 of the classes, and the test accuracy mostly two classes'
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 10)):
+        for c in "abc":
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "data" / split / c / f"{i}.png")
+    rec = _run(recipe, tmp_path / "out", "--dataset", str(tmp_path / "data"), "--max_eval_samples", "21", "--max_steps", "1")
+    assert rec["num_test"] == 21 and rec["num_test_per_class"] == [7, 7, 7]
 
 
 @pytest.mark.parametrize("kind", ["a file", "under a file"])
