@@ -112,6 +112,8 @@ def test_few_step_trials_arguments_and_scl(splits):
         few_step_trials(model, splits["train"], splits["validation"], steps=5, run_steps=0)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):  # was "range() arg 3 must not be zero"
         few_step_trials(model, splits["train"], splits["validation"], steps=1, batch_size=0)
+    with pytest.raises(ValueError, match="the validation split has no images"):  # was "stack expects a non-empty TensorList"
+        few_step_trials(model, splits["train"], splits["validation"].select([]), steps=1)
     with pytest.raises(ValueError, match="blocks applies to rule='few_steps' only"):  # was silently ignored
         suggest_layer(model, splits, rule="nc1", blocks=[0], progress=False)
     with pytest.raises(ValueError, match="num_classes must be at least 2"):  # 0 used to mean "from the data"
@@ -125,6 +127,17 @@ def test_choose_block_by_trials_accuracy_then_loss():
     assert s.block == 2 and s.extra["rule"] == "few_steps" and len(s.extra["trials"]) == 3  # tie on accuracy: lower loss
     with pytest.raises(ValueError):
         choose_block_by_trials([])
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 0, 2)])
+def test_choose_block_by_trials_never_prefers_a_diverged_trial(order):
+    # a NaN loss compares false both ways, so an accuracy tie went to whichever trial came first
+    nan = float("nan")
+    trials = {0: BlockTrial(0, [5], [0.5], [nan], 1.0, True), 1: BlockTrial(1, [5], [0.5], [1.2], 1.0, True),
+              2: BlockTrial(2, [5], [nan], [0.1], 1.0, True)}
+    assert choose_block_by_trials([trials[b] for b in order], "layer").block == 1
+    with pytest.raises(ValueError, match="no trial has a finite validation accuracy"):
+        choose_block_by_trials([trials[2]])
 
 
 def test_suggest_layer_few_steps_reads_validation_never_test(splits):

@@ -276,6 +276,9 @@ def few_step_trials(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for name, split in (("train", train), ("validation", validation)):
+        if len(split) == 0:  # was "stack expects a non-empty TensorList" from the preprocessing
+            raise ValueError(f"the {name} split has no images: the trials need images to train on and to measure")
     eval_steps = sorted({int(e) for e in (eval_steps or [steps])})
     if eval_steps[0] < 1 or eval_steps[-1] > steps:
         raise ValueError(f"eval_steps must lie in [1, steps={steps}], got {eval_steps}")
@@ -379,10 +382,20 @@ def _evaluate(net: nn.Module, data, batch_size: int, dev) -> tuple[float, float]
 
 def choose_block_by_trials(trials: Sequence[BlockTrial], method: str = "layer", at: int = -1) -> LayerSuggestion:
     """The block whose trial has the highest validation accuracy after ``trials[i].steps[at]``
-    steps (ties: the lower validation loss, then the earlier block)."""
+    steps (ties: the lower validation loss, then the earlier block). A trial whose accuracy is not
+    finite is never chosen; a non-finite loss (a diverged trial) counts as the highest."""
     if not trials:
         raise ValueError("no trials")
-    key = [(t.validation_accuracy[at], -t.validation_loss[at], -t.block) for t in trials]
+    if not any(math.isfinite(t.validation_accuracy[at]) for t in trials):
+        raise ValueError(f"no trial has a finite validation accuracy: {[t.validation_accuracy[at] for t in trials]}")
+
+    def key_of(t: BlockTrial) -> tuple:  # NaN compares false both ways: max() kept whichever trial came first
+        acc, loss = t.validation_accuracy[at], t.validation_loss[at]
+        if not math.isfinite(acc):
+            return (-math.inf, -math.inf, -t.block)
+        return (acc, -loss if math.isfinite(loss) else -math.inf, -t.block)
+
+    key = [key_of(t) for t in trials]
     best = trials[max(range(len(trials)), key=lambda i: key[i])]
     n = best.steps[at]
     return LayerSuggestion(
