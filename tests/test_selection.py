@@ -128,6 +128,18 @@ def test_choose_block_always_returns_a_valid_block():
             assert math.log10(curve[s.block]) <= math.log10(min(curve)) + s.tolerance * (math.log10(max(curve)) - math.log10(min(curve))) + 1e-12
 
 
+def test_choose_block_tolerance_ends_are_exact():
+    # lo + 1.0 * (hi - lo) can round below hi: tolerance=1 (documented: the first block) then skipped block 0
+    # when it held the curve's maximum, about 1 curve in 30
+    assert choose_block([9.855040944009588, 1.8754279872729955, 6.13160406688738, 6.570027296006392, 4.7705446101737135],
+                        "scl", tolerance=1.0).block == 0
+    rng = random.Random(1)
+    for _ in range(500):
+        curve = [10 ** rng.uniform(-3, 3) for _ in range(rng.randint(2, 13))]
+        assert choose_block(curve, "scl", tolerance=1.0).block == 0
+        assert choose_block(curve, "scl", tolerance=0.0).block == curve.index(min(curve))
+
+
 # ---------------------------------------------------------------------- ranking, known answers
 def test_rank_models_known_answer_probe_and_json_round_trip(data, tmp_path):
     good = good_model()

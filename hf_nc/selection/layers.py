@@ -129,7 +129,9 @@ def choose_block(nc1_per_layer: Sequence[float] | Mapping, method: str = "scl", 
         after = "the last block" if block == valid[-1] else f"NC1 rises after it (x{10 ** (max(logs[i] for i in valid if i > block) - lo):.3g} at most)"
         return LayerSuggestion(block=block, reason=f"lowest NC1 ({curve[block]:.4g}); {after}", **base)
     threshold = lo + tolerance * (hi - lo)
-    block = min(i for i in valid if logs[i] <= threshold)
+    # measured from the minimum, so the ends are exact: lo + 1.0 * (hi - lo) can round below hi, and
+    # tolerance=1 then missed block 0 at the curve's maximum (about 1 curve in 30)
+    block = min(i for i in valid if logs[i] - lo <= tolerance * (hi - lo))
     best = max(i for i in valid if logs[i] == lo)
     reason = (f"first block with NC1 {curve[block]:.4g} <= {10 ** threshold:.4g} (within {tolerance:.0%} of the log range "
               f"[{10 ** lo:.4g}, {10 ** hi:.4g}] above the minimum, at block {best})")
