@@ -22,6 +22,17 @@ def _finite(score: Sequence[float]) -> np.ndarray:
     return np.where(np.isfinite(s), s, low)
 
 
+def _accuracies(accuracy: Sequence[float]) -> np.ndarray:
+    """float64 accuracies, every one finite: a NaN made Kendall and Spearman NaN but left weighted tau a
+    finite number (scipy's weightedtau ranks it), and made the top-1 regret NaN."""
+    a = np.asarray(accuracy, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(a)).tolist()
+    if bad:
+        raise ValueError(f"accuracies must be finite, got {a[bad].tolist()} at positions {bad}: leave out items without "
+                         "an accuracy (e.g. a diverged run) rather than passing NaN")
+    return a
+
+
 def correlations(score: Sequence[float], accuracy: Sequence[float]) -> dict[str, float]:
     """Kendall's tau-b, weighted tau (``scipy.stats.weightedtau``, hyperbolic weights on rank,
     as NCTI and LogME report it) and Spearman's rho between score and accuracy.
@@ -30,7 +41,7 @@ def correlations(score: Sequence[float], accuracy: Sequence[float]) -> dict[str,
     """
     from scipy import stats
 
-    s, a = _finite(score), np.asarray(accuracy, dtype=np.float64)
+    s, a = _finite(score), _accuracies(accuracy)
     if len(s) != len(a):
         raise ValueError(f"score and accuracy lengths differ: {len(s)} != {len(a)}")
     if len(s) < 2 or np.ptp(s) == 0 or np.ptp(a) == 0:
@@ -45,7 +56,7 @@ def correlations(score: Sequence[float], accuracy: Sequence[float]) -> dict[str,
 def top1_regret(score: Sequence[float], accuracy: Sequence[float]) -> float:
     """Best accuracy minus the accuracy of the item the score ranks first (ties: the mean of the
     tied items' accuracies). 0 = the score picks the best item."""
-    s, a = _finite(score), np.asarray(accuracy, dtype=np.float64)
+    s, a = _finite(score), _accuracies(accuracy)
     return float(a.max() - a[s == s.max()].mean())
 
 
@@ -57,7 +68,7 @@ def bootstrap(score: Sequence[float], accuracy: Sequence[float], *, num_samples:
     fewer than half the resamples were usable. With few items (say < 10) the intervals are
     wide: that is the honest answer.
     """
-    s, a = _finite(score), np.asarray(accuracy, dtype=np.float64)
+    s, a = _finite(score), _accuracies(accuracy)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in KEYS}
     for _ in range(num_samples):
@@ -79,6 +90,10 @@ def score_correlations(oriented_scores: Mapping[str, Mapping[str, float]], accur
     percentile-bootstrap intervals (:func:`bootstrap`, items resampled; on a handful of items
     they are wide, which is the honest answer)."""
     items = [i for i in oriented_scores if i in accuracies]
+    bad = [i for i in items if not math.isfinite(float(accuracies[i]))]
+    if bad:
+        raise ValueError(f"accuracies must be finite, got {[accuracies[i] for i in bad]} for {bad}: leave out items without "
+                         "an accuracy (e.g. a diverged run) rather than passing NaN")
     names = sorted({n for i in items for n in oriented_scores[i]})
     out = {}
     for name in names:

@@ -375,6 +375,13 @@ def rank_models(
         raise ValueError(f"candidate names must be distinct, got {names}: pass {{name: model}}")
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0 (0: no intervals), got {bootstrap}")
+    if accuracies is not None:  # before any model runs
+        unknown = sorted(set(accuracies) - set(names))
+        if unknown:
+            raise ValueError(f"accuracies for unknown candidates {unknown}; candidates: {names}")
+        bad = {n: v for n, v in accuracies.items() if not math.isfinite(float(v))}
+        if bad:  # a NaN left weighted tau finite and Kendall / Spearman / the regret NaN
+            raise ValueError(f"accuracies must be finite, got {bad}: leave out candidates without an accuracy")
     score_names = list(dict.fromkeys(scores)) if scores else ["nc1"]
     rank_by = rank_by or score_names[0]
     if rank_by not in score_names:
@@ -433,9 +440,6 @@ def rank_models(
     for r, c in enumerate(ranked, 1):
         c.rank = r
     if accuracies is not None:
-        unknown = sorted(set(accuracies) - set(names))
-        if unknown:
-            raise ValueError(f"accuracies for unknown candidates {unknown}; candidates: {names}")
         truth, ground = {n: float(v) for n, v in accuracies.items()}, "provided"
     elif linear_probe:
         truth, ground = {c.name: c.linear_probe["test_accuracy"] for c in ranked}, "linear_probe"
