@@ -213,3 +213,26 @@ def test_unknown_rank_by_fails_before_any_forward_pass(model, monkeypatch):
     monkeypatch.setattr(_measure, "measure", no_pass)
     with pytest.raises(ValueError, match="unknown score 'leep'"):
         rank_models({"m": model}, DatasetDict(train=grey_images(2)), rank_by="leep", progress=False)
+
+
+def test_a_nan_accuracy_is_refused_not_correlated(model, monkeypatch):
+    # a NaN accuracy (a diverged run) made Kendall / Spearman / the regret NaN but left weighted tau a finite
+    # number; rank_models took it after every candidate's forward pass
+    from hf_nc.selection import _measure
+    from hf_nc.selection.correlation import correlations, score_correlations, top1_regret
+
+    nan = float("nan")
+    for fn in (correlations, top1_regret):
+        with pytest.raises(ValueError, match="accuracies must be finite"):
+            fn([1.0, 2.0, 3.0], [0.5, nan, 0.9])
+    with pytest.raises(ValueError, match=r"accuracies must be finite, got \[nan\] for \['b'\]"):
+        score_correlations({"a": {"s": 1.0}, "b": {"s": 2.0}, "c": {"s": 3.0}}, {"a": 0.5, "b": nan, "c": 0.9})
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the arguments were checked")
+
+    monkeypatch.setattr(_measure, "measure", no_pass)
+    with pytest.raises(ValueError, match="accuracies must be finite"):
+        rank_models({"m": model, "n": model}, DatasetDict(train=grey_images(2)), accuracies={"m": 0.5, "n": nan}, progress=False)
+    with pytest.raises(ValueError, match="unknown candidates"):
+        rank_models({"m": model}, DatasetDict(train=grey_images(2)), accuracies={"x": 0.5}, progress=False)
