@@ -520,3 +520,21 @@ def test_switching_eval_nc_off_after_construction_checks_metric_for_best_model(t
     with pytest.raises(ValueError, match="metric_for_best_model='eval_nc1' is never logged.*nc_eval=False"):
         t.nc_eval = False
     assert t.nc_eval is True
+
+
+def test_setting_nc_cache_mb_after_construction_is_the_budget_from_then_on(tmp_path):
+    # trainer.nc_cache_mb = 0 kept the batches cached under the old budget (and the rows' budget), and a
+    # later redraw (nc_train_samples = ...) put the construction-time value back
+    train = _dataset([8, 8, 8], seed=0)
+    model = _model(3)  # every block trained: no frozen prefix, the images' batches are what is cached
+    t = _trainer(model, tmp_path, train, nc_kwargs={"nc_train_samples": 12, "nc_cache_mb": 256})
+    first = t.evaluate()[TRAIN_SUBSET_NC1]
+    assert t.nc_train_subset._batches is not None
+    t.nc_cache_mb = 0
+    assert t.nc_train_subset._batches is None
+    assert t.evaluate()[TRAIN_SUBSET_NC1] == pytest.approx(first, rel=1e-6)
+    assert t.nc_train_subset._batches is None  # nothing cached within a budget of 0
+    t.nc_train_samples = 15
+    assert t.nc_cache_mb == 0
+    assert t.evaluate()[TRAIN_SUBSET_NC1] == pytest.approx(float(_dense(model, train, t.nc_train_indices(), 3)["nc1"]), rel=1e-5)
+    assert t.nc_train_subset._batches is None

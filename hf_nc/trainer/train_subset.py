@@ -76,7 +76,7 @@ class TrainSubsetNC:
         self.trainer = trainer
         self._dataset = dataset
         self._samples = samples
-        self.cache_mb = cache_mb
+        self._cache_mb = cache_mb
         self._budget_mb = cache_mb  # cache_mb drops to 0 when the images do not fit; the rows keep it
         self.prefix_cache = prefix_cache
         self.every = int(every)
@@ -122,6 +122,20 @@ class TrainSubsetNC:
         and K stratifies the subset; everything is checked and drawn again, as at construction."""
         self._redraw()
 
+    @property
+    def cache_mb(self) -> float:
+        """``nc_cache_mb`` in effect: the budget as set, or 0 once the images did not fit in it."""
+        return self._cache_mb
+
+    @cache_mb.setter
+    def cache_mb(self, value: float) -> None:
+        """A new budget for the batches and the rows: it used to change only the batches' share, kept the
+        batches and rows cached under the old one, and a later redraw put the old value back."""
+        self._cache_mb = self._budget_mb = value
+        self._batches = None  # cached again at the next pass if they fit in the new budget
+        self._drop_prefix()  # the rows too (in RAM within the budget, else a PrefixCache)
+        self._cached = None
+
     def _redraw(self) -> None:
         """A new dataset or size: the subset, its cached batches, rows and result belonged to the old one
         (they used to be reused silently); the new subset is checked and drawn as at construction."""
@@ -129,7 +143,7 @@ class TrainSubsetNC:
             return  # the trainer is still being built: its set-up draws the subset
         self._indices, self._batches, self._cached = [], None, None
         self._drop_prefix()
-        self._prefix_off, self.cache_mb = False, self._budget_mb
+        self._prefix_off, self._cache_mb = False, self._budget_mb
         self.trainer._nc_check_setup()  # the construction-time checks and draw (K resolved there if it never was)
 
     @property
@@ -228,7 +242,7 @@ class TrainSubsetNC:
         for batch in loader:
             size += sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor)) if isinstance(batch, dict) else 0
             if not isinstance(batch, dict) or size > self.cache_mb * 2**20:
-                self.cache_mb = 0  # too large (or not a dict batch): stream from now on
+                self._cache_mb = 0  # too large (or not a dict batch): stream from now on
                 return loader
             batches.append(batch)
         self._batches = batches

@@ -449,7 +449,8 @@ class NCTrainer(NCModelCardMixin, Trainer):
     nc_train_samples = _subset_setting("samples", "Size of the train subset as passed (``nc_train_samples``); setting it "
                                                   "draws the subset again.")
     nc_cache_mb = _subset_setting("cache_mb", "Memory budget of the cached train-subset batches, in MiB "
-                                              "(``nc_cache_mb``; drops to 0 once they do not fit).")
+                                              "(``nc_cache_mb``; drops to 0 once they do not fit); setting it is the "
+                                              "budget of the batches and the rows from then on (both cached again).")
     nc_prefix_cache = _subset_setting("prefix_cache", "Whether the train subset is measured from the first "
                                                       "tuned block (``nc_prefix_cache``).")
     nc_train_every = _subset_setting("every", "Measure the train subset at every k-th evaluation (``nc_train_every``).")
