@@ -538,3 +538,19 @@ def test_setting_nc_cache_mb_after_construction_is_the_budget_from_then_on(tmp_p
     assert t.nc_cache_mb == 0
     assert t.evaluate()[TRAIN_SUBSET_NC1] == pytest.approx(float(_dense(model, train, t.nc_train_indices(), 3)["nc1"]), rel=1e-5)
     assert t.nc_train_subset._batches is None
+
+
+def test_setting_nc_train_every_after_construction_is_checked(tmp_path):
+    # nc_train_every = 0 was accepted and failed at the first evaluation in training (modulo by zero); 2 with a
+    # train-subset metric_for_best_model (refused at construction) was accepted too
+    train = _dataset([8, 8, 8], seed=0)
+    t = _trainer(_model(3), tmp_path, train, nc_kwargs={"nc_train_samples": 12}, metric_for_best_model="train_nc1",
+                 eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True)
+    with pytest.raises(ValueError, match="nc_train_every must be a positive int"):
+        t.nc_train_every = 0
+    with pytest.raises(ValueError, match="needs the train subset at every evaluation"):
+        t.nc_train_every = 2
+    assert t.nc_train_every == 1
+    plain = _trainer(_model(3), tmp_path / "plain", train, nc_kwargs={"nc_train_samples": 12})
+    plain.nc_train_every = 3
+    assert plain.nc_train_every == 3

@@ -44,6 +44,12 @@ def _check_samples(samples: Any) -> None:
         raise ValueError(f"nc_train_samples must be an int or None, got {samples!r}")
 
 
+def _check_every(every: Any) -> None:
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+        raise ValueError(f"nc_train_every must be a positive int (1: measure the train subset at every evaluation), "
+                         f"got {every!r}")
+
+
 class TrainSubsetNC:
     """The train subset of one ``NCTrainer``: which images, their cached batches or rows, and its NC.
 
@@ -70,16 +76,14 @@ class TrainSubsetNC:
     def __init__(self, trainer: "NCTrainer", dataset: Optional[Dataset], samples: Optional[int], cache_mb: float,
                  prefix_cache: bool, every: int):
         _check_samples(samples)
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-            raise ValueError(f"nc_train_every must be a positive int (1: measure the train subset at every evaluation), "
-                             f"got {every!r}")
+        _check_every(every)
         self.trainer = trainer
         self._dataset = dataset
         self._samples = samples
         self._cache_mb = cache_mb
         self._budget_mb = cache_mb  # cache_mb drops to 0 when the images do not fit; the rows keep it
         self.prefix_cache = prefix_cache
-        self.every = int(every)
+        self._every = int(every)
         #: ``evaluate()`` calls outside nested ones (a dict of eval sets recurses), counted by the trainer
         self.evaluate_calls = 0
         self.train_calls = 0  # NCTrainer.train() calls (the fingerprint names the run)
@@ -121,6 +125,25 @@ class TrainSubsetNC:
         and the frozen blocks' NC1 were measured with the old ones (removed blocks kept being reported),
         and K stratifies the subset; everything is checked and drawn again, as at construction."""
         self._redraw()
+
+    @property
+    def every(self) -> int:
+        """``nc_train_every``."""
+        return self._every
+
+    @every.setter
+    def every(self, value: int) -> None:
+        """Checked as at construction: 0 used to be accepted and fail at the first evaluation in training
+        (a modulo by zero), a value above 1 to skip a train-subset ``metric_for_best_model``'s value."""
+        _check_every(value)
+        old, self._every = self._every, int(value)
+        if not getattr(self.trainer, "_nc_built", False):
+            return
+        try:
+            self.trainer._nc_check_best_metric()
+        except ValueError:
+            self._every = old
+            raise
 
     @property
     def cache_mb(self) -> float:
