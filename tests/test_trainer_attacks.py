@@ -413,6 +413,9 @@ def test_setting_the_train_subset_data_or_size_after_construction_redraws_it(tmp
     assert t.evaluate()[TRAIN_SUBSET_NC1] == pytest.approx(float(_dense(model, new, range(len(new)), 3)["nc1"]), rel=1e-5)
     with pytest.raises(ValueError, match="nc_train_samples=2 cannot hold one image of each of the 3 classes"):
         t.nc_train_samples = 2
+    # the refused size is not kept: the previous subset is still drawn and measured
+    assert t.nc_train_samples is None and t.nc_train_indices() == list(range(len(new)))
+    assert t.evaluate()[TRAIN_SUBSET_NC1] == pytest.approx(float(_dense(model, new, range(len(new)), 3)["nc1"]), rel=1e-5)
 
 
 def test_labels_remapped_by_the_transform_are_the_ones_counted(tmp_path):

@@ -106,8 +106,8 @@ class TrainSubsetNC:
 
     @dataset.setter
     def dataset(self, value: Optional[Dataset]) -> None:
-        self._dataset = value
-        self._redraw()
+        old, self._dataset = self._dataset, value
+        self._redraw_or_restore("_dataset", old)
 
     @property
     def samples(self) -> Optional[int]:
@@ -117,8 +117,18 @@ class TrainSubsetNC:
     @samples.setter
     def samples(self, value: Optional[int]) -> None:
         _check_samples(value)
-        self._samples = value
-        self._redraw()
+        old, self._samples = self._samples, value
+        self._redraw_or_restore("_samples", old)
+
+    def _redraw_or_restore(self, attr: str, old: Any) -> None:
+        """:meth:`_redraw` with the new value; if its checks refuse it, the old value and its subset come back
+        (a refused value used to stay set, with no subset drawn)."""
+        try:
+            self._redraw()
+        except ValueError:
+            setattr(self, attr, old)
+            self._redraw()
+            raise
 
     def settings_changed(self) -> None:
         """The trainer's ``nc_layers`` / ``nc_num_classes`` / ``nc_eval`` / ``nc_ncc`` changed: the result
