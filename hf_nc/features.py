@@ -47,13 +47,26 @@ class LayerFeatures:
 
     def __init__(self, model: nn.Module, layers: Layers = "all", pooling: Pooling = None, include_final: bool = True):
         self.backbone: Backbone = resolve_backbone(model)
-        n = self.backbone.num_layers
-        indices = range(n) if layers == "all" else [self.backbone.layer_index(i) for i in layers]
-        self.layers: list[int] = sorted(set(indices))
+        self._handles: list = []
+        self.layers = layers
         self.include_final = include_final
         self._pool = self._pooler(pooling)
         self.features: dict[LayerKey, torch.Tensor] = {}
-        self._handles: list = []
+
+    @property
+    def layers(self) -> list[int]:
+        """The recorded blocks, sorted, as non-negative indices."""
+        return self._layers
+
+    @layers.setter
+    def layers(self, layers: Layers) -> None:
+        """``"all"`` or block indices, checked and normalised as at construction (set later, ``[-1]`` used to be
+        recorded under the key ``-1`` and a bad index to fail only at ``__enter__``). Not while recording: the
+        hooks are registered on entry."""
+        if self._handles:
+            raise RuntimeError("LayerFeatures.layers cannot change while recording: set it outside the with block")
+        indices = range(self.backbone.num_layers) if layers == "all" else [self.backbone.layer_index(i) for i in layers]
+        self._layers = sorted(set(indices))
 
     def _pooler(self, pooling: Pooling) -> Callable[[torch.Tensor], torch.Tensor]:
         if callable(pooling):

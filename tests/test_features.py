@@ -111,3 +111,20 @@ def test_unsupported_architecture_names_supported_ones():
     config = tf.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=32)
     with pytest.raises(UnsupportedBackboneError, match=r"model_type='bert'.*vit.*register_backbone"):
         LayerFeatures(tf.BertModel(config))
+
+
+def test_layers_set_after_construction_are_checked_and_normalised():
+    # recorder.layers = [-1] used to record under the key -1 (not the block index every reader expects) and
+    # a bad index to fail at __enter__ with an IndexError; changing it while recording changed no hook
+    model, x = build_tiny_model("vit_cls"), tiny_pixels()
+    recorder = LayerFeatures(model, layers=[0])
+    recorder.layers = [-1]
+    assert recorder.layers == [LAYERS - 1] and recorder.keys == [LAYERS - 1, FINAL]
+    with recorder, torch.no_grad():
+        hidden = model(pixel_values=x, output_hidden_states=True).hidden_states
+        got = recorder.pop()
+        with pytest.raises(RuntimeError, match="cannot change while recording"):
+            recorder.layers = [0]
+    torch.testing.assert_close(got[LAYERS - 1], hidden[LAYERS][:, 0])
+    with pytest.raises(ValueError, match=r"0\.\.3"):
+        recorder.layers = [LAYERS]
