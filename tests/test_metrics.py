@@ -293,6 +293,8 @@ def test_one_sample_in_every_class_is_refused_not_reported_as_collapse():
         s.update(h[i : i + 1], y[i : i + 1])
     with pytest.raises(ValueError, match="single sample.*NC1, CDNV"):
         s.compute()
+    with pytest.raises(ValueError, match="single sample"):  # before a second pass over the data, not after it
+        s.ncc_pass(h[:1], y[:1])
     h2, y2 = make_data(5, 8, [2, 1, 1, 1, 1])
     assert_close(nc_metrics(h2, y2), reference_nc(h2, y2, 5))
 

@@ -221,7 +221,7 @@ ATTACKS = [
            run=lambda: nc_metrics(np.zeros((4, 2)), np.array([0.7, 0, 1, 1])),
            error=(ValueError, "labels must be integers")),
     Attack("merge_after_ncc_pass", issue="issue 9 item 17",
-           run=lambda: NCStats(2, 1).update([[0.0], [1.0]], [0, 1]).ncc_pass([[0.0]], [0]).merge(
+           run=lambda: NCStats(2, 1).update([[0.0], [1.0], [0.5]], [0, 1, 1]).ncc_pass([[0.0]], [0]).merge(
                NCStats(2, 1).update([[5.0], [6.0]], [0, 1])),
            error=(RuntimeError, r"merge\(\) after ncc_pass\(\)")),
     Attack("bool_features", run=lambda: nc_metrics(torch.ones(4, 2, dtype=torch.bool), [0, 0, 1, 1]),

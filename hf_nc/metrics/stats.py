@@ -383,7 +383,8 @@ class NCStats:
             self.
 
         Raises:
-            ValueError: bad input, or classes without samples (their mean is undefined).
+            ValueError: bad input, classes without samples (their mean is undefined), or a single
+                sample in every class (``compute`` refuses those statistics).
             RuntimeError: in a multi-process run, before ``all_reduce``.
         """
         x, y = self._prepare(features, labels)
@@ -392,6 +393,7 @@ class NCStats:
         if self._ncc_prep is None:
             self._raise_if_bad()
             check_nonempty(self.counts)
+            check_within_class(self.counts)  # compute() would refuse these statistics: not after a second pass
             z, M, _ = self._class_means()
             self._ncc_prep = (self._g + z, M, (M * M).sum(dim=1))
         self._ncc_done = True
