@@ -10,54 +10,14 @@ not complete is marked **PENDING** and is never stated as a finding.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
 from . import plan, select, stats
-
-LABEL = {"logreg": "logistic-regression probe", "linear_probe": "linear probe (AdamW head)", "full": "full FT",
-         "lpft": "LP-then-FT", "lora": "LoRA", "heads": "head FT", "layer": "Layer FT", "scl": "SCL FT"}
-MODEL_NAMES = {"tiny": "shipped tiny ViT (12x64, trained on Fashion-MNIST)", "dinov2": "DINOv2-S/14 (offline, 56x56)"}
-ALPHA = 0.05
-
-
-def pts(x: float) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.1f}"
-
-
-def ci_text(m: float, lo: float, hi: float, n: int, signed: bool = False) -> str:
-    if n == 0:
-        return "-"
-    f = (lambda v: f"{100 * v:+.1f}") if signed else pts
-    return f"{f(m)} [{f(lo)}, {f(hi)}] (n={n})" if n > 1 else f"{f(m)} (n=1)"
-
-
-def g(x, digits: int = 3) -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}g}"
-
-
-def table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-
-
-def fmt_corr(c) -> str:
-    if c is None:
-        return "n/a (too few points or constant)"
-    rho, p, n = c
-    return f"rho = {rho:+.2f} (" + ("p < 0.001" if p < 1e-3 else f"p = {p:.3g}") + f", n = {n})"
-
-
-def corr_verdict(c, expected_sign: int) -> str:
-    if c is None:
-        return "cannot be tested (too few points)"
-    rho, p, _ = c
-    if rho * expected_sign > 0 and p < ALPHA:
-        return "**expected sign, p < 0.05**"
-    if rho * expected_sign > 0:
-        return "expected sign, not significant"
-    return "**not the expected sign**"
+from .cells import Cell, status_word
+from .finding_i import finding_i_tally, section_finding_i  # noqa: F401  (finding_i_tally: read as report.finding_i_tally)
+from .markdown import LABEL, MODEL_NAMES, ci_text, corr_verdict, fmt_corr, g, pts, table
 
 
 def tie_note(cell: "Cell", key: str, hp: float) -> str:
@@ -76,67 +36,6 @@ def describe_choice(ch: select.Choice, family: str) -> str:
     if ch.head_factor is not None:
         hp += f", head LR {ch.hp * ch.head_factor:g}"
     return f"{what} ({hp})"
-
-
-# ---------------------------------------------------------------------------------------------- records
-class Cell:
-    """One ``(model, task, shots)`` cell: its selection table, flags and final runs."""
-
-    def __init__(self, s: dict, cell, records: dict):
-        self.s, self.cell = s, tuple(cell)
-        self.name = plan.cell_name(cell)
-        self.model = cell[0]
-        self.sel = select.SelectionTable.from_records(records.values(), self.name)
-        self.flags: dict = {}
-        models = plan.model_runs(s)
-        run = models.get(self.model)
-        self.ready = run is None or (run["id"] in records and records[run["id"]].get("status") == "ok")
-        if self.ready:
-            plan.cell_steps(s, cell, run["id"] if run else None, records, self.flags)
-        self.final = defaultdict(dict)  # (config, hp) -> {seed: result}
-        for r in records.values():
-            sp = r.get("spec", {})
-            if sp.get("stage") == "final" and sp.get("cell") == self.name and r.get("status") == "ok":
-                self.final[(sp["config"], float(sp["hp"]))][sp["seed"]] = r["result"]
-        self.nfinal = len(s["final_seeds"])
-
-    def choice(self, method: str, keys: Optional[list[str]] = None) -> Optional[select.Choice]:
-        if not self.flags.get(method):
-            return None
-        keys = keys or self.keys(method)
-        return self.sel.choose(keys)
-
-    def keys(self, method: str) -> list[str]:
-        if method == "full":
-            return [plan.config_key("full", head_factor=f) for f in self.s["full_head_factors"]]
-        if method in ("layer", "scl"):
-            return [plan.config_key(method, b) for b in plan.blocks_of(self.s, self.model, method)]
-        return [plan.config_key(method)]
-
-    def runs(self, ch: Optional[select.Choice], metric: str = "test_accuracy") -> dict:
-        if ch is None:
-            return {}
-        return {seed: r.get(metric) for seed, r in self.final.get((ch.key, float(ch.hp)), {}).items()}
-
-    def complete(self, ch: Optional[select.Choice]) -> bool:
-        return ch is not None and len(self.runs(ch)) >= self.nfinal
-
-    def block_choice(self, method: str, block: int) -> Optional[select.Choice]:
-        key = plan.config_key(method, block)
-        if not self.flags.get(key):
-            return None
-        return self.sel.choose([key])
-
-    def params(self, ch) -> Optional[int]:
-        vals = [r.get("trainable_params") for r in self.final.get((ch.key, float(ch.hp)), {}).values()] if ch else []
-        return vals[0] if vals else None
-
-
-def status_word(cell: Cell, ch: Optional[select.Choice]) -> str:
-    if ch is None:
-        return "PENDING (selection running)"
-    n = len(cell.runs(ch))
-    return "complete" if n >= cell.nfinal else f"PENDING ({n}/{cell.nfinal} final seeds)"
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -469,77 +368,6 @@ def section_finding_ii(cells: list[Cell], complete: set) -> tuple[list[str], lis
     if not rows:
         return lines + ["**PENDING**: no configuration has all its final seeds yet.", ""], findings
     return lines + table(["cell", "units", "correlation", "verdict"], rows) + [""], findings
-
-
-def collapse_strength(nc1: float) -> str:
-    """A label for CE's source NC1 in a budget (the issue's "well below 0.1" is strong)."""
-    return "strong source collapse" if nc1 < 0.1 else "moderate source collapse" if nc1 < 0.5 else "weak source collapse"
-
-
-def section_finding_i(s: dict, records: dict) -> tuple[list[str], list[str]]:
-    lines = ["## Finding (i): pre-training that keeps source variability transfers better", ""]
-    p = s.get("pretrain")
-    if not p:
-        return lines + ["Not part of this mode.", ""], []
-    pre = [r for r in records.values() if r.get("spec", {}).get("kind") == "pretrain" and r.get("status") == "ok"]
-    planned = len(plan.pretrain_specs(s))
-    lines += [f"ViTs pre-trained by `recipes/pretrain_vit.py` on Fashion-MNIST classes 0-4; one factor varied at a time from "
-              f"CE / no projection head / no augmentation; {len(p['regimes'])} budgets: " + "; ".join(f"`{k}` (`{' '.join(v)}`)" for k, v in p["regimes"].items())
-              + ". Downstream: frozen features, logistic regression with C chosen on validation, test read once; frozen NC1 "
-              "of the downstream training features. Source NC1: penultimate features on a fixed subset of the source training "
-              "images. Partial correlations control for source test accuracy (how far training got; every variant of a budget "
-              "runs the same number of steps).", ""]
-    if len(pre) < planned:
-        lines += [f"**PENDING**: {len(pre)} of {planned} pre-training runs finished.", ""]
-    probes = [r for r in records.values() if r.get("spec", {}).get("kind") == "probe" and r.get("status") == "ok"]
-    findings, complete = [], []
-    for regime in p["regimes"]:
-        runs = [r for r in pre if r["spec"]["regime"] == regime]
-        if not runs:
-            continue
-        rows, series = [], defaultdict(lambda: defaultdict(list))
-        for rec in sorted(runs, key=lambda r: r["result"]["source_nc1"]):
-            sp, r = rec["spec"], rec["result"]
-            row = [sp["variant"], g(r["source_nc1"]), f"{r['source_test_accuracy']:.3f}", r["steps"]]
-            for t in p["probe_tasks"]:
-                q = next((x["result"] for x in probes if x["spec"]["model_run"] == sp["id"] and x["spec"]["task"] == t), None)
-                row += [g(q["frozen_nc1"]) if q else "-", f"{q['lp_test_accuracy']:.3f}" if q else "-"]
-                if q:
-                    for k, v in (("source", r["source_nc1"]), ("acc", r["source_test_accuracy"]), ("steps", r["steps"]),
-                                 ("down", q["frozen_nc1"]), ("lp", q["lp_test_accuracy"])):
-                        series[t][k].append(v)
-            rows.append(row)
-        header = ["variant", "source NC1", "source test acc", "steps"]
-        for t in p["probe_tasks"]:
-            header += [f"{t} frozen NC1", f"{t} LP test acc"]
-        ce = [r["result"]["source_nc1"] for r in runs if r["spec"]["variant"] == "ce"]
-        lines += [f"### Budget `{regime}`" + (f" (CE source NC1 {g(ce[0])}: " + collapse_strength(ce[0]) + ")" if ce else ""), ""]
-        lines += table(header, rows) + [""]
-        for t in p["probe_tasks"]:
-            x = series[t]
-            c = stats.spearman(x["source"], x["lp"])
-            pc = stats.partial_spearman(x["source"], x["lp"], [x["acc"]])
-            c2 = stats.spearman(x["down"], x["lp"])
-            lines.append(f"- `{t}`: source NC1 vs LP accuracy {fmt_corr(c)} ({corr_verdict(c, +1)}); controlling for source accuracy "
-                         f"{fmt_corr(pc)} ({corr_verdict(pc, +1)}); frozen downstream NC1 vs LP accuracy {fmt_corr(c2)} ({corr_verdict(c2, -1)}).")
-            if len(runs) == planned // len(p["regimes"]) and len(x["lp"]) == len(runs):
-                findings.append(f"(i) {regime}, {t}: source NC1 vs LP acc {fmt_corr(c)}; partial (source acc) {fmt_corr(pc)}")
-                complete.append((c, pc))
-        lines.append("")
-    if complete and len(complete) == len(p["regimes"]) * len(p["probe_tasks"]):
-        lines += [finding_i_tally(complete), ""]
-    return lines, findings
-
-
-def finding_i_tally(pairs: list) -> str:
-    """One line over every budget x task: how many correlations have the paper's sign, how many are significant."""
-    def count(cs):
-        cs = [c for c in cs if c is not None]
-        return f"{sum(c[0] > 0 for c in cs)} of {len(cs)} ({sum(c[0] > 0 and c[1] < ALPHA for c in cs)} with p < 0.05)"
-    n = min((c[2] for c, _ in pairs if c is not None), default=0)
-    return (f"Over all {len(pairs)} budget x task pairs, source NC1 vs LP accuracy has the paper's sign (positive: less source "
-            f"collapse, better transfer) in {count(c for c, _ in pairs)}; controlling for source accuracy in "
-            f"{count(pc for _, pc in pairs)}. Each correlation has n = {n} variants: read the signs, not the sizes.")
 
 
 def _plot_blocks(cell: Cell, path: Path) -> bool:
