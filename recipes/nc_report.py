@@ -30,6 +30,7 @@ from hf_nc.accelerate_utils import build_accelerator
 from hf_nc.checkpoints import resolve_builtin
 from hf_nc.data import build_transforms, collate_fn, load_image_dataset, split_provenance, stratified_subset
 from hf_nc.layer_nc import layer_nc
+from hf_nc.metrics.validation import check_within_class
 from hf_nc.plots import plot_layer_curve
 
 COLUMNS = ("nc1", "nc2_etf", "nc2_equinorm", "nc2_equiangle", "ncc_acc", "cdnv")
@@ -69,10 +70,10 @@ def check_within_class_flags(data, num_classes: int, cause: str) -> None:
 
     NCStats would refuse it only after the whole pass (NC1 and CDNV are 0 by construction there).
     """
-    counts = np.bincount(np.asarray(data["label"], dtype=np.int64), minlength=num_classes)
-    if counts.max(initial=0) < 2:
-        raise ValueError(f"{cause}: every one of the {num_classes} classes has a single image, so within-class "
-                         "variability (NC1, CDNV) would be 0 by construction, not measured")
+    try:
+        check_within_class(np.bincount(np.asarray(data["label"], dtype=np.int64), minlength=num_classes))
+    except ValueError as e:
+        raise ValueError(f"{cause}: {e}") from e
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -119,23 +119,26 @@ def check_nonempty(counts: torch.Tensor) -> None:
         raise ValueError(f"{len(empty)} class(es) have no samples: {shown}")
 
 
-def check_within_class(counts: torch.Tensor) -> None:
+WITHIN_CLASS_ZERO = "within-class variability (NC1, CDNV) is 0 by construction, not measured"
+
+
+def check_within_class(counts: Any, consequence: str = WITHIN_CLASS_ZERO) -> None:
     """Checks that within-class variability can be estimated: some class has 2+ samples.
 
     With one sample per class every within-class scatter is 0 by construction, so NC1 and CDNV
     would read as perfect collapse whatever the features are.
 
     Args:
-        counts: Class counts (K,), every one >= 1.
+        counts: Class counts (K,) (tensor or array), every one >= 1.
+        consequence: What a single sample in every class would make of the result (the message).
 
     Raises:
         ValueError: every class has a single sample.
     """
     if int(counts.max()) < 2:
         raise ValueError(
-            f"every one of the {counts.numel()} classes has a single sample: within-class variability "
-            "(NC1, CDNV) is 0 by construction, not measured; use at least 2 samples in some class "
-            "(e.g. shots_per_class >= 2)"
+            f"every one of the {len(counts)} classes has a single sample: {consequence}; use at least 2 "
+            "samples in some class (e.g. shots_per_class >= 2)"
         )
 
 

@@ -80,7 +80,7 @@ def resolve_data(dataset, *, shots_per_class: int | None = None, seed: int = 0, 
     labels = np.asarray(train["label"], dtype=np.int64)
     counts = np.bincount(labels[(labels >= 0) & (labels < k)], minlength=k)  # bad labels: named by the NC pass
     try:  # before any forward pass: one image per class makes every NC1 0 and the ranking the input order
-        check_within_class(torch.as_tensor(counts))
+        check_within_class(counts)
     except ValueError as e:
         raise ValueError(f"the training split of {description}: {e}") from e
     return train, test, k, description

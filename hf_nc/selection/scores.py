@@ -39,6 +39,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..metrics.validation import check_within_class
+
 _EPS = np.finfo(np.float64).eps
 _EPS32 = float(np.finfo(np.float32).eps)
 LOGME_FORMS = ("evidence", "thin")
@@ -82,9 +84,7 @@ def _check_counts(counts: np.ndarray) -> None:
     """
     if np.any(counts == 0):
         raise ValueError(f"classes without samples: {np.flatnonzero(counts == 0).tolist()}")
-    if counts.max() < 2:
-        raise ValueError(f"every one of the {len(counts)} classes has a single sample: the score would not depend on the "
-                         "labels (within-class variability is 0 by construction); use at least 2 samples in some class")
+    check_within_class(counts, "the score would not depend on the labels (within-class variability is 0 by construction)")
 
 
 def _class_stats(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -224,7 +224,7 @@ class TrainSubsetNC:
         else:
             indices = stratified_indices(labels, n, seed=seed, num_classes=K).tolist()
         try:  # checked here, before training, not at the first evaluation
-            check_within_class(torch.as_tensor(np.bincount(np.asarray(labels)[indices], minlength=K)))
+            check_within_class(np.bincount(np.asarray(labels)[indices], minlength=K))
         except ValueError as e:
             raise ValueError(f"the train subset ({len(indices)} images of nc_train_dataset): {e}; or pass "
                              "nc_train_samples=0 to switch train-subset NC off") from e
