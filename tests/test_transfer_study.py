@@ -665,3 +665,30 @@ def test_skip_test_summary_is_paired_over_seeds(tmp_path):
     assert "+4.0 [-21.4, +29.4] (n=2) (blocks as units" in summary
     finding = [x for x in text.split("## Protocol")[0].splitlines() if "SCL - Layer FT at the same block" in x][0]
     assert f"mean over blocks, paired over seeds {want} -> inconclusive" in finding
+
+
+def test_a_failed_selection_run_holds_back_its_choice_until_it_succeeds():
+    """A selection run that fails (an error record: counted as done for the rest of the invocation)
+    must not complete its grid: choosing without it would pick from a grid with a hole, start final
+    runs at that choice, and leave them stale when the next invocation retries the run."""
+    s = smoke_settings(grid_size=4, grid_extend=0, methods=["logreg"], selection_seeds=[100], final_seeds=[0, 1], pretrain=None)
+    records = {}
+    todo = [sp for sp in plan.expand(s, records)[0] if sp["id"] not in records]
+    assert [sp["hp"] for sp in todo] == [0.01, 0.1, 1.0, 10.0]
+    for sp in todo[:-1]:
+        records[sp["id"]] = _sel_record(sp, 0.5)
+    failed = todo[-1]
+    records[failed["id"]] = {"id": failed["id"], "spec": failed, "status": "error", "error": "RuntimeError: boom"}
+    order, status = plan.expand(s, records)
+    assert not [sp for sp in order if sp.get("stage") == "final"]  # no choice from a grid with a hole
+    assert not [sp for sp in order if sp["id"] not in records]  # and nothing left to run in this invocation
+    cell = plan.cell_name(s["cells"][0])
+    assert status[cell]["others_selection"] == {"planned": 4, "done": 3, "failed": 1}
+    assert plan.remaining(s, records)[cell]["runs_left"] > 0
+    flags = {}
+    plan.cell_steps(s, s["cells"][0], None, records, flags)
+    assert flags["logreg"] is False
+    assert "3/4 (1 failed)" in "\n".join(report.section_status(s, records))
+    records[failed["id"]] = _sel_record(failed, 0.9)  # the retry succeeds: the choice is made with it
+    finals = [sp for sp in plan.expand(s, records)[0] if sp.get("stage") == "final"]
+    assert {sp["hp"] for sp in finals} == {10.0} and len(finals) == 2

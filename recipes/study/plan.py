@@ -293,7 +293,9 @@ class _Cell:
         for ext in range(self.s["grid_extend"] + 1):
             specs = [run_spec(self.s, self.cell, "selection", seed, method, hp, block, variant, head_factor, lp_C, self.model_run)
                      for hp in grid for seed in self.s["selection_seeds"]]
-            complete = all(sp["id"] in self.records for sp in specs)
+            # a failed run (an error record: done for this invocation, retried by the next) leaves a
+            # hole in the grid: no choice until it has succeeded
+            complete = all(self.records.get(sp["id"], {}).get("status") == "ok" for sp in specs)
             best = self.sel.best_hp(key, grid) if complete else None
             if best is None or not best.at_edge or ext == self.s["grid_extend"]:
                 break
@@ -434,8 +436,8 @@ def probe_spec(s: dict, pretrain: dict, task: str) -> dict:
 
 def expand(s: dict, records: dict) -> tuple[list[dict], dict]:
     """Every spec that can be planned from ``records`` (``{run id: record}``), in priority order,
-    and ``status``: per cell and step, the planned count, done count and whether the step is
-    complete (its selection finished and every final run has a record).
+    and ``status``: per cell and step, the planned count, the runs that succeeded (``done``) and
+    the runs that failed in this invocation (``failed``; retried by the next).
 
     Order: stage-0 models; then, for the first ``headline_cells`` cells, headline selection
     (full FT, Layer FT, SCL FT at every block) and its final runs; then per cell the other
@@ -474,11 +476,21 @@ def expand(s: dict, records: dict) -> tuple[list[dict], dict]:
     for cell in s["cells"]:
         name = cell_name(cell)
         steps = per_cell.get(name)
-        status[name] = {step: {"planned": len(v), "done": sum(sp["id"] in ok for sp in v)} for step, v in (steps or {}).items()}
+        status[name] = {step: {"planned": len(v), "done": sum(_succeeded(records, sp) for sp in v),
+                               "failed": sum(_failed(records, sp) for sp in v)} for step, v in (steps or {}).items()}
         if steps is None:
             status[name] = {"model": {"planned": 1, "done": 0}}
-    status["finding_i"] = {"pretrain": {"planned": len(pre), "done": sum(p["id"] in ok for p in pre)}}
+    status["finding_i"] = {"pretrain": {"planned": len(pre), "done": sum(_succeeded(records, p) for p in pre),
+                                        "failed": sum(_failed(records, p) for p in pre)}}
     return order, status
+
+
+def _succeeded(records: dict, spec: dict) -> bool:
+    return records.get(spec["id"], {}).get("status") == "ok"
+
+
+def _failed(records: dict, spec: dict) -> bool:
+    return records.get(spec["id"], {}).get("status") == "error"
 
 
 def planned_total(s: dict) -> dict:

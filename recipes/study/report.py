@@ -417,13 +417,14 @@ def section_status(s: dict, records: dict) -> list[str]:
     for cell in s["cells"]:
         name = plan.cell_name(cell)
         st = status.get(name, {})
-        row = [name] + [f"{st[k]['done']}/{st[k]['planned']}" if k in st else "-" for k in steps]
+        row = [name] + [f"{st[k]['done']}/{st[k]['planned']}" + (f" ({st[k]['failed']} failed)" if st[k].get("failed") else "")
+                        if k in st else "-" for k in steps]
         tot = totals.get(name, {})
         done = sum(v["done"] for v in st.values())
         row.append(f"{done} / ~{tot.get('selection', 0) + tot.get('final', 0)}")
         rows.append(row)
-    lines = ["## Study status", "", "Runs with a result / runs planned so far, per step (a final step is planned once its "
-             "selection is complete; the last column: all runs of the cell against the plan's size without grid extensions).", ""]
+    lines = ["## Study status", "", "Runs that succeeded / runs planned so far, per step (a final step is planned once every "
+             "run of its selection has succeeded; a failed run is retried by the next invocation; the last column: all runs of the cell against the plan's size without grid extensions).", ""]
     lines += table(["cell", "headline selection", "headline final", "other methods: selection", "final", "every block: final",
                     "SCL variants: selection", "final", "cell total"], rows) + [""]
     fi = status.get("finding_i", {}).get("pretrain")
