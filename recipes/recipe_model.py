@@ -214,13 +214,12 @@ def cache_frozen_prefix(model: nn.Module, method: MethodArguments, targs: Traini
         ``(train_dataset, nc_train_dataset, eval_dataset)``: the given ones where the cache would
         not be exact (``PrefixCache.build_or_none`` warns why, e.g. ``--augment``).
     """
-    from hf_nc.prefix_cache import PrefixCache
+    from hf_nc.prefix_cache import PrefixCache, training_autocast_dtype
 
     train_dataset = train_view
     model.to(targs.device)  # the pre-pass runs where training will (the Trainer would move it anyway)
-    amp = torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else None
     cache_kw = dict(collate_fn=collate_fn, batch_size=targs.per_device_eval_batch_size, memory_budget=method.cache_memory_budget,
-                    autocast_dtype=amp, num_workers=targs.dataloader_num_workers)
+                    autocast_dtype=training_autocast_dtype(targs), num_workers=targs.dataloader_num_workers)
     cache = PrefixCache.build_or_none(model, train_view, **cache_kw)  # None (+ warning) with --augment etc.
     if cache is not None:
         cache.attach(model)

@@ -557,3 +557,29 @@ def test_setting_nc_train_every_after_construction_is_checked(tmp_path):
     plain = _trainer(_model(3), tmp_path / "plain", train, nc_kwargs={"nc_train_samples": 12})
     plain.nc_train_every = 3
     assert plain.nc_train_every == 3
+
+
+def test_prefix_cache_built_under_other_mixed_precision_is_refused(tmp_path):
+    # a float32 cache in a bf16 run (or the reverse) fed the tuned block other states than its prefix
+    # computes in that run, silently: the trainer now names the mismatch and the fix
+    from peft import get_peft_model
+
+    from hf_nc import LayerFTConfig, PrefixCache
+
+    train = _dataset([4, 4, 4], seed=0)
+    model = get_peft_model(_model(3), LayerFTConfig(layers=[-1]))
+    plain = PrefixCache.build(model, train, collate, batch_size=8, progress=False)
+    amp = PrefixCache.build(model, train, collate, batch_size=8, progress=False, autocast_dtype=torch.bfloat16)
+    assert plain.layout == amp.layout  # the same rows' shape: attaching one serves both
+    plain.attach(model)
+    for cache, bf16, message in ((plain, True, r"built without autocast, but this Trainer runs under bfloat16 autocast .*"
+                                                r"autocast_dtype=torch.bfloat16\)"),
+                                 (amp, False, r"built under bfloat16 autocast, but this Trainer runs without autocast .*"
+                                              r"autocast_dtype=None\)")):
+        for kw in (dict(train_dataset=cache, eval_dataset=train), dict(train_dataset=train, eval_dataset={"val": cache})):
+            with pytest.raises(ValueError, match=r"is a PrefixCache " + message):
+                NCTrainer(model=model, args=_args(tmp_path, max_steps=1, bf16=bf16), data_collator=collate, nc_plots=False, **kw)
+    t = NCTrainer(model=model, args=_args(tmp_path, max_steps=1, bf16=True), train_dataset=amp, eval_dataset=train,
+                  data_collator=collate, nc_plots=False)
+    t.train()
+    assert math.isfinite(t.evaluate()["eval_nc1"])

@@ -53,7 +53,7 @@ forwards) and ``layout`` (:class:`PrefixLayout`, :class:`PrefixCacheError`).
 from .attach import PrefixCacheHandle
 from .cache import PrefixCache
 from .checks import dataset_problems, first_tuned_block, prefix_cache_problems
-from .layout import PrefixCacheError, PrefixLayout
+from .layout import PrefixCacheError, PrefixLayout, training_autocast_dtype
 from .storage import DEFAULT_MEMORY_BUDGET  # noqa: F401  (PrefixCache.build's default RAM budget, importable here as before)
 
 __all__ = [
@@ -64,4 +64,5 @@ __all__ = [
     "first_tuned_block",
     "prefix_cache_problems",
     "dataset_problems",
+    "training_autocast_dtype",
 ]

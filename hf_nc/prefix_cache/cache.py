@@ -137,8 +137,9 @@ class PrefixCache(Dataset):
             input_key, label_key: Batch keys of the images and labels.
             autocast_dtype: Run the pre-pass under ``torch.autocast`` with this dtype, as the
                 training run does with mixed precision (Trainer ``bf16=True`` -> ``torch.bfloat16``,
-                ``fp16=True`` -> ``torch.float16``), so the cached states are the ones training
-                would compute. ``None``: no autocast.
+                ``fp16=True`` -> ``torch.float16``: :func:`training_autocast_dtype`), so the cached
+                states are the ones training would compute; ``NCTrainer`` refuses a cache built
+                with another. ``None``: no autocast.
 
         Raises:
             PrefixCacheError: If the cache would not be exact (see :func:`prefix_cache_problems`,
@@ -179,7 +180,8 @@ class PrefixCache(Dataset):
                 hidden, ref = capture.run(model, _model_inputs(probe, input_key, label_key, device))
                 layout = PrefixLayout(block=block, num_tokens=hidden.shape[1], hidden_size=hidden.shape[2],
                                       parts=1 if ref is None else 2, dtype=hidden.dtype,
-                                      block_returns_tensor=capture.returns_tensor, prefix_weights=prefix_weights(model, block))
+                                      block_returns_tensor=capture.returns_tensor, prefix_weights=prefix_weights(model, block),
+                                      autocast_dtype=autocast_dtype)
                 nbytes = n * layout.row_bytes
                 budget = _parse_bytes(memory_budget)
                 in_ram = nbytes <= budget

@@ -12,6 +12,13 @@ class PrefixCacheError(ValueError):
     """The frozen-prefix cache would not reproduce the uncached run (or is used on the wrong model)."""
 
 
+def training_autocast_dtype(args) -> Optional[torch.dtype]:
+    """The autocast dtype a ``transformers.TrainingArguments`` trains (and evaluates) under:
+    ``bf16`` -> ``torch.bfloat16``, ``fp16`` -> ``torch.float16``, else ``None``; what a prefix
+    cache for that Trainer is built with (``PrefixCache.build(autocast_dtype=...)``)."""
+    return torch.bfloat16 if getattr(args, "bf16", False) else torch.float16 if getattr(args, "fp16", False) else None
+
+
 @dataclass(frozen=True)
 class PrefixLayout:
     """What a cached row holds.
@@ -27,6 +34,9 @@ class PrefixLayout:
         prefix_weights: What the frozen weights the rows were computed with sum to
             (:func:`~hf_nc.prefix_cache.checks.prefix_weights`), checked when a model is attached;
             ``None``: not recorded (not checked). Not part of the layout's equality.
+        autocast_dtype: The ``torch.autocast`` dtype the rows were computed under (``None``: none);
+            a Trainer with other mixed precision refuses the cache (its rows would not be the
+            states its training computes). Not part of the layout's equality.
     """
 
     block: int
@@ -36,6 +46,7 @@ class PrefixLayout:
     dtype: torch.dtype
     block_returns_tensor: bool = True
     prefix_weights: Optional[tuple] = field(default=None, compare=False, repr=False)
+    autocast_dtype: Optional[torch.dtype] = field(default=None, compare=False)
 
     @property
     def row_shape(self) -> tuple[int, int]:

@@ -425,19 +425,18 @@ class TrainSubsetNC:
         """Batches of cached prefix states of the train subset: the rows grabbed by the first pass, or
         (when they were over ``nc_cache_mb``) a :class:`~hf_nc.prefix_cache.PrefixCache` built now,
         memory-mapped; ``None`` when that cannot be built."""
-        from ..prefix_cache import PrefixCache, PrefixCacheError
+        from ..prefix_cache import PrefixCache, PrefixCacheError, training_autocast_dtype
 
         trainer = self.trainer
         args = trainer.args
         if isinstance(self.prefix, SubsetRows):
             return self.prefix.batches
         if self.prefix is None:
-            amp = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
             try:
                 self.prefix = PrefixCache.build(
                     trainer.model, Subset(self.dataset, trainer.nc_train_shard()), trainer.data_collator,
                     batch_size=args.per_device_eval_batch_size, block=cut, progress=False, check_dataset=False,
-                    memory_budget=self._budget_bytes(), autocast_dtype=amp)
+                    memory_budget=self._budget_bytes(), autocast_dtype=training_autocast_dtype(args))
             except PrefixCacheError as e:
                 logger.info("train-subset NC without a prefix cache: %s", e)
                 self._prefix_off = True

@@ -268,8 +268,10 @@ class NCTrainer(NCModelCardMixin, Trainer):
     def _check_prefix_caches_attached(self, nc_train_dataset) -> None:
         """A :class:`~hf_nc.prefix_cache.PrefixCache` given as data needs the model attached to it: else its
         rows reach the embeddings as if they were images and the first step fails deep inside transformers
-        ("not enough values to unpack")."""
-        from ..prefix_cache import PrefixCache, PrefixCacheHandle
+        ("not enough values to unpack"). And it must have been built under this run's mixed precision:
+        else its rows are not the states the prefix computes here (float32 rows in a bf16 run, or
+        the reverse), a silent change of the run."""
+        from ..prefix_cache import PrefixCache, PrefixCacheHandle, training_autocast_dtype
 
         evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
         sets = {"train_dataset": self.train_dataset, "nc_train_dataset": nc_train_dataset,
@@ -286,6 +288,15 @@ class NCTrainer(NCModelCardMixin, Trainer):
                 raise ValueError(f"{name} is a PrefixCache (rows entering block {cache.layout.block}), but "
                                  "the model is not attached to it" + ("" if handle is None else " (it is attached to a "
                                  "cache of another layout)") + ": call cache.attach(model) before building the trainer")
+        amp = training_autocast_dtype(self.args)
+        for name, cache in caches.items():
+            if cache.layout.autocast_dtype != amp:
+                def what(dtype):
+                    return "without autocast" if dtype is None else f"under {str(dtype).removeprefix('torch.')} autocast"
+                raise ValueError(f"{name} is a PrefixCache built {what(cache.layout.autocast_dtype)}, but this Trainer "
+                                 f"runs {what(amp)} (bf16={self.args.bf16}, fp16={self.args.fp16}): its rows are not the "
+                                 f"states the prefix computes in this run; build it with PrefixCache.build(..., "
+                                 f"autocast_dtype={'None' if amp is None else amp})")
 
     def _nc_check_best_metric_is_logged(self, name: str, canonical: str) -> None:
         """An NC ``metric_for_best_model`` these settings never log fails now, not at the first
