@@ -583,3 +583,31 @@ def test_prefix_cache_built_under_other_mixed_precision_is_refused(tmp_path):
                   data_collator=collate, nc_plots=False)
     t.train()
     assert math.isfinite(t.evaluate()["eval_nc1"])
+
+
+def test_frozen_weights_changed_after_attach_are_refused_before_training(tmp_path):
+    # attach() checked the frozen weights once: weights loaded or changed afterwards (another checkpoint, an
+    # in-place edit) trained the tuned block on rows its prefix no longer computes, silently
+    from peft import get_peft_model
+
+    from hf_nc import LayerFTConfig, PrefixCache
+    from hf_nc.backbones import resolve_backbone
+
+    train = _dataset([4, 4, 4], seed=0)
+    model = get_peft_model(_model(3), LayerFTConfig(layers=[-1]))
+    cache = PrefixCache.build(model, train, collate, batch_size=8, progress=False)
+    cache.attach(model)
+    t = NCTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=cache, eval_dataset=train, data_collator=collate,
+                  nc_plots=False)
+    weight = resolve_backbone(model).blocks[0].attention.q_proj.weight
+    with torch.no_grad():
+        weight.mul_(1.01)
+    message = r"train_dataset: the cache was built with other frozen weights than this model's .*q_proj"
+    with pytest.raises(ValueError, match=message):
+        t.train()
+    with pytest.raises(ValueError, match=message):
+        NCTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=cache, eval_dataset=train, data_collator=collate,
+                  nc_plots=False)
+    with torch.no_grad():
+        weight.div_(1.01)
+    t.train()  # the same weights again (up to rounding): trains

@@ -268,10 +268,11 @@ class NCTrainer(NCModelCardMixin, Trainer):
     def _check_prefix_caches_attached(self, nc_train_dataset) -> None:
         """A :class:`~hf_nc.prefix_cache.PrefixCache` given as data needs the model attached to it: else its
         rows reach the embeddings as if they were images and the first step fails deep inside transformers
-        ("not enough values to unpack"). And it must have been built under this run's mixed precision:
-        else its rows are not the states the prefix computes here (float32 rows in a bf16 run, or
-        the reverse), a silent change of the run."""
-        from ..prefix_cache import PrefixCache, PrefixCacheHandle, training_autocast_dtype
+        ("not enough values to unpack"). And it must have been built under this run's mixed precision
+        and from the frozen weights the model has now: else its rows are not the states the prefix
+        computes here (float32 rows in a bf16 run, weights loaded or changed after ``attach``), a
+        silent change of the run. Checked when the trainer is built and again when ``train()`` starts."""
+        from ..prefix_cache import PrefixCache, PrefixCacheError, PrefixCacheHandle, training_autocast_dtype
 
         evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
         sets = {"train_dataset": self.train_dataset, "nc_train_dataset": nc_train_dataset,
@@ -297,6 +298,10 @@ class NCTrainer(NCModelCardMixin, Trainer):
                                  f"runs {what(amp)} (bf16={self.args.bf16}, fp16={self.args.fp16}): its rows are not the "
                                  f"states the prefix computes in this run; build it with PrefixCache.build(..., "
                                  f"autocast_dtype={'None' if amp is None else amp})")
+            try:
+                PrefixCacheHandle._check_weights(self.model, cache.layout)
+            except PrefixCacheError as e:
+                raise PrefixCacheError(f"{name}: {e}") from None
 
     def _nc_check_best_metric_is_logged(self, name: str, canonical: str) -> None:
         """An NC ``metric_for_best_model`` these settings never log fails now, not at the first
@@ -509,6 +514,7 @@ class NCTrainer(NCModelCardMixin, Trainer):
         # evaluate() before training unless eval_on_start), a new one starts again
         self.nc_train_subset._eval_steps = [r["step"] for r in self.nc_history if r["step"] > 0 or self.args.eval_on_start]
         self.nc_train_subset.train_calls += 1
+        self._check_prefix_caches_attached(self.nc_train_subset.dataset)  # the model may have changed since
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def plot_nc_history(self) -> list:
