@@ -18,7 +18,7 @@ import math
 import warnings
 import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -37,6 +37,20 @@ if TYPE_CHECKING:
     from .trainer import NCTrainer
 
 logger = logging.getLogger(__name__)
+
+
+def assign_checked(obj: Any, attr: str, value: Any, check: Callable[[], None]) -> None:
+    """Sets ``obj.<attr> = value`` and runs ``check()``; if it refuses the value (``ValueError``), the old
+    value comes back and ``check()`` runs again (it redraws or re-caches what the old value had) before
+    the error is raised: a refused setting used to stay set, with nothing drawn for it."""
+    old = getattr(obj, attr, None)
+    setattr(obj, attr, value)
+    try:
+        check()
+    except ValueError:
+        setattr(obj, attr, old)
+        check()
+        raise
 
 
 def _check_samples(samples: Any) -> None:
@@ -106,8 +120,7 @@ class TrainSubsetNC:
 
     @dataset.setter
     def dataset(self, value: Optional[Dataset]) -> None:
-        old, self._dataset = self._dataset, value
-        self._redraw_or_restore("_dataset", old)
+        assign_checked(self, "_dataset", value, self._redraw)
 
     @property
     def samples(self) -> Optional[int]:
@@ -117,18 +130,7 @@ class TrainSubsetNC:
     @samples.setter
     def samples(self, value: Optional[int]) -> None:
         _check_samples(value)
-        old, self._samples = self._samples, value
-        self._redraw_or_restore("_samples", old)
-
-    def _redraw_or_restore(self, attr: str, old: Any) -> None:
-        """:meth:`_redraw` with the new value; if its checks refuse it, the old value and its subset come back
-        (a refused value used to stay set, with no subset drawn)."""
-        try:
-            self._redraw()
-        except ValueError:
-            setattr(self, attr, old)
-            self._redraw()
-            raise
+        assign_checked(self, "_samples", value, self._redraw)
 
     def settings_changed(self) -> None:
         """The trainer's ``nc_layers`` / ``nc_num_classes`` / ``nc_eval`` / ``nc_ncc`` changed: the result
@@ -146,14 +148,11 @@ class TrainSubsetNC:
         """Checked as at construction: 0 used to be accepted and fail at the first evaluation in training
         (a modulo by zero), a value above 1 to skip a train-subset ``metric_for_best_model``'s value."""
         _check_every(value)
-        old, self._every = self._every, int(value)
-        if not getattr(self.trainer, "_nc_built", False):
-            return
-        try:
+        assign_checked(self, "_every", int(value), self._check_best_metric)
+
+    def _check_best_metric(self) -> None:
+        if getattr(self.trainer, "_nc_built", False):  # else __init__ checks once every setting is in
             self.trainer._nc_check_best_metric()
-        except ValueError:
-            self._every = old
-            raise
 
     @property
     def cache_mb(self) -> float:

@@ -35,7 +35,7 @@ from .collect import (
 from .history import plot_history, restore_history, save_history, upsert
 from .labels import check_labels, class_label_count, dataset_labels
 from .labels import check_labels as _check_labels  # noqa: F401 - the name code imported from here before labels.py
-from .train_subset import TrainSubsetNC
+from .train_subset import TrainSubsetNC, assign_checked
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +54,13 @@ def _nc_setting(name: str, doc: str, normalise=lambda value: value) -> property:
     (the train subset's rows, result and frozen-block NC1), restoring the old value if they fail."""
     attr = "_" + name
 
-    def fset(self, value):
-        old = getattr(self, attr, None)
-        setattr(self, attr, normalise(value))
-        if not getattr(self, "_nc_built", False):
-            return  # still being built: __init__ runs the checks once every setting is in
-        try:
+    def check(self):
+        if getattr(self, "_nc_built", False):  # else __init__ runs the checks once every setting is in
             self.nc_train_subset.settings_changed()
             self._nc_check_best_metric()
-        except ValueError:
-            setattr(self, attr, old)
-            self.nc_train_subset.settings_changed()
-            raise
+
+    def fset(self, value):
+        assign_checked(self, attr, normalise(value), lambda: check(self))
 
     return property(lambda self: getattr(self, attr), fset, doc=doc)
 
