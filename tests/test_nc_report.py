@@ -110,3 +110,26 @@ def test_one_image_per_class_is_refused_by_flag_before_the_forward_pass(tiny_che
     monkeypatch.setattr(nc_report, "layer_nc", no_pass)
     with pytest.raises(ValueError, match=named):
         nc_report.main(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path), "--no_progress", *flags])
+
+
+def test_undefined_metrics_are_null_in_strict_json(tmp_path):
+    """Zero patch filters: every image gives the same tokens, so the features are constant and NC1 is
+    undefined (NaN); the report used to write the bare token NaN, which strict JSON parsers refuse."""
+    import math
+
+    model = build_tiny_model("vit_cls")
+    with torch.no_grad():
+        model.vit.embeddings.patch_embeddings.projection.weight.zero_()
+    model.save_pretrained(tmp_path / "blank")
+    results = nc_report.main(["--model_name_or_path", str(tmp_path / "blank"), "--output_dir", str(tmp_path / "out"),
+                              "--shots_per_class", "3", "--no_progress"])
+    assert math.isnan(results["final"]["nc1"])
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    saved = json.loads((tmp_path / "out" / "nc_report.json").read_text(), parse_constant=refuse)
+    for key, metrics in results.items():
+        for metric, value in metrics.items():
+            want = None if isinstance(value, float) and not math.isfinite(value) else value
+            assert saved["layers"][key][metric] == want, (key, metric)
