@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--layers must be 'all' or 'final', got {args.layers!r}")
     if args.method not in METHODS:  # checked before the ranking's passes, not after them
         raise ValueError(f"--method must be one of {METHODS}, got {args.method!r}")
+    if not 0 <= args.tolerance <= 1:  # choose_block refused it only after every candidate's pass
+        raise ValueError(f"--tolerance must be in [0, 1] (0: the NC1 minimum itself, 1: block 0), got {args.tolerance}")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     accelerator = build_accelerator()  # one process per rank; rank_models shards the data itself

@@ -236,3 +236,24 @@ def test_a_nan_accuracy_is_refused_not_correlated(model, monkeypatch):
         rank_models({"m": model, "n": model}, DatasetDict(train=grey_images(2)), accuracies={"m": 0.5, "n": nan}, progress=False)
     with pytest.raises(ValueError, match="unknown candidates"):
         rank_models({"m": model}, DatasetDict(train=grey_images(2)), accuracies={"x": 0.5}, progress=False)
+
+
+@pytest.mark.parametrize("tolerance", ["-0.1", "1.5", "nan"])
+def test_rank_models_recipe_checks_tolerance_before_any_forward_pass(model, monkeypatch, tmp_path, tolerance):
+    import sys
+    from pathlib import Path
+
+    from hf_nc.selection import choose_block
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import rank_models as recipe
+
+    with pytest.raises(ValueError, match="tolerance must be in"):  # the library's own rule refuses it too
+        choose_block([3.0, 2.0, 1.0], "scl", tolerance=float(tolerance))
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the ranking ran before --tolerance was checked (its work was then lost)")
+
+    monkeypatch.setattr(recipe, "rank_models", no_pass)
+    with pytest.raises(ValueError, match=r"--tolerance must be in \[0, 1\]"):
+        recipe.main(["--output_dir", str(tmp_path), "--tolerance", tolerance])
