@@ -84,11 +84,12 @@ def main(argv: list[str] | None = None) -> dict:
               + (f"; probe test: {ranking.num_test}" if ranking.num_test else "") + ")")
         print(ranking.table())
         if suggestion:
-            print(f"\nTop model {ranking.best.label}: {suggestion}\n  rule ({args.method}): {suggestion.rule}")
+            print(f"\nTop model {ranking.labels()[ranking.best.name]}: {suggestion}\n  rule ({args.method}): {suggestion.rule}")
         (path / "ranking.json").write_text(json.dumps(out, indent=2, allow_nan=False))
         written = [path / "ranking.json"]
         if args.layers == "all":
-            curves = {c.label: {k: v for k, v in c.nc1_per_layer.items() if v == v} for c in ranking.candidates}
+            labels = ranking.labels()  # distinct: two folders named alike would share one curve
+            curves = {labels[c.name]: {k: v for k, v in c.nc1_per_layer.items() if v == v} for c in ranking.candidates}
             written.append(plot_layer_curve({k: v for k, v in curves.items() if v}, path / "nc1_per_layer.png",
                                             title=f"NC1 per block on {args.dataset} (train), frozen candidates"))
         print("\nwrote " + " and ".join(map(str, written)))

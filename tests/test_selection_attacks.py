@@ -9,7 +9,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 from tiny_models import IMAGE, build_tiny_model
 
-from hf_nc.selection import rank_models, suggest_layer
+from hf_nc.selection import RankingResult, rank_models, suggest_layer
 from hf_nc.selection import scores as S
 
 
@@ -257,3 +257,27 @@ def test_rank_models_recipe_checks_tolerance_before_any_forward_pass(model, monk
     monkeypatch.setattr(recipe, "rank_models", no_pass)
     with pytest.raises(ValueError, match=r"--tolerance must be in \[0, 1\]"):
         recipe.main(["--output_dir", str(tmp_path), "--tolerance", tolerance])
+
+
+def test_candidates_with_the_same_folder_name_stay_apart_in_table_and_plot(monkeypatch, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import rank_models as recipe
+
+    DatasetDict(train=grey_images(4), test=grey_images(2, seed=1)).save_to_disk(tmp_path / "data")
+    paths = [str(tmp_path / "a" / "ckpt"), str(tmp_path / "b" / "ckpt")]  # both labelled "ckpt" before
+    for seed, path in enumerate(paths):
+        build_tiny_model("vit_cls", seed=seed).save_pretrained(path)
+    plotted = {}
+    monkeypatch.setattr(recipe, "plot_layer_curve", lambda curves, path, **kw: plotted.update(curves) or path)
+    out = recipe.main(["--candidates", ",".join(paths), "--dataset", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")])
+    ranking = RankingResult.from_dict(out["ranking"])
+    # one curve per candidate, each that candidate's own per-block NC1 (one curve drew over the other)
+    assert len(plotted) == 2
+    assert sorted(map(sorted, (c.items() for c in plotted.values()))) == sorted(sorted(c.nc1_per_layer.items()) for c in ranking.candidates)
+    rows = ranking.table().splitlines()[1:3]
+    assert all(any(p in row for row in rows) for p in paths)  # the table names each one
+    # labels stay short where they differ
+    assert RankingResult(candidates=ranking.candidates[:1]).labels() == {ranking.candidates[0].name: "ckpt"}

@@ -137,16 +137,24 @@ class RankingResult:
     def best(self) -> CandidateResult:
         return self.candidates[0]
 
+    def labels(self) -> dict[str, str]:
+        """``{name: label}``: each candidate's short :attr:`CandidateResult.label`, or its full name
+        where candidates share one (``/a/ckpt`` and ``/b/ckpt`` would both read ``ckpt``, and a
+        plot keyed by label drew one curve for both)."""
+        short = [c.label for c in self.candidates]
+        return {c.name: c.label if short.count(c.label) == 1 else c.name for c in self.candidates}
+
     def table(self) -> str:
         """A fixed-width text table, then the rule and the correlation."""
         probe = any(c.linear_probe for c in self.candidates)
-        width = max(9, *(len(c.label) for c in self.candidates))
+        labels = self.labels()
+        width = max(9, *(len(v) for v in labels.values()))
         head = f"{'rank':>4}  {'candidate':<{width}} " + " ".join(f"{c:>10}" for c in ("final nc1", *COLUMNS[1:]))
         head += f" {'probe acc':>10}" if probe else ""
         lines = [head]
         for c in self.candidates:
             final = c.layers[FINAL]
-            row = f"{c.rank:>4}  {c.label:<{width}} " + " ".join(f"{final.get(m, float('nan')):>10.4g}" for m in COLUMNS)
+            row = f"{c.rank:>4}  {labels[c.name]:<{width}} " + " ".join(f"{final.get(m, float('nan')):>10.4g}" for m in COLUMNS)
             if probe:
                 row += f" {c.linear_probe['test_accuracy']:>10.4f}" if c.linear_probe else f" {'-':>10}"
             lines.append(row + (f"  ({c.note})" if c.note else ""))
@@ -155,7 +163,7 @@ class RankingResult:
             lines.append("")
             lines.append(f"{'rank':>4}  {'candidate':<{width}} " + " ".join(f"{n:>16}" for n in extra))
             for c in self.candidates:
-                lines.append(f"{c.rank:>4}  {c.label:<{width}} " + " ".join(f"{c.scores.get(n, float('nan')):>16.5g}" for n in extra))
+                lines.append(f"{c.rank:>4}  {labels[c.name]:<{width}} " + " ".join(f"{c.scores.get(n, float('nan')):>16.5g}" for n in extra))
         lines.append(f"rule: {self.rule}")
         if self.rank_correlation is not None or self.correlation_note:
             rho = "n/a" if self.rank_correlation is None or not math.isfinite(self.rank_correlation) else f"{self.rank_correlation:+.3f}"
