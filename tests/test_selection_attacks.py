@@ -281,3 +281,39 @@ def test_candidates_with_the_same_folder_name_stay_apart_in_table_and_plot(monke
     assert all(any(p in row for row in rows) for p in paths)  # the table names each one
     # labels stay short where they differ
     assert RankingResult(candidates=ranking.candidates[:1]).labels() == {ranking.candidates[0].name: "ckpt"}
+
+
+def test_block_accuracies_that_match_nothing_are_refused_not_ignored(model, monkeypatch):
+    # a typo in a name or a block used to give block_correlations == {} (or n = 1), silently
+    from hf_nc.selection import _measure, score_correlations
+    from hf_nc.selection import scores as S
+    from tiny_models import LAYERS
+
+    data = DatasetDict(train=grey_images(3))
+    acc = {b: 0.1 * ((3 * b) % LAYERS) for b in range(LAYERS)}
+    real = rank_models({"m": model}, data, block_scores=["nc1", "logme"], block_accuracies={"m": acc}, progress=False)
+    scores = real.best.block_scores
+    want = score_correlations({str(b): {n: S.oriented(n, scores[str(b)][n]) for n in ("nc1", "logme")} for b in range(LAYERS)},
+                              {str(b): v for b, v in acc.items()})
+    assert real.block_correlations["m"] == want and want["nc1"]["n"] == LAYERS
+    # -1 is the last block, as in layers=
+    last = rank_models({"m": model}, data, layers=[-1, 0], block_scores=["nc1"], block_accuracies={"m": {-1: 0.5, 0: 0.2}},
+                       progress=False)
+    assert last.block_correlations["m"]["nc1"]["n"] == 2
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a forward pass ran before block_accuracies were checked")
+
+    monkeypatch.setattr(_measure, "measure", no_pass)
+    cases = [
+        (dict(block_scores=["nc1"], block_accuracies={"x": acc}), r"block_accuracies for unknown candidates \['x'\]"),
+        (dict(block_accuracies={"m": acc}), "block_accuracies need block_scores"),
+        (dict(block_scores=["nc1"], block_accuracies={"m": {0: 0.1, 7: 0.2}}), "layer 7 is out of range"),
+        (dict(block_scores=["nc1"], layers=[0, 1], block_accuracies={"m": {0: 0.1, 2: 0.2}}), "block 2, which is not measured"),
+        (dict(block_scores=["nc1"], block_accuracies={"m": {"first": 0.1}}), "'first' is not a block index"),
+        (dict(block_scores=["nc1"], block_accuracies={"m": {0: 0.1, -LAYERS: 0.2}}), "gives block 0 twice"),
+        (dict(block_scores=["nc1"], block_accuracies={"m": {0: 0.1, 1: float("nan")}}), "block_accuracies must be finite"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            rank_models({"m": model}, data, progress=False, **kwargs)

@@ -293,6 +293,29 @@ def _block_scores(names: Sequence[str], kept, stats, metrics: Mapping, k: int) -
     return out
 
 
+def _block_truth(accuracies: Mapping, model: nn.Module, layers, name: str) -> dict[str, float]:
+    """``{block: accuracy}`` keyed like ``CandidateResult.block_scores`` (non-negative block indices as
+    strings; ``-1`` is the last block, as in ``layers``); a block that is not measured is an error, not
+    left out of the correlation."""
+    from ..features import LayerFeatures
+
+    measured = LayerFeatures(model, layers=layers, include_final=False)  # no hooks: only the blocks it would record
+    out = {}
+    for b, v in accuracies.items():
+        try:
+            index = int(b)
+        except (TypeError, ValueError):
+            raise ValueError(f"block_accuracies[{name!r}]: {b!r} is not a block index") from None
+        index = measured.backbone.layer_index(index)
+        if index not in measured.layers:
+            raise ValueError(f"block_accuracies[{name!r}] has block {b!r}, which is not measured (layers={layers!r} measures "
+                             f"blocks {measured.layers}): pass layers='all' or that block")
+        if str(index) in out:
+            raise ValueError(f"block_accuracies[{name!r}] gives block {index} twice")
+        out[str(index)] = float(v)
+    return out
+
+
 def rank_models(
     candidates: Sequence[_measure.Candidate] | Mapping[str, _measure.Candidate],
     dataset,
@@ -364,7 +387,9 @@ def rank_models(
         rank_by: The score that orders the candidates (default: ``scores[0]``).
         block_scores: Scores to compute on every chosen block's features.
         accuracies: ``{name: accuracy}`` ground truth for the correlations (overrides probes).
-        block_accuracies: ``{name: {block: accuracy}}`` for per-block correlations.
+        block_accuracies: ``{name: {block: accuracy}}`` for per-block correlations (needs
+            ``block_scores``; every name a candidate, every block measured, ``-1`` the last,
+            every accuracy finite: checked before the candidate's forward pass).
         bootstrap: With > 0, ``score_correlations`` also holds 95% percentile-bootstrap intervals
             (``kendall_tau_ci``, ``weighted_tau_ci``, ``spearman_ci``) from that many resamples of
             the candidates (seeded by ``seed``).
@@ -390,6 +415,17 @@ def rank_models(
         bad = {n: v for n, v in accuracies.items() if not math.isfinite(float(v))}
         if bad:  # a NaN left weighted tau finite and Kendall / Spearman / the regret NaN
             raise ValueError(f"accuracies must be finite, got {bad}: leave out candidates without an accuracy")
+    if block_accuracies is not None:  # before any model runs: a typo used to give no block correlations, silently
+        if not block_scores:
+            raise ValueError("block_accuracies need block_scores (the per-block scores they are correlated with), e.g. "
+                             "block_scores=['nc1']")
+        unknown = sorted(set(block_accuracies) - set(names))
+        if unknown:
+            raise ValueError(f"block_accuracies for unknown candidates {unknown}; candidates: {names}")
+        bad = {n: {b: v for b, v in acc.items() if not math.isfinite(float(v))} for n, acc in block_accuracies.items()}
+        bad = {n: v for n, v in bad.items() if v}
+        if bad:
+            raise ValueError(f"block_accuracies must be finite, got {bad}: leave out blocks without an accuracy")
     score_names = list(dict.fromkeys(scores)) if scores else ["nc1"]
     rank_by = rank_by or score_names[0]
     if rank_by not in score_names:
@@ -406,9 +442,11 @@ def rank_models(
     # (and for the probe): memory O(d^2) per block instead of O(N d).
     keep_final = linear_probe or any(n not in STREAMED for n in score_names)
     keep_blocks = any(n not in STREAMED for n in block_names)
-    results, pool = [], []
+    results, pool, block_truth = [], [], {}
     for name, cand in tqdm(named, desc="candidates", disable=not (progress and is_main_process())):
         model = _measure.load_candidate(cand, seed=seed)
+        if block_accuracies and name in block_accuracies:  # before this candidate's pass
+            block_truth[name] = _block_truth(block_accuracies[name], model, block_layers, name)
         _measure.device_of(model, device)
         stats, kept = _measure.measure(model, train, k, layers=block_layers, batch_size=batch_size, keep_final=keep_final,
                                        keep_blocks=keep_blocks, progress=progress)
@@ -458,9 +496,8 @@ def rank_models(
     correlations = score_correlations(oriented, truth, num_bootstrap=bootstrap, seed=seed) if ground else {}
     block_corr = {}
     for c in ranked:
-        acc = (block_accuracies or {}).get(c.name)
+        acc = block_truth.get(c.name)
         if acc and c.block_scores:
-            acc = {str(b): float(v) for b, v in acc.items()}
             per = {b: {n: _scores.oriented(n, v) for n, v in s.items()} for b, s in c.block_scores.items()}
             block_corr[c.name] = score_correlations(per, acc)
     settings = dict(layers=layers if isinstance(layers, str) else list(layers), linear_probe=linear_probe, shots_per_class=shots_per_class,
