@@ -78,6 +78,15 @@ def strict_json(value):
     return value
 
 
+def check_every_class(data, num_classes: int, what: str) -> None:
+    """Refuses a split without an image of some class before any forward pass: NCStats would refuse it
+    only after the whole pass, naming no split."""
+    empty = np.flatnonzero(np.bincount(np.asarray(data["label"], dtype=np.int64), minlength=num_classes) == 0).tolist()
+    if empty:
+        raise ValueError(f"{what} has no image of classes {empty[:20]} (of its label column's {num_classes}): NC needs every "
+                         "class's mean; measure another --split, or a dataset whose labels are only the classes present")
+
+
 def check_within_class_flags(data, num_classes: int, cause: str) -> None:
     """Refuses a split with one image in every class before any forward pass, naming ``cause`` (a flag).
 
@@ -106,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     data, provenance = splits[args.split], split_provenance(splits)[args.split]
     check_sample_count(args.max_samples, "--max_samples")
     num_classes = data.features["label"].num_classes
+    check_every_class(data, num_classes, f"the {args.split!r} split of {args.dataset!r}")
     shots = args.shots_per_class is not None and args.split == "train"
     check_within_class_flags(data, num_classes, "--shots_per_class 1 (use --shots_per_class >= 2)" if shots
                              else f"the {args.split!r} split of {args.dataset!r}")

@@ -133,3 +133,17 @@ def test_undefined_metrics_are_null_in_strict_json(tmp_path):
         for metric, value in metrics.items():
             want = None if isinstance(value, float) and not math.isfinite(value) else value
             assert saved["layers"][key][metric] == want, (key, metric)
+
+
+def test_a_split_without_some_class_is_refused_before_the_forward_pass(tiny_checkpoint, tmp_path, monkeypatch):
+    data = load_image_dataset("digits", shots_per_class=3)
+    data["train"] = data["train"].filter(lambda y: y != 4, input_columns="label")  # ClassLabel keeps 10 classes
+    data.save_to_disk(tmp_path / "gap")
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the forward pass ran before the labels were checked")
+
+    monkeypatch.setattr(nc_report, "layer_nc", no_pass)
+    with pytest.raises(ValueError, match=r"'train' split .* no image of classes \[4\]"):  # was "1 class(es) have no samples" after the pass
+        nc_report.main(["--model_name_or_path", str(tiny_checkpoint), "--dataset", str(tmp_path / "gap"), "--output_dir",
+                        str(tmp_path / "out"), "--no_progress"])

@@ -317,3 +317,28 @@ def test_block_accuracies_that_match_nothing_are_refused_not_ignored(model, monk
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             rank_models({"m": model}, data, progress=False, **kwargs)
+
+
+def test_a_class_without_training_images_is_refused_before_any_forward_pass(model, monkeypatch):
+    # the NC statistics refused it only after the whole pass (per candidate), as "1 class(es) have no samples: [1]"
+    from hf_nc.selection import _measure
+
+    full = grey_images(3)
+    gap = full.select([i for i, y in enumerate(full["label"]) if y != 1])  # its ClassLabel still has 3 classes
+    want = rank_models({"m": model}, DatasetDict(train=full), progress=False).best.nc1
+    # num_classes equal to the data's K changes nothing
+    assert rank_models({"m": model}, DatasetDict(train=full), num_classes=3, progress=False).best.nc1 == pytest.approx(want, rel=1e-12)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the labels were checked")
+
+    monkeypatch.setattr(_measure, "measure", no_pass)
+    cases = [(gap, None, r"no image of classes \[1\].*map the labels onto the classes present"),
+             (full, 4, r"no image of classes \[3\].*num_classes=4 is more than the data has"),
+             (full, 2, r"labels \[2\] outside 0\.\.1 \(num_classes=2\)")]
+    for train, k, message in cases:
+        with pytest.raises(ValueError, match=message):
+            rank_models({"m": model}, DatasetDict(train=train), num_classes=k, progress=False)
+        for rule in ("nc1", "logme", "probe"):
+            with pytest.raises(ValueError, match=message):
+                suggest_layer(model, DatasetDict(train=train, validation=full), rule=rule, num_classes=k, progress=False)

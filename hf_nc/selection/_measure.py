@@ -22,7 +22,7 @@ from ..features import FINAL, LayerFeatures
 from ..layer_nc import layer_nc_stats, unpack_batch
 from ..metrics import NCStats
 from ..metrics.distributed import is_distributed
-from ..metrics.validation import check_within_class
+from ..metrics.validation import check_num_classes, check_within_class
 from ..probe import load_model
 
 RANDOM_PREFIX = "random:"
@@ -55,9 +55,13 @@ def load_candidate(candidate: Candidate, seed: int = 0) -> nn.Module:
 
 
 def resolve_data(dataset, *, shots_per_class: int | None = None, seed: int = 0, need_test: bool = False,
-                 need_within_class: bool = True):
-    """``(train, test or None, num_classes, description)`` from a name/path or a (Dataset)Dict;
-    with ``need_within_class`` (NC1 decides), a training split of one image per class is refused."""
+                 need_within_class: bool = True, num_classes: int | None = None):
+    """``(train, test or None, num_classes, description)`` from a name/path or a (Dataset)Dict.
+
+    K is ``num_classes`` when given, else the label column's. Checked before any forward pass (the NC
+    statistics would refuse them only after a whole pass over the data, per candidate): labels outside
+    ``[0, K)``, a class without a training image and, with ``need_within_class`` (NC1 decides), a
+    training split of one image per class."""
     description = dataset if isinstance(dataset, str) else "dataset"
     if isinstance(dataset, str):
         dataset = load_image_dataset(dataset, shots_per_class=shots_per_class, seed=seed)
@@ -74,11 +78,23 @@ def resolve_data(dataset, *, shots_per_class: int | None = None, seed: int = 0, 
     for split, ds in (("train", train), ("test", test if need_test else None)):
         if ds is not None and len(ds) == 0:
             raise ValueError(f"the {split!r} split of {description} has no images")
-    k = _num_classes(train)
+    k = _num_classes(train)  # also refuses labels that are not class ids
+    k = k if num_classes is None else check_num_classes(num_classes)  # 0 is an error, not "from the data"
+    labels = np.asarray(train["label"], dtype=np.int64)
+    outside = np.unique(labels[(labels < 0) | (labels >= k)]).tolist()
+    if outside:
+        given = f"num_classes={k}" if num_classes is not None else f"the label column's {k} classes"
+        raise ValueError(f"the training split of {description} has labels {outside[:10]} outside 0..{k - 1} ({given}): "
+                         "pass the number of classes of the data as num_classes")
+    counts = np.bincount(labels, minlength=k)
+    empty = np.flatnonzero(counts == 0).tolist()
+    if empty:  # NC needs every class's mean; an unused class in the label set is not a class of the task
+        fix = (f"num_classes={k} is more than the data has: leave it out" if num_classes is not None and num_classes > _num_classes(train)
+               else f"its label column has {k} classes: map the labels onto the classes present, 0..K'-1")
+        raise ValueError(f"the training split of {description} has no image of classes {empty[:20]}; every class needs a "
+                         f"training image ({fix})")
     if not need_within_class:
         return train, test, k, description
-    labels = np.asarray(train["label"], dtype=np.int64)
-    counts = np.bincount(labels[(labels >= 0) & (labels < k)], minlength=k)  # bad labels: named by the NC pass
     try:  # before any forward pass: one image per class makes every NC1 0 and the ranking the input order
         check_within_class(counts)
     except ValueError as e:

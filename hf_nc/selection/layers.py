@@ -41,7 +41,6 @@ from typing import Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from ..metrics.validation import check_num_classes
 from . import _measure
 from . import scores as _scores
 
@@ -550,8 +549,7 @@ def suggest_layer(
         shots_per_class = None
     # the probe and few-step rules need no within-class variability (one image per class is fine)
     train, _, k, _ = _measure.resolve_data(dataset, shots_per_class=shots_per_class, seed=seed,
-                                           need_within_class=rule not in ("probe", "few_steps"))
-    k = k if num_classes is None else check_num_classes(num_classes)  # 0 is an error, not "from the data"
+                                           need_within_class=rule not in ("probe", "few_steps"), num_classes=num_classes)
     _measure.device_of(net, device)
     fit, val = _validation_split(dataset, train, validation_fraction, seed) if rule in ("probe", "few_steps") else (train, None)
     if rule == "few_steps":

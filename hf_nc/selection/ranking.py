@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from ..features import FINAL
 from ..metrics.distributed import is_main_process
-from ..metrics.validation import check_num_classes
 from ..probe import penultimate_features
 from . import _measure
 from . import scores as _scores
@@ -435,8 +434,8 @@ def rank_models(
     block_names = list(dict.fromkeys(block_scores or []))
     if block_names and layers == "final":
         raise ValueError("block_scores need blocks: pass layers='all' or block indices")
-    train, test, k, description = _measure.resolve_data(dataset, shots_per_class=shots_per_class, seed=seed, need_test=linear_probe)
-    k = k if num_classes is None else check_num_classes(num_classes)  # 0 is an error, not "from the data"
+    train, test, k, description = _measure.resolve_data(dataset, shots_per_class=shots_per_class, seed=seed, need_test=linear_probe,
+                                                        num_classes=num_classes)
     block_layers = [] if layers == "final" else layers
     # Streamed scores come from the summed statistics; features are kept only for the others
     # (and for the probe): memory O(d^2) per block instead of O(N d).
