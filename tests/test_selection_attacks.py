@@ -342,3 +342,42 @@ def test_a_class_without_training_images_is_refused_before_any_forward_pass(mode
         for rule in ("nc1", "logme", "probe"):
             with pytest.raises(ValueError, match=message):
                 suggest_layer(model, DatasetDict(train=train, validation=full), rule=rule, num_classes=k, progress=False)
+
+
+def test_scores_equal_up_to_rounding_are_ties_not_evidence():
+    # H-score is exactly K - 1 whenever N <= d: its float64 rounding (~1e-13) used to yield a Kendall tau, a
+    # regret and a chosen block; each must equal what the exact constant gives
+    from hf_nc.selection import choose_block_by_score, correlations, top1_regret
+
+    noisy = [0.9999999999999825, 1.0, 1.0000000000000013, 0.9999999999999394]
+    exact = [1.0] * 4
+    acc = [0.2, 0.5, 0.1, 0.4]
+    assert all(math.isnan(v) for v in correlations(noisy, acc).values())
+    assert correlations(noisy, acc).keys() == correlations(exact, acc).keys()
+    assert top1_regret(noisy, acc) == top1_regret(exact, acc) == pytest.approx(0.5 - np.mean(acc))
+    for method in ("layer", "scl"):
+        assert choose_block_by_score(noisy, "hscore", method).block == choose_block_by_score(exact, "hscore", method).block == 3
+        assert choose_block_by_score(noisy, "nc1", method).block == 3  # lower is better: the same tie
+    # real differences stay: 1e-6 apart is a ranking
+    from hf_nc.selection.correlation import merge_ties
+
+    apart = [1.0, 1.000001, 0.999999, 1.000002]
+    assert list(merge_ties(apart)) == apart and choose_block_by_score(apart, "hscore").block == 3
+    assert correlations(apart, acc)["spearman"] == pytest.approx(np.corrcoef([1, 2, 0, 3], [1, 3, 0, 2])[0, 1])
+    assert list(merge_ties([float("nan"), 2.0, -math.inf])[1:]) == [2.0, -math.inf]
+
+
+def test_rank_models_does_not_correlate_an_hscore_that_is_constant(model):
+    # 8 training images, d = 32: H-score = K - 1 = 2 for every candidate (in exact arithmetic)
+    from tiny_models import build_tiny_model
+
+    models = {"a": model, "b": build_tiny_model("vit_cls", seed=3), "c": build_tiny_model("vit_cls", seed=4)}
+    acc = {"a": 0.1, "b": 0.2, "c": 0.3}
+    r = rank_models(models, DatasetDict(train=grey_images(3)), scores=["hscore", "nc1"], accuracies=acc, progress=False)
+    assert all(c.scores["hscore"] == pytest.approx(2.0, rel=1e-9) for c in r.candidates)
+    got = r.score_correlations["hscore"]
+    assert all(math.isnan(got[k]) for k in ("kendall_tau", "weighted_tau", "spearman"))
+    assert got["top1_regret"] == pytest.approx(0.3 - 0.2)  # the three tie for first: their mean accuracy
+    by_h = rank_models(models, DatasetDict(train=grey_images(3)), scores=["hscore"], accuracies=acc, progress=False)
+    assert [c.name for c in by_h.candidates] == ["a", "b", "c"]  # tied: the order given
+    assert by_h.rank_correlation is None or math.isnan(by_h.rank_correlation)

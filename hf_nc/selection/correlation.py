@@ -2,7 +2,8 @@
 
 All functions take the ORIENTED score (higher predicts better, :func:`~hf_nc.selection.
 scores.oriented`) and the ground-truth accuracy of the same items (candidate models or
-blocks). Non-finite oriented scores (a score that could not be computed) rank last.
+blocks). Non-finite oriented scores (a score that could not be computed) rank last; scores
+equal up to float rounding (:data:`TIE_RTOL`) are ties (:func:`merge_ties`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,32 @@ from typing import Mapping, Sequence
 import numpy as np
 
 KEYS = ("kendall_tau", "weighted_tau", "spearman")
+# Scores closer than this share of the largest |score| are ties: some scores are constant by construction
+# on some data (H-score is K - 1 whenever N <= d; nc2_etf of K = 2 depends on the class counts only), and
+# their float64 rounding (~1e-13) otherwise decided correlations, regrets and chosen blocks.
+TIE_RTOL = 1e-9
+
+
+def merge_ties(values: Sequence[float], rtol: float = TIE_RTOL) -> np.ndarray:
+    """float64 ``values`` in which finite values within ``rtol * max|finite value|`` of a smaller one
+    (the smallest of their group) are set equal to it; non-finite values are left as they are."""
+    v = np.array(values, dtype=np.float64)
+    fin = np.flatnonzero(np.isfinite(v))
+    if len(fin) < 2:
+        return v
+    tol = rtol * float(np.max(np.abs(v[fin])))
+    order = fin[np.argsort(v[fin], kind="stable")]
+    start = v[order[0]]
+    for i in order[1:]:
+        if v[i] - start <= tol:
+            v[i] = start
+        else:
+            start = v[i]
+    return v
 
 
 def _finite(score: Sequence[float]) -> np.ndarray:
-    s = np.asarray(score, dtype=np.float64)
+    s = merge_ties(score)
     # -inf/NaN = "could not be computed": below every real value, ties among themselves
     low = np.nanmin(s[np.isfinite(s)]) - 1.0 if np.isfinite(s).any() else 0.0
     return np.where(np.isfinite(s), s, low)

@@ -43,6 +43,7 @@ from torch import nn
 
 from . import _measure
 from . import scores as _scores
+from .correlation import merge_ties
 
 METHODS = ("scl", "layer")
 RULE_NAMES = ("nc1", "nc1_slope", "probe", "few_steps", *_scores.SCORES)
@@ -156,8 +157,9 @@ def tunable_blocks(num_blocks: int, method: str) -> int:
 
 def choose_block_by_score(values: Sequence[float], score: str, method: str = "scl") -> LayerSuggestion:
     """The block with the best oriented ``score`` (higher is better after the registry's
-    direction; ties: the later block, which puts more of the backbone in the trained graph's
-    reach only when the evidence is equal). Non-finite values are never chosen.
+    direction; ties, up to float rounding (:data:`~hf_nc.selection.correlation.TIE_RTOL`): the later
+    block, which puts more of the backbone in the trained graph's reach only when the evidence is
+    equal). Non-finite values are never chosen.
 
     ``values`` is the per-block score (blocks 0..n-1); ``score`` a name of
     :data:`hf_nc.selection.scores.SCORES` or ``"probe"`` (validation accuracy, higher is better).
@@ -169,8 +171,9 @@ def choose_block_by_score(values: Sequence[float], score: str, method: str = "sc
     valid = [i for i, v in enumerate(vals) if math.isfinite(v)]
     if not valid:
         raise ValueError(f"no block has a finite {score}: {vals}")
-    best = max(direction * vals[i] for i in valid)
-    block = max(i for i in valid if direction * vals[i] == best)
+    tied = merge_ties([direction * v for v in vals])  # equal up to rounding: a tie, not a win
+    best = max(tied[i] for i in valid)
+    block = max(i for i in valid if tied[i] == best)
     what = {"probe": "validation probe accuracy", "nc1_slope": "log10 NC1 slope"}.get(score, score)
     rule = f"block with the {'highest' if direction > 0 else 'lowest'} {what} of its frozen pooled features"
     return LayerSuggestion(block=block, method=method, nc1_per_layer=[], rule=rule, tolerance=0.0,

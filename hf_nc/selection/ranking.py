@@ -27,7 +27,7 @@ from ..metrics.distributed import is_main_process
 from ..probe import penultimate_features
 from . import _measure
 from . import scores as _scores
-from .correlation import score_correlations
+from .correlation import merge_ties, score_correlations
 
 RULE = ("rank by ascending NC1 of the frozen model's final (penultimate) features on the downstream "
         "TRAINING data: more collapse -> better linear probing (Li et al., TMLR 2024); candidates whose "
@@ -220,7 +220,7 @@ def _correlation(cands: list[CandidateResult], truth: Mapping[str, float], rank_
     n = len(probed)
     if n < 2:
         return None, "needs the accuracy of at least 2 candidates"
-    rho = spearman([_scores.oriented(rank_by, c.scores.get(rank_by, math.nan)) for c in probed], [truth[c.name] for c in probed])
+    rho = spearman(merge_ties([_scores.oriented(rank_by, c.scores.get(rank_by, math.nan)) for c in probed]), [truth[c.name] for c in probed])
     note = "" if math.isfinite(rho) else f"undefined (all {rank_by} or all accuracies equal)"
     if n < 5:
         note = "; ".join(filter(None, [note, f"only {n} candidates: a perfect rank agreement happens by chance with probability "
@@ -477,8 +477,11 @@ def rank_models(
         for i, v in zip(usable, _scores.ncti_composite([pool[i] for i in usable])):
             results[i].scores["ncti"] = v
 
+    # equal up to float rounding: tied, kept in the order given (rounding decided the order before)
+    tied = merge_ties([_scores.oriented(rank_by, r.scores.get(rank_by, math.nan)) for r in results])
+
     def key(i):
-        v = _scores.oriented(rank_by, results[i].scores.get(rank_by, math.nan))
+        v = tied[i]
         return (not math.isfinite(v), -v if math.isfinite(v) else 0.0, i)
 
     ranked = [results[i] for i in sorted(range(len(results)), key=key)]
