@@ -2,6 +2,7 @@
 checkpoints whose image processor has another size than the config."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -381,3 +382,22 @@ def test_rank_models_does_not_correlate_an_hscore_that_is_constant(model):
     by_h = rank_models(models, DatasetDict(train=grey_images(3)), scores=["hscore"], accuracies=acc, progress=False)
     assert [c.name for c in by_h.candidates] == ["a", "b", "c"]  # tied: the order given
     assert by_h.rank_correlation is None or math.isnan(by_h.rank_correlation)
+
+
+def test_a_missing_candidate_folder_is_named_before_any_forward_pass(model, monkeypatch, tmp_path):
+    # a typo in the last candidate failed after every earlier candidate's pass, with "Repo id must be in the form ..."
+    from hf_nc.selection import _measure
+
+    model.save_pretrained(tmp_path / "good")
+    data = DatasetDict(train=grey_images(2))
+    assert math.isfinite(rank_models([str(tmp_path / "good"), f"random:{tmp_path / 'good'}"], data, progress=False).best.nc1)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the candidates were checked")
+
+    monkeypatch.setattr(_measure, "measure", no_pass)
+    for missing in (str(tmp_path / "gooood"), f"random:{tmp_path / 'gooood'}", "outputs/run/checkpoint-9", "./gooood"):
+        with pytest.raises(ValueError, match=f"candidate '{re.escape(missing)}': no such folder"):
+            rank_models([str(tmp_path / "good"), missing], data, progress=False)
+        with pytest.raises(ValueError, match="no such folder"):
+            suggest_layer(missing, data, progress=False)

@@ -9,6 +9,7 @@ a single-process run over all the data.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Union
 
 import numpy as np
@@ -40,6 +41,23 @@ def candidate_name(candidate: Candidate) -> str:
         return candidate
     config = getattr(candidate, "config", None)
     return getattr(config, "_name_or_path", "") or type(candidate).__name__
+
+
+def check_candidate(candidate: Candidate) -> None:
+    """Refuses a candidate that names a local folder that is not there, before any model runs: a
+    typo in the last of several candidates used to fail after every earlier candidate's pass, with
+    huggingface_hub's "Repo id must be in the form 'repo_name' or 'namespace/repo_name'"."""
+    if not isinstance(candidate, str):
+        return
+    from ..checkpoints import resolve_builtin
+
+    path = candidate[len(RANDOM_PREFIX):] if candidate.startswith(RANDOM_PREFIX) else candidate
+    path = resolve_builtin(path)
+    # a Hub id is "name" or "namespace/name": a leading "/", ".", "~" or a second "/" is a folder
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
+    if looks_local and not os.path.isdir(path):  # as transformers reads it: "~" is not expanded
+        raise ValueError(f"candidate {candidate!r}: no such folder ({os.path.abspath(path)}); pass a saved model's folder, "
+                         "a Hub id 'namespace/name' or 'random:<folder or id>'")
 
 
 def load_candidate(candidate: Candidate, seed: int = 0) -> nn.Module:

@@ -543,6 +543,7 @@ def suggest_layer(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if blocks is not None and rule != "few_steps":  # would be ignored: the other rules score every block
         raise ValueError(f"blocks applies to rule='few_steps' only (the blocks it trials); rule={rule!r} scores every block")
+    _measure.check_candidate(model)
     net = _measure.load_candidate(model, seed=seed)
     if isinstance(dataset, str) and rule in ("probe", "few_steps"):
         from ..data import load_image_dataset

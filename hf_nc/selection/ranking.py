@@ -405,6 +405,8 @@ def rank_models(
     names = [n for n, _ in named]
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must be distinct, got {names}: pass {{name: model}}")
+    for _, cand in named:  # every path before the first candidate's pass
+        _measure.check_candidate(cand)
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0 (0: no intervals), got {bootstrap}")
     if accuracies is not None:  # before any model runs
