@@ -401,3 +401,19 @@ def test_a_missing_candidate_folder_is_named_before_any_forward_pass(model, monk
             rank_models([str(tmp_path / "good"), missing], data, progress=False)
         with pytest.raises(ValueError, match="no such folder"):
             suggest_layer(missing, data, progress=False)
+
+
+def test_a_score_rule_that_fails_on_every_block_says_why(model):
+    # 40 classes, 2 images each, d = 32: NCTI needs K - 1 = 39 PCA directions; the error was only
+    # "no block has a finite ncti: [nan, nan, nan]"
+    from datasets import ClassLabel, Dataset, Features, Image
+    from hf_nc.selection.scores import ncti_terms
+
+    rng = np.random.default_rng(0)
+    images = [PILImage.fromarray(rng.integers(0, 255, (IMAGE, IMAGE, 3), dtype=np.uint8)) for _ in range(80)]
+    data = Dataset.from_dict({"image": images, "label": [i % 40 for i in range(80)]},
+                             features=Features({"image": Image(), "label": ClassLabel(num_classes=40)}))
+    with pytest.raises(ValueError) as independent:  # the score's own reason, on any 32-wide features of these labels
+        ncti_terms(rng.normal(size=(80, 32)), np.arange(80) % 40)
+    with pytest.raises(ValueError, match=r"rule='ncti': no tunable block has a finite ncti \(" + re.escape(str(independent.value)[:40])):
+        suggest_layer(model, DatasetDict(train=data), rule="ncti", progress=False)

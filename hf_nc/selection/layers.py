@@ -590,6 +590,10 @@ def suggest_layer(
                 values = [float(g[rule]) for g in got]
             # constant features: no information, never chosen (as for NC1)
             values = [v if math.isfinite(curve[b]) or rule == "ncti" else float("nan") for b, v in zip(tunable, values)]
+            if not any(math.isfinite(v) for v in values):  # say why, not only "no block has a finite <rule>"
+                why = {str(g["errors"][rule]) for g in got if rule in g.get("errors", {})}
+                why = "; ".join(sorted(why)) or "the features of every block are (nearly) constant"
+                raise ValueError(f"rule={rule!r}: no tunable block has a finite {rule} ({why}); pick another rule, e.g. 'nc1'")
         suggestion = choose_block_by_score(values, rule, method)
     suggestion.nc1_per_layer = [float(curve[b]) for b in blocks]
     suggestion.model = _measure.candidate_name(model)
