@@ -44,6 +44,8 @@ def test_two_process_all_reduce_equals_one_process(tmp_path):
             assert got.keys() == want.keys()
             for k, v in want.items():
                 assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), (r["rank"], name, k)
+        hl, yl = script.make_layer_norm_data()
+        assert r["lone_ln_nc1"] == pytest.approx(nc_metrics(hl, yl)["nc1"], rel=1e-9), r["rank"]
         got = r["lone_nodim"]
         for k, v in want.items():  # an empty rank without dim takes d from the others
             assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), (r["rank"], "lone_nodim", k)

@@ -62,12 +62,15 @@ def _close(got, want, rtol, atol=1e-9):  # the float64 reference itself errs by 
 
 
 def _well_conditioned(K, x, y):
-    """Skip draws whose Sigma_B is so ill-conditioned that the reference's rcond decides NC1."""
+    """Skip draws whose Sigma_B is so ill-conditioned that the tolerance decides NC1: the reference's
+    rcond, or NCStats' rounding floor of the inputs (a class-mean spread within a few roundings of
+    float32 features at offset 1e5 is dropped as rounding)."""
     h = x.double().numpy()
     mus = np.stack([h[y.numpy() == k].mean(0) for k in range(K)])
     s = np.linalg.svd(mus - h.mean(0), compute_uv=False)
     r = min(K - 1, h.shape[1])
-    return s[r - 1] > 1e-4 * s[0]
+    floor = 2 * torch.finfo(x.dtype).eps * np.sqrt((h * h).sum(1).mean())
+    return s[r - 1] > 1e-4 * s[0] and s[r - 1] / np.sqrt(K) > 100 * floor
 
 
 @SETTINGS

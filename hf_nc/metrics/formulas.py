@@ -76,6 +76,7 @@ def nc1(
     M: torch.Tensor,
     counts: torch.Tensor | None = None,
     eps: float = EPS64,
+    floor: float = 0.0,
 ) -> float:
     """NC1 = 1/K tr(Sigma_W Sigma_B^+), with Sigma_B = M^T M / K, never forming a d x d inverse.
 
@@ -93,6 +94,13 @@ def nc1(
     sums of within-class deviations of size about sqrt(tr Sigma_W), so a direction whose
     between-class spread is below eps times that is rounding noise, not signal (it would
     add ~1/eps^2 to NC1). It matters only when the means are genuinely rank-deficient.
+    ``floor`` is the rounding floor of the *inputs* (``NCStats`` passes 2 eps of the
+    features' dtype times their RMS norm): a direction whose spread is below
+    the rounding of the features themselves is not signal either. It matters when K > d and
+    the features lie in a hyperplane (a LayerNorm's output: its centred means span d - 1
+    directions, and the d-th holds float32 rounding, ~1e-8 of the largest, far above the
+    float64 tolerance; kept, it added its rounding ratio to NC1, 25% in a test, and made NC1
+    depend on the batch size).
     Cost O(K^2 d + K d^2).
 
     Args:
@@ -101,6 +109,8 @@ def nc1(
         counts: Class counts (K,) (the weights with which M's rows sum to zero); default:
             equal counts.
         eps: Machine epsilon of the accumulation (float32 statistics are noisier).
+        floor: Singular values of ``A`` (the centred means / sqrt(K)) at or below it are
+            rounding of the input features and dropped.
 
     Returns:
         NC1 as a float (clamped at 0 against rounding of a PSD trace); NaN if M = 0.
@@ -112,7 +122,7 @@ def nc1(
         s_max = _largest_singular_value(A)
         if s_max == 0.0:
             return float("nan")
-        rcond = max(K, d) * eps * max(1.0, within / s_max)
+        rcond = max(max(K, d) * eps * max(1.0, within / s_max), floor / s_max)
         if K - 1 <= d:  # X = A^+ (d, K-1): the smaller right-hand side
             X = torch.linalg.lstsq(A, torch.eye(K - 1, dtype=A.dtype), rcond=rcond, driver="gelsy").solution
             total = ((sigma_w @ X) * X).sum()
@@ -123,7 +133,7 @@ def nc1(
     _, s, vh = torch.linalg.svd(A, full_matrices=False)  # (r,), (r, d), r <= K-1
     if s.numel() == 0 or float(s.max()) == 0.0:
         return float("nan")
-    tol = max(K, d) * eps * max(float(s.max()), within)
+    tol = max(max(K, d) * eps * max(float(s.max()), within), floor)
     keep = s > tol
     v, lam = vh[keep], s[keep] ** 2  # (r', d), (r',)
     quad = ((v @ sigma_w) * v).sum(dim=1)  # (r',) v_j^T Sigma_W v_j

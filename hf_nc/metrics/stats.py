@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,6 +22,11 @@ from .validation import (
 # slots of the device-side error flags: the index of the first bad call of each kind (-1:
 # none), then the smallest and largest label of the first batch with labels out of range
 _NONFINITE, _OVERFLOW, _LABELS, _LO, _HI = range(5)
+
+#: NC1 treats a class-mean direction whose spread is below ``INPUT_ROUNDINGS * eps * rms|x|`` (eps of
+#: the features' dtype) as rounding of the features: one rounding moves a feature vector by at most
+#: eps/2 |x| along any direction, and a LayerNorm's float32 output holds ~eps/4 in its null direction
+INPUT_ROUNDINGS = 2
 
 
 #: the last update before which the class shifts are re-centred (see ``_recenter_due``)
@@ -138,6 +144,7 @@ class NCStats:
         self._calls = 0  # update() calls (the batch index named in errors)
         self._nonempty = 0  # non-empty update() calls (the re-centring schedule)
         self._all_seen = False  # every class has samples: no class can need a first shift any more
+        self._input_eps = 0.0  # machine eps of the coarsest features accumulated (0: none yet)
         self._ncc_calls = 0
         self._buf: torch.Tensor | None = None  # the (B, d+2) work buffer of update()
         if self._device_hint is not None and self.dim is not None:
@@ -277,6 +284,8 @@ class NCStats:
         x, y = self._prepare(features, labels)
         if self._ncc_done:
             raise RuntimeError("update() after ncc_pass(): the class means would change")
+        if x.shape[0]:
+            self._input_eps = max(self._input_eps, torch.finfo(x.dtype).eps)
         if self._reduced:
             raise RuntimeError("update() after all_reduce(): start a new NCStats for new data")
         call = self._calls
@@ -476,6 +485,7 @@ class NCStats:
         self._set_shift(self._g, self._E + (nb / safe)[:, None] * delta)
         self._nonempty += other._nonempty
         self._calls += other._calls
+        self._input_eps = max(self._input_eps, other._input_eps)
         return self
 
     def _agree(self) -> None:
@@ -486,7 +496,8 @@ class NCStats:
         """
         dev = self.device or default_device()
         flags = [-1] * 10 if self.device is None else torch.cat([self._flags, self._ncc_flags]).tolist()
-        mine = torch.tensor([self.num_classes, -1 if self.dim is None else self.dim, *flags],
+        bits = round(-math.log2(self._input_eps)) if self._input_eps > 0 else -1  # mantissa bits of the coarsest input
+        mine = torch.tensor([self.num_classes, -1 if self.dim is None else self.dim, bits, *flags],
                             dtype=torch.int64, device=dev)  # fmt: skip
         got = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
         dist.all_gather(got, mine)
@@ -501,7 +512,9 @@ class NCStats:
             raise ValueError("NCStats.all_reduce(): no rank knows the feature dimension; pass dim=...")
         if self.dim is None:
             self.dim = ds.pop()
-        bad = [f"rank {r}: " + "; ".join(m) for r, row in enumerate(rows) if (m := self._all_messages(row[2:]))]
+        # every rank computes NC1 with the same input rounding floor: the coarsest features of any rank
+        self._input_eps = max([self._input_eps] + [2.0 ** -row[2] for row in rows if row[2] >= 0])
+        bad = [f"rank {r}: " + "; ".join(m) for r, row in enumerate(rows) if (m := self._all_messages(row[3:]))]
         if bad:
             raise ValueError("NCStats.all_reduce(): bad input: " + " | ".join(bad))
 
@@ -619,10 +632,16 @@ class NCStats:
         spread = ((self._q.to(torch.float64) - (sums * sums).sum(dim=1) / n) / n).clamp_min(0)  # (K,)
 
         eps = torch.finfo(self.dtype).eps
+        # the rounding floor of the features themselves: their RMS norm (about the origin, where
+        # they were rounded) times a few of their eps (see formulas.nc1)
+        z, _, _ = self._class_means()
+        mu_G = (self._g + z)  # (d,)
+        total = float(torch.trace(sigma_w)) + float((n[:, None] * M * M).sum() / N) + float(mu_G @ mu_G)
+        floor = INPUT_ROUNDINGS * self._input_eps * max(total, 0.0) ** 0.5
         Mc = M.cpu()  # the small O(K^2 d) formulas run on the CPU (fewer GPU syncs)
         pair = formulas.pairwise(Mc, spread.cpu())
         out: dict[str, float] = {
-            "nc1": formulas.nc1(sigma_w, M, n, eps=eps),
+            "nc1": formulas.nc1(sigma_w, M, n, eps=eps, floor=floor),
             "nc2_etf": pair["nc2_etf"],
             "nc2_equinorm": formulas.nc2_equinorm(Mc),
             "nc2_equiangle": pair["nc2_equiangle"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -24,7 +25,9 @@ def as_features(features: Any, dim: int | None = None) -> torch.Tensor:
     """
     # detached: the statistics are never part of a graph (features that require grad would
     # otherwise fail in the in-place / out= kernels that accumulate them)
-    x = features.detach() if isinstance(features, torch.Tensor) else torch.as_tensor(features)
+    # a nested sequence of Python floats goes through NumPy (float64): torch.as_tensor alone made
+    # it float32, rounding the features before they were measured
+    x = features.detach() if isinstance(features, torch.Tensor) else torch.as_tensor(np.asarray(features))
     if x.dtype == torch.bool or x.is_complex():
         raise ValueError(f"features must be real numbers, got dtype {x.dtype}")
     if not x.is_floating_point():

@@ -37,6 +37,18 @@ def make_data():
     return torch.from_numpy(h).float(), torch.from_numpy(y), torch.from_numpy(W)
 
 
+def make_layer_norm_data():
+    """float32 LayerNorm features with more classes (K_LN) than dims (D): NC1 needs the inputs'
+    rounding floor (their centred means hold a float32-rounding direction)."""
+    g = torch.Generator().manual_seed(5)
+    y = torch.arange(K_LN).repeat_interleave(3)
+    x = torch.randn(K_LN, D, generator=g)[y] * 2 + torch.randn(len(y), D, generator=g)
+    return torch.nn.functional.layer_norm(x, (D,), weight=torch.rand(D, generator=g) + 0.5), y
+
+
+K_LN = 16
+
+
 def shard(rank, h, y):
     idx = torch.arange(len(y))
     on_rank1 = (y >= 2) & (idx % 10 < 7)  # rank 1: classes 2..5 only, most of them
@@ -94,6 +106,13 @@ def main(outdir):
         lone_nodim.ncc_pass(h, y)
     lone_nodim.all_reduce()
 
+    # the same, float32 LayerNorm features with K > d: the empty rank takes the inputs' rounding floor too
+    lone_ln = NCStats(K_LN, D)
+    if rank == 0:
+        hl, yl = make_layer_norm_data()
+        lone_ln.update(hl, yl)
+    lone_ln.all_reduce()
+
     # one-shot metrics of local tensors work inside a distributed program (issue 9 item 5)
     local = nc_metrics(hr, yr - yr.min())  # rank 1 holds classes 2..5 only: relabel them 0..3
     metric = evaluate.load(EVALUATE_METRIC_PATH)
@@ -132,6 +151,7 @@ def main(outdir):
         "local_classes": sorted(set(yr.tolist())),
         "result": result,
         "lone": lone.compute(classifier_weight=W),
+        "lone_ln_nc1": lone_ln.compute()["nc1"],
         "errors": errors,
     }
     with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
