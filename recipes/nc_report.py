@@ -14,7 +14,6 @@ process whose shard is empty, e.g. fewer batches than processes, contributes zer
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from hf_nc.accelerate_utils import build_accelerator
 from hf_nc.checkpoints import resolve_builtin
 from hf_nc.data import build_transforms, collate_fn, load_image_dataset, split_provenance, stratified_subset
 from hf_nc.layer_nc import layer_nc
+from hf_nc.metrics import json_safe
 from hf_nc.metrics.validation import check_within_class
 from hf_nc.plots import plot_layer_curve
 
@@ -64,18 +64,6 @@ def format_table(results: dict) -> str:
     for key, metrics in results.items():
         lines.append(f"{key!s:>6} " + " ".join(f"{metrics.get(c, float('nan')):>13.4g}" for c in COLUMNS))
     return "\n".join(lines)
-
-
-def strict_json(value):
-    """``value`` with every non-finite float replaced by ``None``: a metric that is undefined on the data
-    (constant features give NC1 = NaN) must not write the bare ``NaN`` token, which strict JSON parsers refuse."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def check_every_class(data, num_classes: int, what: str) -> None:
@@ -142,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"split: {provenance}")
         print(format_table(results))
         record = {"args": asdict(args), "split": provenance, "image_size": list(transform.image_transform.spec.size), "layers": results}
-        (out / "nc_report.json").write_text(json.dumps(strict_json(record), indent=2, allow_nan=False))  # undefined: null
+        (out / "nc_report.json").write_text(json.dumps(json_safe(record), indent=2, allow_nan=False))  # undefined: null
         blocks = {k: v["nc1"] for k, v in results.items() if k != "final"}
         plot_layer_curve({args.split: blocks}, out / "nc1_per_layer.png", title=f"NC1 per block: {Path(args.model_name_or_path).name} on {args.dataset}")
         print(f"\nwrote {out / 'nc_report.json'} and {out / 'nc1_per_layer.png'}")

@@ -11,9 +11,9 @@ Pure torch; knows nothing of models. See DESIGN.md, "Definitions".
 
 from pathlib import Path
 
-from .api import nc_metrics
+from .api import json_safe, nc_metrics
 from .stats import NCStats
 
 EVALUATE_METRIC_PATH = str(Path(__file__).resolve().parent / "neural_collapse")
 
-__all__ = ["EVALUATE_METRIC_PATH", "NCStats", "nc_metrics"]
+__all__ = ["EVALUATE_METRIC_PATH", "NCStats", "json_safe", "nc_metrics"]

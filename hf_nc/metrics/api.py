@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -60,3 +61,16 @@ def nc_metrics(
     stats.update(x, y).all_reduce()
     stats.ncc_pass(x, y).all_reduce()
     return stats.compute(classifier_weight)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` (nested dicts, lists, tuples) with every non-finite float replaced by ``None``: a metric
+    that is undefined on the data (constant features give NC1 = NaN) is written as ``null``, not as the
+    bare ``NaN`` token that strict JSON parsers refuse (``json.dumps(..., allow_nan=False)`` then holds)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

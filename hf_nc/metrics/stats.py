@@ -284,10 +284,10 @@ class NCStats:
         x, y = self._prepare(features, labels)
         if self._ncc_done:
             raise RuntimeError("update() after ncc_pass(): the class means would change")
-        if x.shape[0]:
-            self._input_eps = max(self._input_eps, torch.finfo(x.dtype).eps)
         if self._reduced:
             raise RuntimeError("update() after all_reduce(): start a new NCStats for new data")
+        if x.shape[0]:
+            self._input_eps = max(self._input_eps, torch.finfo(x.dtype).eps)
         call = self._calls
         self._calls += 1
         B, d = x.shape
@@ -624,7 +624,7 @@ class NCStats:
             raise ValueError("no samples were accumulated")
         check_nonempty(self.counts)
         check_within_class(self.counts)
-        _, M, n = self._class_means()
+        z, M, n = self._class_means()
         N = n.sum()
         sums = self._sums.to(torch.float64)
         sigma_w = (self._S.to(torch.float64) - (sums.T / n) @ sums) / N  # (d, d)
@@ -634,8 +634,7 @@ class NCStats:
         eps = torch.finfo(self.dtype).eps
         # the rounding floor of the features themselves: their RMS norm (about the origin, where
         # they were rounded) times a few of their eps (see formulas.nc1)
-        z, _, _ = self._class_means()
-        mu_G = (self._g + z)  # (d,)
+        mu_G = self._g + z  # (d,)
         total = float(torch.trace(sigma_w)) + float((n[:, None] * M * M).sum() / N) + float(mu_G @ mu_G)
         floor = INPUT_ROUNDINGS * self._input_eps * max(total, 0.0) ** 0.5
         Mc = M.cpu()  # the small O(K^2 d) formulas run on the CPU (fewer GPU syncs)

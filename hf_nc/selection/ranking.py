@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..features import FINAL
+from ..metrics import json_safe
 from ..metrics.distributed import is_main_process
 from ..probe import penultimate_features
 from . import _measure
@@ -33,16 +34,6 @@ RULE = ("rank by ascending NC1 of the frozen model's final (penultimate) feature
         "TRAINING data: more collapse -> better linear probing (Li et al., TMLR 2024); candidates whose "
         "NC1 is undefined rank last")
 COLUMNS = ("nc1", "nc2_etf", "cdnv")
-
-
-def _safe(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_safe(x) for x in v]
-    return v
 
 
 def _unsafe(metrics: Mapping) -> dict:
@@ -179,8 +170,7 @@ class RankingResult:
     def to_dict(self) -> dict:
         """JSON-ready (non-finite numbers become ``None``)."""
         d = asdict(self)
-        d["candidates"] = [_safe(c) for c in d["candidates"]]
-        return _safe(d)
+        return json_safe(d)
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
